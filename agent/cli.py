@@ -1,0 +1,131 @@
+"""``secagent``: the edge daemon and its one-shot tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from agent.capture import Frame
+from agent.config import ValidateConfig
+from agent.detect import Detector, DetectorError, ManifestError, load_manifest
+from agent.rules import RulesError
+from agent.validate import FrameRejected, validate_frame
+from wire.configfile import ConfigError
+
+log = logging.getLogger("agent")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group()
+@click.version_option(package_name="secagent")
+def main() -> None:
+    """secagent: edge object detection for security cameras."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="agent config (YAML)")
+@click.option("--exit-when-done", is_flag=True,
+              help="exit once every source has finished and the outbox is drained")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
+    """Run the daemon: capture, validate, gate, detect, apply rules, publish threats."""
+    from agent.pipeline import build_agent
+
+    _setup_logging(log_level)
+    try:
+        agent = build_agent(config_path)
+    except (ConfigError, DetectorError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    agent.run(exit_when_done=exit_when_done)
+    click.echo(json.dumps({"summary": agent.summary()}))
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="agent config (YAML)")
+def check_config(config_path: Path) -> None:
+    """Validate a config file and the model manifest and rules it names; load nothing else."""
+    from agent.config import load_agent_config
+    from agent.rules import load_rules
+
+    try:
+        config, sha = load_agent_config(config_path)
+        load_manifest(config.detect.model)
+        rules = load_rules(config.rules)
+    except (ConfigError, ManifestError, RulesError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ok: {config_path} sha256={sha} cameras={len(config.cameras)} "
+               f"rules={len(rules.rules)} rules_sha256={rules.sha256}")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="model manifest (YAML)")
+@click.option("--provider", "providers", multiple=True, default=["auto"], show_default=True,
+              help="ONNX Runtime execution provider (repeatable)")
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...]) -> None:
+    """Detect objects in IMAGES; print one JSON object per image. Exit 1 if any image failed."""
+    logging.basicConfig(level="WARNING", stream=sys.stderr)
+    try:
+        detector = Detector(load_manifest(model_path), providers=list(providers))
+    except (ManifestError, DetectorError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    failed = 0
+    limits = ValidateConfig()  # type: ignore[call-arg]
+    for path in images:
+        record: dict[str, object] = {"path": str(path)}
+        try:
+            data = path.read_bytes()
+            record["sha256"] = hashlib.sha256(data).hexdigest()
+            frame = Frame(camera="cli", kind="file", source=str(path),
+                          captured_at=_mtime(path), data=data)
+            image = validate_frame(frame, limits)
+            found = detector.detect(image)
+            record.update({
+                "width": image.shape[1], "height": image.shape[0],
+                "model_sha256": detector.sha256, "provider": detector.provider,
+                "detections": [
+                    {"label": found.labels[i], "class_id": int(found.class_id[i]),
+                     "score": round(float(found.score[i]), 4),
+                     "xyxy": [round(float(v), 1) for v in found.xyxy[i]]}
+                    for i in range(len(found))
+                ],
+            })
+        except OSError as exc:
+            failed += 1
+            record["error"] = f"unreadable: {exc.strerror or exc}"
+        except FrameRejected as exc:
+            failed += 1
+            record["error"] = str(exc)
+        click.echo(json.dumps(record))
+    if failed:
+        sys.exit(1)
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)

@@ -1,0 +1,162 @@
+"""The agent's YAML config: one pydantic model per concern, refused at start when wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from wire.configfile import ConfigError, load_yaml_model, resolve_path
+from wire.topics import AGENT_ID_PATTERN
+
+__all__ = ["AgentConfig", "ConfigError", "load_agent_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    return resolve_path(value, base)
+
+
+class MqttConfig(_Section):
+    host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker TCP port")
+    username: str | None = Field(None, description="MQTT username (one per agent)")
+    password: str | None = Field(None, description="MQTT password")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval")
+    status_interval_s: float = Field(
+        30.0, gt=0, le=3600, description="how often the retained status message is refreshed"
+    )
+    max_inflight: int = Field(
+        100, ge=1, le=65535, description="QoS 1 messages published and not yet acknowledged"
+    )
+
+
+class ValidateConfig(_Section):
+    max_file_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="stills larger than this are rejected unread"
+    )
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="width x height above which a frame is rejected"
+    )
+    min_side_px: int = Field(16, ge=1, description="frames narrower or lower are rejected")
+    max_side_px: int = Field(16384, ge=16, description="frames wider or higher are rejected")
+
+
+class MotionConfig(_Section):
+    enabled: bool = Field(True, description="false sends every valid frame to the model")
+    height_px: int = Field(100, ge=16, le=1080, description="frames are downscaled to this height")
+    blur_px: int = Field(5, ge=1, le=31, description="Gaussian blur kernel (odd) before diffing")
+    threshold: int = Field(25, ge=1, le=255, description="grey-level change that counts as motion")
+    min_area_px: int = Field(
+        20, ge=1, description="smallest changed region, in downscaled pixels, that counts"
+    )
+    background_alpha: float = Field(
+        0.1, gt=0, le=1, description="weight of each new frame in the running background"
+    )
+
+    @field_validator("blur_px")
+    @classmethod
+    def _odd_blur(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd")
+        return value
+
+
+class DirectorySourceConfig(_Section):
+    type: Literal["directory"]
+    path: Path = Field(description="folder the camera drops stills into")
+    poll_s: float = Field(0.2, gt=0, le=60, description="how often the folder is scanned")
+    settle_s: float = Field(
+        1.0, ge=0, le=600,
+        description="a file that is not a complete JPEG/PNG is taken once unchanged this long",
+    )
+    patterns: list[str] = Field(
+        default_factory=lambda: ["*.jpg", "*.jpeg", "*.png"], min_length=1,
+        description="file name patterns picked up (hidden, *.tmp and *.part files never are)",
+    )
+    existing: Literal["process", "skip"] = Field(
+        "process", description="what to do with files already there at start"
+    )
+    after: Literal["keep", "delete"] = Field("keep", description="what to do with a file once read")
+    watch: bool = Field(
+        True, description="keep watching for new files; false reads what is there, then finishes"
+    )
+    _resolve = field_validator("path")(_relative_to_config)
+
+
+class VideoSourceConfig(_Section):
+    type: Literal["video"]
+    path: Path = Field(description="video file (any container OpenCV reads)")
+    fps: float = Field(2.0, gt=0, le=120, description="frames per second sampled from the video")
+    realtime: bool = Field(False, description="pace reading to the video's own clock")
+    loop: bool = Field(False, description="start again at the end instead of finishing")
+    _resolve = field_validator("path")(_relative_to_config)
+
+
+SourceConfig = Annotated[DirectorySourceConfig | VideoSourceConfig, Field(discriminator="type")]
+
+
+class CameraConfig(_Section):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="camera name, unique on this agent"
+    )
+    source: SourceConfig
+    motion: MotionConfig = Field(default_factory=MotionConfig)  # type: ignore[arg-type]
+
+
+class OutboxConfig(_Section):
+    path: Path = Field(
+        Path("outbox.sqlite"), validate_default=True, description="SQLite file of unsent messages"
+    )
+    max_bytes: int = Field(
+        256 * 1024 * 1024, ge=64 * 1024, description="oldest messages are dropped beyond this"
+    )
+    _resolve = field_validator("path")(_relative_to_config)
+
+
+class SnapshotConfig(_Section):
+    enabled: bool = Field(True, description="attach a JPEG of the frame to each threat message")
+    max_width_px: int = Field(1280, ge=64, le=8192, description="snapshots are scaled down to this")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of re-encoded snapshots")
+
+
+class DetectConfig(_Section):
+    model: Path = Field(description="model manifest (YAML) under models/")
+    providers: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="ONNX Runtime execution providers in order; 'auto' = TensorRT, CUDA, CPU",
+    )
+    intra_op_threads: int = Field(0, ge=0, le=256, description="0 lets ONNX Runtime decide")
+    _resolve = field_validator("model")(_relative_to_config)
+
+
+class AgentConfig(_Section):
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN, description="this host's id in MQTT topics")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
+    detect: DetectConfig
+    rules: Path = Field(description="threat rules file (YAML); its sha256 is its version")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)  # type: ignore[arg-type]
+    validate_: ValidateConfig = Field(
+        default_factory=ValidateConfig, alias="validate"  # type: ignore[arg-type]
+    )
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)  # type: ignore[arg-type]
+    cameras: list[CameraConfig] = Field(min_length=1, description="the cameras this agent serves")
+    _resolve = field_validator("rules")(_relative_to_config)
+
+    @model_validator(mode="after")
+    def _unique_camera_names(self) -> AgentConfig:
+        names = [c.name for c in self.cameras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"camera names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+def load_agent_config(path: Path) -> tuple[AgentConfig, str]:
+    """Load and validate an agent config file; return it with the file's sha256."""
+    return load_yaml_model(path, AgentConfig)

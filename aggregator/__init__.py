@@ -1,0 +1,1 @@
+"""secagg: the central aggregator (MQTT ingest, SQLite store, threat events, REST API)."""

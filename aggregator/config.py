@@ -1,0 +1,89 @@
+"""The aggregator's YAML config, one pydantic model per concern; refused at start when wrong."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from wire.configfile import ConfigError, load_yaml_model, resolve_path
+
+__all__ = ["AggregatorConfig", "ConfigError", "get_settings", "load_aggregator_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    return resolve_path(value, (info.context or {}).get("base_dir"))
+
+
+class MqttConfig(_Section):
+    host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker TCP port")
+    username: str | None = Field(None, description="MQTT username of the aggregator")
+    password: str | None = Field(None, description="MQTT password")
+    client_id: str = Field(
+        "secagg", min_length=1, max_length=64,
+        description="fixed client id: the broker keeps this session's queue while it is away",
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=0, le=0xFFFFFFFF,
+        description="how long the broker keeps the session (and queued threats) after a disconnect",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval")
+    publish_events: bool = Field(True, description="publish event lifecycle on secagent/v1/events")
+
+
+class StoreConfig(_Section):
+    path: Path = Field(
+        Path("secagg.sqlite"), validate_default=True, description="SQLite database file"
+    )
+    snapshots_dir: Path = Field(
+        Path("snapshots"), validate_default=True,
+        description="folder of threat snapshots, stored by sha256",
+    )
+    _resolve = field_validator("path", "snapshots_dir")(_relative_to_config)
+
+
+class EventsConfig(_Section):
+    cutoff_s: float = Field(
+        30.0, gt=0, le=86400,
+        description="a threat event ends after this many seconds without a threat",
+    )
+    sweep_interval_s: float = Field(
+        1.0, gt=0, le=3600, description="how often open events are checked for their end"
+    )
+
+
+class ApiConfig(_Section):
+    host: str = Field("127.0.0.1", description="address the REST API listens on")
+    port: int = Field(8080, ge=0, le=65535, description="REST API port (0 = any free port)")
+    page_size_max: int = Field(1000, ge=1, le=100000, description="largest ?limit= accepted")
+
+
+class AggregatorConfig(_Section):
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
+    store: StoreConfig = Field(default_factory=StoreConfig)  # type: ignore[arg-type]
+    events: EventsConfig = Field(default_factory=EventsConfig)  # type: ignore[arg-type]
+    api: ApiConfig = Field(default_factory=ApiConfig)  # type: ignore[arg-type]
+
+
+def load_aggregator_config(path: Path) -> tuple[AggregatorConfig, str]:
+    """Load and validate an aggregator config file; return it with the file's sha256."""
+    return load_yaml_model(path, AggregatorConfig)
+
+
+@functools.cache
+def get_settings() -> AggregatorConfig:
+    """FastAPI dependency for a standalone app: the file named by ``SECAGG_CONFIG``.
+
+    ``secagg serve`` and the tests build the app with an explicit config instead.
+    """
+    path = os.environ.get("SECAGG_CONFIG")
+    if not path:
+        raise ConfigError("SECAGG_CONFIG is not set")
+    return load_aggregator_config(Path(path))[0]

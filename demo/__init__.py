@@ -1,0 +1,1 @@
+"""The demo and test harness: a private Mosquitto, the sample footage, the `make demo` run."""

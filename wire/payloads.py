@@ -1,0 +1,186 @@
+"""Pydantic models of the v1 MQTT payloads, and the one function that parses them on receipt.
+
+Every payload is JSON with a ``schema`` field ``secagent.<kind>/<major>``. A receiver accepts the
+majors it knows and tolerates unknown fields (forward-compatible minor additions); anything else
+is a :class:`PayloadError` with a short machine-readable ``reason`` that receivers count.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from wire.topics import AGENT_ID_PATTERN
+
+SCHEMA_THREAT = "secagent.threat/1"
+SCHEMA_STATUS = "secagent.status/1"
+SCHEMA_EVENT = "secagent.event/1"
+
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+"""Largest payload a receiver parses; a bigger one is rejected as ``oversize``."""
+
+MAX_SNAPSHOT_B64_CHARS = 3 * 1024 * 1024
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256")]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_RANK: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+class PayloadError(ValueError):
+    """A received payload was refused; ``reason`` is a short counter name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class Versions(_Wire):
+    """What produced a result: code, model file, rules file and agent config, by content hash."""
+
+    code: str = Field(min_length=1, max_length=128, description="secagent code version")
+    model_sha256: Sha256
+    rules_sha256: Sha256
+    config_sha256: Sha256
+
+
+class FrameRef(_Wire):
+    """The frame a message is about."""
+
+    frame_id: str = Field(min_length=1, max_length=128)
+    sha256: Sha256 = Field(description="sha256 of the file bytes (stills) or raw BGR pixels (video)")
+    kind: Literal["file", "video"]
+    source: str = Field(max_length=1024, description="file path, or video path#frame index")
+    captured_at: datetime
+    width: int = Field(ge=1, le=16384)
+    height: int = Field(ge=1, le=16384)
+
+
+class DetectionOut(_Wire):
+    label: Name
+    class_id: int = Field(ge=0)
+    score: float = Field(ge=0.0, le=1.0)
+    xyxy: tuple[float, float, float, float] = Field(description="box in frame pixels")
+
+
+class ThreatOut(DetectionOut):
+    rule: Name
+    severity: Severity
+
+
+class ThreatMessage(_Wire):
+    """``secagent/v1/<agent_id>/threats``: one message per frame that had threats."""
+
+    schema_: Literal["secagent.threat/1"] = Field(SCHEMA_THREAT, alias="schema")
+    message_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="uuid4 hex, unique per message")
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN)
+    camera: Name
+    lineage_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="shared by all runs of the frame")
+    frame: FrameRef
+    detections: list[DetectionOut] = Field(max_length=1000)
+    threats: list[ThreatOut] = Field(min_length=1, max_length=1000)
+    versions: Versions
+    snapshot_jpeg_b64: str | None = Field(None, max_length=MAX_SNAPSHOT_B64_CHARS)
+    sent_at: datetime
+
+
+class CameraStatus(_Wire):
+    name: Name
+    state: Literal["running", "finished", "down"]
+    counters: dict[str, int] = Field(default_factory=dict)
+
+
+class StatusMessage(_Wire):
+    """``secagent/v1/<agent_id>/status`` (retained; the last will says offline)."""
+
+    schema_: Literal["secagent.status/1"] = Field(SCHEMA_STATUS, alias="schema")
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN)
+    state: Literal["online", "offline"]
+    versions: Versions | None = None
+    provider: str | None = None
+    cameras: list[CameraStatus] = Field(default_factory=list)
+    outbox_depth: int = Field(0, ge=0)
+    outbox_dropped: int = Field(0, ge=0)
+    sent_at: datetime
+
+
+class EventMessage(_Wire):
+    """``secagent/v1/events``: threat event lifecycle for third-party subscribers."""
+
+    schema_: Literal["secagent.event/1"] = Field(SCHEMA_EVENT, alias="schema")
+    type: Literal["new", "update", "end"]
+    event_id: int = Field(ge=1)
+    agent_id: str
+    camera: Name
+    rule: Name
+    severity: Severity
+    label: Name
+    started_at: datetime
+    last_seen_at: datetime
+    ended_at: datetime | None = None
+    threat_count: int = Field(ge=1)
+    top_score: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _end_has_time(self) -> EventMessage:
+        if self.type == "end" and self.ended_at is None:
+            raise ValueError("an 'end' message needs ended_at")
+        return self
+
+
+_SCHEMAS: dict[str, type[_Wire]] = {
+    SCHEMA_THREAT: ThreatMessage,
+    SCHEMA_STATUS: StatusMessage,
+    SCHEMA_EVENT: EventMessage,
+}
+M = TypeVar("M", bound=_Wire)
+
+
+def dump_payload(message: _Wire) -> bytes:
+    """Serialise a wire model to compact JSON bytes (with the ``schema`` field)."""
+    return message.model_dump_json(by_alias=True).encode()
+
+
+def parse_payload(raw: bytes, expected: type[M]) -> M:
+    """Parse and validate ``raw`` as ``expected``; PayloadError with a counted reason otherwise.
+
+    Reasons: ``oversize``, ``invalid_json``, ``not_an_object``, ``missing_schema``,
+    ``unknown_schema`` (a kind or major version this code does not know), ``wrong_schema``
+    (a known schema on the wrong topic), ``schema_violation``.
+    """
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("oversize", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        doc: Any = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError("invalid_json", str(exc)[:200]) from exc
+    if not isinstance(doc, dict):
+        raise PayloadError("not_an_object", f"top level is {type(doc).__name__}")
+    schema = doc.get("schema")
+    if not isinstance(schema, str):
+        raise PayloadError("missing_schema", "no string 'schema' field")
+    model = _SCHEMAS.get(schema)
+    if model is None:
+        raise PayloadError("unknown_schema", f"{schema[:80]!r} is not one of {sorted(_SCHEMAS)}")
+    if model is not expected:
+        raise PayloadError("wrong_schema", f"{schema!r} where {expected.__name__} was expected")
+    try:
+        return expected.model_validate(doc)
+    except (ValidationError, RecursionError) as exc:
+        raise PayloadError("schema_violation", _short(exc)) from exc
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        return f"{exc.error_count()} error(s), first at {loc or '<root>'}: {first['msg']}"
+    return type(exc).__name__
