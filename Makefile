@@ -45,7 +45,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix agent aggregator wire demo tests bench
 
 bench: setup
-	$(PY) bench/agent_throughput.py
+	$(PY) bench/gpu_providers.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

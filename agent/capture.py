@@ -105,7 +105,9 @@ class DirectorySource:
         try:
             entries = list(os.scandir(self.config.path))
         except OSError as exc:
-            raise SourceError(f"camera {self.camera}: cannot list {self.config.path}: {exc}") from exc
+            raise SourceError(
+                f"camera {self.camera}: cannot list {self.config.path}: {exc}"
+            ) from exc
         for entry in entries:
             name = entry.name
             if name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES):
@@ -147,9 +149,16 @@ class DirectorySource:
             self._seen[path.name] = sig
             captured = datetime.fromtimestamp(st.st_mtime, UTC)
             ready.append(
-                (st.st_mtime_ns,
-                 Frame(camera=self.camera, kind="file", source=str(path),
-                       captured_at=captured, data=data))
+                (
+                    st.st_mtime_ns,
+                    Frame(
+                        camera=self.camera,
+                        kind="file",
+                        source=str(path),
+                        captured_at=captured,
+                        data=data,
+                    ),
+                )
             )
             if self.config.after == "delete":
                 path.unlink(missing_ok=True)
@@ -227,9 +236,11 @@ class VideoFileSource:
                     if delay > 0:
                         time.sleep(delay)  # pacing to the video clock, not a sync
                 yield Frame(
-                    camera=self.camera, kind="video",
+                    camera=self.camera,
+                    kind="video",
                     source=f"{self.config.path}#{index - 1}",
-                    captured_at=opened + timedelta(seconds=t), image=image,
+                    captured_at=opened + timedelta(seconds=t),
+                    image=image,
                 )
         finally:
             cap.release()

@@ -25,7 +25,8 @@ log = logging.getLogger("agent")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
+        level=level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
@@ -37,12 +38,24 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="agent config (YAML)")
-@click.option("--exit-when-done", is_flag=True,
-              help="exit once every source has finished and the outbox is drained")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="agent config (YAML)",
+)
+@click.option(
+    "--exit-when-done",
+    is_flag=True,
+    help="exit once every source has finished and the outbox is drained",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
     """Run the daemon: capture, validate, gate, detect, apply rules, publish threats."""
     from agent.pipeline import build_agent
@@ -64,8 +77,13 @@ def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
 
 
 @main.command("check-config")
-@click.option("--config", "config_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="agent config (YAML)")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="agent config (YAML)",
+)
 def check_config(config_path: Path) -> None:
     """Validate a config file and the model manifest and rules it names; load nothing else."""
     from agent.config import load_agent_config
@@ -77,17 +95,29 @@ def check_config(config_path: Path) -> None:
         rules = load_rules(config.rules)
     except (ConfigError, ManifestError, RulesError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"ok: {config_path} sha256={sha} cameras={len(config.cameras)} "
-               f"rules={len(rules.rules)} rules_sha256={rules.sha256}")
+    click.echo(
+        f"ok: {config_path} sha256={sha} cameras={len(config.cameras)} "
+        f"rules={len(rules.rules)} rules_sha256={rules.sha256}"
+    )
 
 
 @main.command()
-@click.option("--model", "model_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="model manifest (YAML)")
-@click.option("--provider", "providers", multiple=True, default=["auto"], show_default=True,
-              help="ONNX Runtime execution provider (repeatable)")
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="model manifest (YAML)",
+)
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    default=["auto"],
+    show_default=True,
+    help="ONNX Runtime execution provider (repeatable)",
+)
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...]) -> None:
     """Detect objects in IMAGES; print one JSON object per image. Exit 1 if any image failed."""
     logging.basicConfig(level="WARNING", stream=sys.stderr)
@@ -102,20 +132,28 @@ def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...
         try:
             data = path.read_bytes()
             record["sha256"] = hashlib.sha256(data).hexdigest()
-            frame = Frame(camera="cli", kind="file", source=str(path),
-                          captured_at=_mtime(path), data=data)
+            frame = Frame(
+                camera="cli", kind="file", source=str(path), captured_at=_mtime(path), data=data
+            )
             image = validate_frame(frame, limits)
             found = detector.detect(image)
-            record.update({
-                "width": image.shape[1], "height": image.shape[0],
-                "model_sha256": detector.sha256, "provider": detector.provider,
-                "detections": [
-                    {"label": found.labels[i], "class_id": int(found.class_id[i]),
-                     "score": round(float(found.score[i]), 4),
-                     "xyxy": [round(float(v), 1) for v in found.xyxy[i]]}
-                    for i in range(len(found))
-                ],
-            })
+            record.update(
+                {
+                    "width": image.shape[1],
+                    "height": image.shape[0],
+                    "model_sha256": detector.sha256,
+                    "provider": detector.provider,
+                    "detections": [
+                        {
+                            "label": found.labels[i],
+                            "class_id": int(found.class_id[i]),
+                            "score": round(float(found.score[i]), 4),
+                            "xyxy": [round(float(v), 1) for v in found.xyxy[i]],
+                        }
+                        for i in range(len(found))
+                    ],
+                }
+            )
         except OSError as exc:
             failed += 1
             record["error"] = f"unreadable: {exc.strerror or exc}"

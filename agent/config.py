@@ -68,15 +68,18 @@ class MotionConfig(_Section):
 
 
 class DirectorySourceConfig(_Section):
-    type: Literal["directory"]
+    type: Literal["directory"] = Field(description="stills dropped into a folder")
     path: Path = Field(description="folder the camera drops stills into")
     poll_s: float = Field(0.2, gt=0, le=60, description="how often the folder is scanned")
     settle_s: float = Field(
-        1.0, ge=0, le=600,
+        1.0,
+        ge=0,
+        le=600,
         description="a file that is not a complete JPEG/PNG is taken once unchanged this long",
     )
     patterns: list[str] = Field(
-        default_factory=lambda: ["*.jpg", "*.jpeg", "*.png"], min_length=1,
+        default_factory=lambda: ["*.jpg", "*.jpeg", "*.png"],
+        min_length=1,
         description="file name patterns picked up (hidden, *.tmp and *.part files never are)",
     )
     existing: Literal["process", "skip"] = Field(
@@ -90,7 +93,7 @@ class DirectorySourceConfig(_Section):
 
 
 class VideoSourceConfig(_Section):
-    type: Literal["video"]
+    type: Literal["video"] = Field(description="a video file")
     path: Path = Field(description="video file (any container OpenCV reads)")
     fps: float = Field(2.0, gt=0, le=120, description="frames per second sampled from the video")
     realtime: bool = Field(False, description="pace reading to the video's own clock")
@@ -105,8 +108,10 @@ class CameraConfig(_Section):
     name: str = Field(
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="camera name, unique on this agent"
     )
-    source: SourceConfig
-    motion: MotionConfig = Field(default_factory=MotionConfig)  # type: ignore[arg-type]
+    source: SourceConfig = Field(description="where frames come from (by type)")
+    motion: MotionConfig = Field(
+        default_factory=dict, validate_default=True, description="the motion gate of this camera"
+    )
 
 
 class OutboxConfig(_Section):
@@ -137,14 +142,23 @@ class DetectConfig(_Section):
 
 class AgentConfig(_Section):
     agent_id: str = Field(pattern=AGENT_ID_PATTERN, description="this host's id in MQTT topics")
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
-    detect: DetectConfig
-    rules: Path = Field(description="threat rules file (YAML); its sha256 is its version")
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)  # type: ignore[arg-type]
-    validate_: ValidateConfig = Field(
-        default_factory=ValidateConfig, alias="validate"  # type: ignore[arg-type]
+    mqtt: MqttConfig = Field(
+        default_factory=dict, validate_default=True, description="broker connection"
     )
-    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)  # type: ignore[arg-type]
+    detect: DetectConfig = Field(description="the model and how it runs")
+    rules: Path = Field(description="threat rules file (YAML); its sha256 is its version")
+    outbox: OutboxConfig = Field(
+        default_factory=dict, validate_default=True, description="durable queue of unsent threats"
+    )
+    validate_: ValidateConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        alias="validate",
+        description="limits every frame is checked against before detection",
+    )
+    snapshot: SnapshotConfig = Field(
+        default_factory=dict, validate_default=True, description="JPEG snapshot in each threat"
+    )
     cameras: list[CameraConfig] = Field(min_length=1, description="the cameras this agent serves")
     _resolve = field_validator("rules")(_relative_to_config)
 

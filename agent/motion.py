@@ -48,8 +48,8 @@ class MotionGate:
             self._background = current
             return MotionResult(True, current.size, 1.0)
         diff = cv2.absdiff(current, self._background)
-        mask = (diff >= self.config.threshold).astype(np.uint8)
-        mask = cv2.dilate(mask, self._kernel, iterations=2)
+        changed = (diff >= self.config.threshold).astype(np.uint8)
+        mask = cv2.dilate(changed, self._kernel, iterations=2)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         largest = max((int(cv2.contourArea(c)) for c in contours), default=0)
         cv2.accumulateWeighted(current, self._background, self.config.background_alpha)

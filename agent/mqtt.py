@@ -29,7 +29,11 @@ class MqttLink:
     """
 
     def __init__(
-        self, *, agent_id: str, config: MqttConfig, outbox: Outbox,
+        self,
+        *,
+        agent_id: str,
+        config: MqttConfig,
+        outbox: Outbox,
         status: Callable[[str], StatusMessage],
     ) -> None:
         self.topics = Topics(agent_id)
@@ -54,9 +58,7 @@ class MqttLink:
         )
         if config.username:
             client.username_pw_set(config.username, config.password)
-        client.will_set(
-            self.topics.status, dump_payload(status("offline")), qos=1, retain=True
-        )
+        client.will_set(self.topics.status, dump_payload(status("offline")), qos=1, retain=True)
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -67,25 +69,47 @@ class MqttLink:
         self._thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
 
     # paho callbacks (network thread) -------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         if reason_code.is_failure:
-            log.error("broker %s:%d refused the connection: %s",
-                      self.config.host, self.config.port, reason_code)
+            log.error(
+                "broker %s:%d refused the connection: %s",
+                self.config.host,
+                self.config.port,
+                reason_code,
+            )
             return
         log.info("connected to broker %s:%d", self.config.host, self.config.port)
         self.connected.set()
         self.publish_status()
         self.outbox_notify()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         if self.connected.is_set() and not self._stop.is_set():
             log.warning("disconnected from broker: %s (will reconnect)", reason_code)
         self.connected.clear()
 
-    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
-                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         self._acks.put(mid)
         self.outbox_notify()
 

@@ -90,7 +90,9 @@ class Outbox:
                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                 (dropped,),
             )
-            log.warning("outbox over %d bytes: dropped %d oldest message(s)", self.max_bytes, dropped)
+            log.warning(
+                "outbox over %d bytes: dropped %d oldest message(s)", self.max_bytes, dropped
+            )
         return dropped
 
     def pending(self, *, after_seq: int = 0, limit: int = 100) -> list[OutboxEntry]:
@@ -101,7 +103,9 @@ class Outbox:
                 "ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [OutboxEntry(seq=r[0], message_id=r[1], topic=r[2], payload=bytes(r[3])) for r in rows]
+        return [
+            OutboxEntry(seq=r[0], message_id=r[1], topic=r[2], payload=bytes(r[3])) for r in rows
+        ]
 
     def ack(self, seq: int) -> None:
         """The broker has the message: delete it."""

@@ -26,7 +26,6 @@ from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.rules import RuleSet, Threat, load_rules
 from agent.validate import FrameRejected, validate_frame
-from wire.version import code_version
 from wire.payloads import (
     CameraStatus,
     DetectionOut,
@@ -37,6 +36,7 @@ from wire.payloads import (
     Versions,
     dump_payload,
 )
+from wire.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,12 @@ class CameraCounters:
 
     def as_dict(self) -> dict[str, int]:
         out = {
-            "captured": self.captured, "rejected": sum(self.rejected.values()),
-            "no_motion": self.no_motion, "detected": self.detected,
-            "detections": self.detections, "threats": self.threats,
+            "captured": self.captured,
+            "rejected": sum(self.rejected.values()),
+            "no_motion": self.no_motion,
+            "detected": self.detected,
+            "detections": self.detections,
+            "threats": self.threats,
             "threat_frames": self.threat_frames,
         }
         out.update({f"rejected_{k}": v for k, v in sorted(self.rejected.items())})
@@ -91,13 +94,16 @@ class Agent:
         self.agent_id = config.agent_id
         manifest = load_manifest(config.detect.model)
         self.detector = Detector(
-            manifest, providers=config.detect.providers,
+            manifest,
+            providers=config.detect.providers,
             intra_op_threads=config.detect.intra_op_threads,
         )
         self.rules: RuleSet = load_rules(config.rules)
         self.versions = Versions(
-            code=code_version(), model_sha256=self.detector.sha256,
-            rules_sha256=self.rules.sha256, config_sha256=config_sha256,
+            code=code_version(),
+            model_sha256=self.detector.sha256,
+            rules_sha256=self.rules.sha256,
+            config_sha256=config_sha256,
         )
         self.cameras = [Camera(c) for c in config.cameras]
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
@@ -111,16 +117,21 @@ class Agent:
 
     # status ----------------------------------------------------------------------------------
     def status(self, state: str) -> StatusMessage:
-        return StatusMessage.model_validate({
-            "agent_id": self.agent_id, "state": state, "versions": self.versions,
-            "provider": self.detector.provider,
-            "cameras": [
-                CameraStatus(name=c.name, state=c.state, counters=c.counters.as_dict())  # type: ignore[arg-type]
-                for c in self.cameras
-            ],
-            "outbox_depth": self.outbox.depth(), "outbox_dropped": self.outbox.dropped(),
-            "sent_at": datetime.now(UTC),
-        })
+        return StatusMessage.model_validate(
+            {
+                "agent_id": self.agent_id,
+                "state": state,
+                "versions": self.versions,
+                "provider": self.detector.provider,
+                "cameras": [
+                    CameraStatus(name=c.name, state=c.state, counters=c.counters.as_dict())  # type: ignore[arg-type]
+                    for c in self.cameras
+                ],
+                "outbox_depth": self.outbox.depth(),
+                "outbox_dropped": self.outbox.dropped(),
+                "sent_at": datetime.now(UTC),
+            }
+        )
 
     def summary(self) -> dict[str, object]:
         """Totals over all cameras, for the CLI's last line."""
@@ -133,12 +144,17 @@ class Agent:
             rejected.update(cam.counters.rejected)
         return {
             "agent_id": self.agent_id,
-            "frames_read": total["captured"], "frames_rejected": dict(rejected),
-            "frames_no_motion": total["no_motion"], "frames_detected": total["detected"],
-            "detections": total["detections"], "threats": total["threats"],
+            "frames_read": total["captured"],
+            "frames_rejected": dict(rejected),
+            "frames_no_motion": total["no_motion"],
+            "frames_detected": total["detected"],
+            "detections": total["detections"],
+            "threats": total["threats"],
             "threat_messages": total["threat_frames"],
-            "published": self.link.published, "acknowledged": self.link.acked,
-            "outbox_depth": self.outbox.depth(), "outbox_dropped": self.outbox.dropped(),
+            "published": self.link.published,
+            "acknowledged": self.link.acked,
+            "outbox_depth": self.outbox.depth(),
+            "outbox_dropped": self.outbox.dropped(),
             "provider": self.detector.provider,
             "versions": self.versions.model_dump(),
         }
@@ -167,7 +183,11 @@ class Agent:
         threats = self.rules.apply(camera.name, detections)
         log.info(
             "%s lineage=%s detections=%d threats=%d infer_ms=%.1f",
-            ids, frame.lineage_id, len(detections), len(threats), self.detector.last_inference_ms,
+            ids,
+            frame.lineage_id,
+            len(detections),
+            len(threats),
+            self.detector.last_inference_ms,
         )
         if not threats:
             return None
@@ -187,7 +207,8 @@ class Agent:
     ) -> ThreatMessage:
         dets = [
             DetectionOut(
-                label=detections.labels[i], class_id=int(detections.class_id[i]),
+                label=detections.labels[i],
+                class_id=int(detections.class_id[i]),
                 score=round(float(detections.score[i]), 6),
                 xyxy=tuple(round(float(v), 2) for v in detections.xyxy[i]),  # type: ignore[arg-type]
             )
@@ -197,31 +218,48 @@ class Agent:
             ThreatOut(**dets[t.index].model_dump(), rule=t.rule, severity=t.severity)  # type: ignore[arg-type]
             for t in threats
         ]
-        return ThreatMessage.model_validate({
-            "message_id": uuid.uuid4().hex, "agent_id": self.agent_id, "camera": frame.camera,
-            "lineage_id": frame.lineage_id,
-            "frame": FrameRef(
-                frame_id=frame.frame_id, sha256=frame_sha256(frame, image), kind=frame.kind,
-                source=frame.source, captured_at=frame.captured_at,
-                width=image.shape[1], height=image.shape[0],
-            ),
-            "detections": dets, "threats": threat_out, "versions": self.versions,
-            "snapshot_jpeg_b64": self.snapshot(frame, image),
-            "sent_at": datetime.now(UTC),
-        })
+        return ThreatMessage.model_validate(
+            {
+                "message_id": uuid.uuid4().hex,
+                "agent_id": self.agent_id,
+                "camera": frame.camera,
+                "lineage_id": frame.lineage_id,
+                "frame": FrameRef(
+                    frame_id=frame.frame_id,
+                    sha256=frame_sha256(frame, image),
+                    kind=frame.kind,
+                    source=frame.source,
+                    captured_at=frame.captured_at,
+                    width=image.shape[1],
+                    height=image.shape[0],
+                ),
+                "detections": dets,
+                "threats": threat_out,
+                "versions": self.versions,
+                "snapshot_jpeg_b64": self.snapshot(frame, image),
+                "sent_at": datetime.now(UTC),
+            }
+        )
 
     def snapshot(self, frame: Frame, image: np.ndarray) -> str | None:
         cfg = self.config.snapshot
         if not cfg.enabled:
             return None
-        if frame.data is not None and frame.data[:2] == b"\xff\xd8" \
-                and image.shape[1] <= cfg.max_width_px and len(frame.data) < 2_000_000:
+        if (
+            frame.data is not None
+            and frame.data[:2] == b"\xff\xd8"
+            and image.shape[1] <= cfg.max_width_px
+            and len(frame.data) < 2_000_000
+        ):
             jpeg = frame.data
         else:
             if image.shape[1] > cfg.max_width_px:
                 scale = cfg.max_width_px / image.shape[1]
-                image = cv2.resize(image, (cfg.max_width_px, round(image.shape[0] * scale)),
-                                   interpolation=cv2.INTER_AREA)
+                image = cv2.resize(
+                    image,
+                    (cfg.max_width_px, round(image.shape[0] * scale)),
+                    interpolation=cv2.INTER_AREA,
+                )
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
             if not ok:
                 return None
@@ -239,11 +277,19 @@ class Agent:
                 try:
                     self.process(camera, frame)
                 except Exception:
-                    log.exception("agent=%s camera=%s frame=%s failed; camera continues",
-                                  self.agent_id, camera.name, frame.frame_id)
+                    log.exception(
+                        "agent=%s camera=%s frame=%s failed; camera continues",
+                        self.agent_id,
+                        camera.name,
+                        frame.frame_id,
+                    )
             camera.state = "finished"
-            log.info("agent=%s camera=%s source finished: %s", self.agent_id, camera.name,
-                     camera.counters.as_dict())
+            log.info(
+                "agent=%s camera=%s source finished: %s",
+                self.agent_id,
+                camera.name,
+                camera.counters.as_dict(),
+            )
         except SourceError as exc:
             camera.state = "down"
             log.error("agent=%s camera=%s is down: %s", self.agent_id, camera.name, exc)
@@ -251,8 +297,9 @@ class Agent:
     def start(self) -> None:
         self.link.start()
         for cam in self.cameras:
-            t = threading.Thread(target=self._camera_loop, args=(cam,), name=f"camera-{cam.name}",
-                                 daemon=True)
+            t = threading.Thread(
+                target=self._camera_loop, args=(cam,), name=f"camera-{cam.name}", daemon=True
+            )
             t.start()
             self._threads.append(t)
 
@@ -275,8 +322,11 @@ class Agent:
                 if self.link.idle():
                     break
                 if now - finished_at > drain_timeout_s:
-                    log.error("outbox not drained after %.0f s: %d message(s) stay queued",
-                              drain_timeout_s, self.outbox.depth())
+                    log.error(
+                        "outbox not drained after %.0f s: %d message(s) stay queued",
+                        drain_timeout_s,
+                        self.outbox.depth(),
+                    )
                     break
             self.outbox.wait_changed(0.2)
         self.shutdown()

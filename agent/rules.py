@@ -38,7 +38,7 @@ class Rule(BaseModel):
 
 class RulesFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    rules: list[Rule] = Field(min_length=1)
+    rules: list[Rule] = Field(min_length=1, description="checked in order; the first match wins")
 
     @model_validator(mode="after")
     def _unique_names(self) -> RulesFile:

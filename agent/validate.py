@@ -85,13 +85,13 @@ def check_dimensions(width: int, height: int, config: ValidateConfig) -> None:
 def validate_frame(frame: Frame, config: ValidateConfig) -> np.ndarray:
     """Check ``frame`` and return its decoded BGR image (h, w, 3) uint8; FrameRejected if bad."""
     if frame.image is not None:
-        image = frame.image
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        pixels = frame.image
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
             raise FrameRejected(
-                "undecodable", f"decoded frame is {image.dtype} {image.shape}, want uint8 (h,w,3)"
+                "undecodable", f"decoded frame is {pixels.dtype} {pixels.shape}, want uint8 (h,w,3)"
             )
-        check_dimensions(image.shape[1], image.shape[0], config)
-        return image
+        check_dimensions(pixels.shape[1], pixels.shape[0], config)
+        return pixels
     data = frame.data
     if not data:
         raise FrameRejected("empty", "file has 0 bytes")
@@ -104,11 +104,14 @@ def validate_frame(frame: Frame, config: ValidateConfig) -> np.ndarray:
     check_dimensions(width, height, config)
     if not looks_complete(data):
         raise FrameRejected("truncated", f"{fmt.upper()} ends before its end marker")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
         raise FrameRejected("undecodable", f"{fmt.upper()} data could not be decoded")
-    if (image.shape[1], image.shape[0]) != (width, height):
+    # OpenCV applies a JPEG's EXIF orientation, so a rotated photo decodes with sides swapped.
+    image = decoded
+    if (image.shape[1], image.shape[0]) not in ((width, height), (height, width)):
         raise FrameRejected(
-            "undecodable", f"decoded {image.shape[1]}x{image.shape[0]}, header said {width}x{height}"
+            "undecodable",
+            f"decoded {image.shape[1]}x{image.shape[0]}, header said {width}x{height}",
         )
     return image

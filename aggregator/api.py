@@ -91,8 +91,14 @@ FROM threats t JOIN messages m ON m.message_id = t.message_id
 
 def _threat(row: sqlite3.Row) -> ThreatPublic:
     return ThreatPublic(
-        id=row["id"], event_id=row["event_id"], agent_id=row["agent_id"], camera=row["camera"],
-        rule=row["rule"], severity=row["severity"], label=row["label"], score=row["score"],
+        id=row["id"],
+        event_id=row["event_id"],
+        agent_id=row["agent_id"],
+        camera=row["camera"],
+        rule=row["rule"],
+        severity=row["severity"],
+        label=row["label"],
+        score=row["score"],
         xyxy=(row["x1"], row["y1"], row["x2"], row["y2"]),
         captured_at=_dt(row["captured_ts"]),  # type: ignore[arg-type]
         provenance=Provenance(**{k: row[k] for k in Provenance.model_fields}),
@@ -101,11 +107,17 @@ def _threat(row: sqlite3.Row) -> ThreatPublic:
 
 def _event(row: sqlite3.Row) -> dict[str, Any]:
     return {
-        "id": row["id"], "agent_id": row["agent_id"], "camera": row["camera"],
-        "rule": row["rule"], "label": row["label"], "severity": row["severity"],
+        "id": row["id"],
+        "agent_id": row["agent_id"],
+        "camera": row["camera"],
+        "rule": row["rule"],
+        "label": row["label"],
+        "severity": row["severity"],
         "state": "open" if row["ended_ts"] is None else "ended",
-        "started_at": _dt(row["started_ts"]), "last_seen_at": _dt(row["last_seen_ts"]),
-        "ended_at": _dt(row["ended_ts"]), "threat_count": row["threat_count"],
+        "started_at": _dt(row["started_ts"]),
+        "last_seen_at": _dt(row["last_seen_ts"]),
+        "ended_at": _dt(row["ended_ts"]),
+        "threat_count": row["threat_count"],
         "top_score": row["top_score"],
     }
 
@@ -142,20 +154,21 @@ def create_app(
 ) -> FastAPI:
     """The API app. ``config`` overrides :func:`get_settings` (what ``secagg serve`` does)."""
     app = FastAPI(
-        title="secagg", version=code_version(),
+        title="secagg",
+        version=code_version(),
         description="Threats and threat events from secagent edge agents, with provenance.",
     )
     if config is not None:
         app.dependency_overrides[get_settings] = lambda: config
     app.state.broker_connected = broker_connected or (lambda: False)
 
-
     @app.get("/api/health", response_model=Health, summary="Service health and ingest counters")
     def health(conn: Db, request: Request) -> Health:
         count = lambda sql: int(conn.execute(sql).fetchone()[0])  # noqa: E731
         connected = bool(request.app.state.broker_connected())
         return Health(
-            status="ok" if connected else "degraded", broker_connected=connected,
+            status="ok" if connected else "degraded",
+            broker_connected=connected,
             code_version=code_version(),
             messages=count("SELECT COUNT(*) FROM messages"),
             threats=count("SELECT COUNT(*) FROM threats"),
@@ -164,32 +177,42 @@ def create_app(
             counters=store.counters(conn),
         )
 
-    @app.get("/api/threats", response_model=list[ThreatPublic],
-             summary="Threats, newest first, with provenance")
+    @app.get(
+        "/api/threats",
+        response_model=list[ThreatPublic],
+        summary="Threats, newest first, with provenance",
+    )
     def list_threats(
-        conn: Db, limit: Limit,
-        camera: str | None = None, agent_id: str | None = None, rule: str | None = None,
+        conn: Db,
+        limit: Limit,
+        camera: str | None = None,
+        agent_id: str | None = None,
+        rule: str | None = None,
         since: Annotated[datetime | None, Query(description="captured at or after")] = None,
         before_id: Annotated[int | None, Query(description="page: threats with id < this")] = None,
     ) -> list[ThreatPublic]:
-        where, args = _filters(camera=camera, agent_id=agent_id, rule=rule, since=since,
-                               alias="t", ts="captured_ts")
+        where, args = _filters(
+            camera=camera, agent_id=agent_id, rule=rule, since=since, alias="t", ts="captured_ts"
+        )
         if before_id is not None:
             where.append("t.id < ?")
             args.append(before_id)
         sql = _THREAT_SQL + _where(where) + " ORDER BY t.id DESC LIMIT ?"
         return [_threat(r) for r in conn.execute(sql, [*args, limit])]
 
-    @app.get("/api/events", response_model=list[EventPublic],
-             summary="Threat events, newest first")
+    @app.get("/api/events", response_model=list[EventPublic], summary="Threat events, newest first")
     def list_events(
-        conn: Db, limit: Limit,
-        camera: str | None = None, agent_id: str | None = None, rule: str | None = None,
+        conn: Db,
+        limit: Limit,
+        camera: str | None = None,
+        agent_id: str | None = None,
+        rule: str | None = None,
         since: Annotated[datetime | None, Query(description="last seen at or after")] = None,
         state: Annotated[str | None, Query(pattern="^(open|ended)$")] = None,
     ) -> list[EventPublic]:
-        where, args = _filters(camera=camera, agent_id=agent_id, rule=rule, since=since,
-                               alias="e", ts="last_seen_ts")
+        where, args = _filters(
+            camera=camera, agent_id=agent_id, rule=rule, since=since, alias="e", ts="last_seen_ts"
+        )
         if state == "open":
             where.append("e.ended_ts IS NULL")
         elif state == "ended":
@@ -197,22 +220,36 @@ def create_app(
         sql = "SELECT e.* FROM events e" + _where(where) + " ORDER BY e.id DESC LIMIT ?"
         return [EventPublic(**_event(r)) for r in conn.execute(sql, [*args, limit])]
 
-    @app.get("/api/events/{event_id}", response_model=EventDetail,
-             summary="One threat event with all its threats and their provenance",
-             responses={404: {"description": "no such event"}})
+    @app.get(
+        "/api/events/{event_id}",
+        response_model=EventDetail,
+        summary="One threat event with all its threats and their provenance",
+        responses={404: {"description": "no such event"}},
+    )
     def get_event(conn: Db, event_id: int) -> EventDetail:
         row = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
         if row is None:
             raise HTTPException(404, f"event {event_id} not found")
-        threats = [_threat(r) for r in conn.execute(
-            _THREAT_SQL + " WHERE t.event_id = ? ORDER BY t.captured_ts, t.id", (event_id,))]
+        threats = [
+            _threat(r)
+            for r in conn.execute(
+                _THREAT_SQL + " WHERE t.event_id = ? ORDER BY t.captured_ts, t.id", (event_id,)
+            )
+        ]
         return EventDetail(**_event(row), threats=threats)
 
     return app
 
 
-def _filters(*, camera: str | None, agent_id: str | None, rule: str | None,
-             since: datetime | None, alias: str, ts: str) -> tuple[list[str], list[Any]]:
+def _filters(
+    *,
+    camera: str | None,
+    agent_id: str | None,
+    rule: str | None,
+    since: datetime | None,
+    alias: str,
+    ts: str,
+) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     args: list[Any] = []
     for column, value in (("camera", camera), ("agent_id", agent_id), ("rule", rule)):

@@ -29,10 +29,19 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="aggregator config (YAML)")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="aggregator config (YAML)",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def serve(config_path: Path, log_level: str) -> None:
     """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM."""
     import uvicorn
@@ -40,16 +49,24 @@ def serve(config_path: Path, log_level: str) -> None:
     from aggregator.api import create_app
     from aggregator.ingest import Ingest
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     config = _load(config_path)
     ingest = Ingest(config)
     ingest.start()
     app = create_app(config, broker_connected=ingest.connected.is_set)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=config.api.host, port=config.api.port, log_level=log_level,
-        access_log=log_level == "debug",
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.api.host,
+            port=config.api.port,
+            log_level=log_level,
+            access_log=log_level == "debug",
+        )
+    )
     try:
         server.run()
     finally:
@@ -57,8 +74,13 @@ def serve(config_path: Path, log_level: str) -> None:
 
 
 @main.command("check-config")
-@click.option("--config", "config_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="aggregator config (YAML)")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="aggregator config (YAML)",
+)
 def check_config(config_path: Path) -> None:
     """Validate a config file and print the settings it resolves to."""
     config = _load(config_path)

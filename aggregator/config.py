@@ -27,11 +27,15 @@ class MqttConfig(_Section):
     username: str | None = Field(None, description="MQTT username of the aggregator")
     password: str | None = Field(None, description="MQTT password")
     client_id: str = Field(
-        "secagg", min_length=1, max_length=64,
+        "secagg",
+        min_length=1,
+        max_length=64,
         description="fixed client id: the broker keeps this session's queue while it is away",
     )
     session_expiry_s: int = Field(
-        7 * 24 * 3600, ge=0, le=0xFFFFFFFF,
+        7 * 24 * 3600,
+        ge=0,
+        le=0xFFFFFFFF,
         description="how long the broker keeps the session (and queued threats) after a disconnect",
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval")
@@ -43,7 +47,8 @@ class StoreConfig(_Section):
         Path("secagg.sqlite"), validate_default=True, description="SQLite database file"
     )
     snapshots_dir: Path = Field(
-        Path("snapshots"), validate_default=True,
+        Path("snapshots"),
+        validate_default=True,
         description="folder of threat snapshots, stored by sha256",
     )
     _resolve = field_validator("path", "snapshots_dir")(_relative_to_config)
@@ -51,7 +56,9 @@ class StoreConfig(_Section):
 
 class EventsConfig(_Section):
     cutoff_s: float = Field(
-        30.0, gt=0, le=86400,
+        30.0,
+        gt=0,
+        le=86400,
         description="a threat event ends after this many seconds without a threat",
     )
     sweep_interval_s: float = Field(
@@ -66,10 +73,18 @@ class ApiConfig(_Section):
 
 
 class AggregatorConfig(_Section):
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
-    store: StoreConfig = Field(default_factory=StoreConfig)  # type: ignore[arg-type]
-    events: EventsConfig = Field(default_factory=EventsConfig)  # type: ignore[arg-type]
-    api: ApiConfig = Field(default_factory=ApiConfig)  # type: ignore[arg-type]
+    mqtt: MqttConfig = Field(
+        default_factory=dict, validate_default=True, description="broker connection and session"
+    )
+    store: StoreConfig = Field(
+        default_factory=dict, validate_default=True, description="SQLite store and snapshots"
+    )
+    events: EventsConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="grouping threats into threat events",
+    )
+    api: ApiConfig = Field(default_factory=dict, validate_default=True, description="the REST API")
 
 
 def load_aggregator_config(path: Path) -> tuple[AggregatorConfig, str]:

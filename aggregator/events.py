@@ -28,7 +28,12 @@ def _ts(value: float | None) -> datetime | None:
 
 
 def end_stale(
-    conn: sqlite3.Connection, *, agent_id: str, camera: str, rule: str, before_ts: float,
+    conn: sqlite3.Connection,
+    *,
+    agent_id: str,
+    camera: str,
+    rule: str,
+    before_ts: float,
     cutoff_s: float,
 ) -> list[EventChange]:
     """End the open events of this key whose last threat is more than cutoff_s before before_ts."""
@@ -43,12 +48,22 @@ def end_stale(
 
 
 def assign(
-    conn: sqlite3.Connection, *, agent_id: str, camera: str, rule: str, label: str,
-    severity: str, score: float, captured_ts: float, message_id: str, cutoff_s: float,
+    conn: sqlite3.Connection,
+    *,
+    agent_id: str,
+    camera: str,
+    rule: str,
+    label: str,
+    severity: str,
+    score: float,
+    captured_ts: float,
+    message_id: str,
+    cutoff_s: float,
 ) -> tuple[int, list[EventChange]]:
     """The event this threat belongs to (extending or creating it) and the changes made."""
-    changes = end_stale(conn, agent_id=agent_id, camera=camera, rule=rule,
-                        before_ts=captured_ts, cutoff_s=cutoff_s)
+    changes = end_stale(
+        conn, agent_id=agent_id, camera=camera, rule=rule, before_ts=captured_ts, cutoff_s=cutoff_s
+    )
     row = conn.execute(
         "SELECT * FROM events WHERE agent_id = ? AND camera = ? AND rule = ? "
         "AND started_ts - ? <= ? AND last_seen_ts + ? >= ? "
@@ -71,8 +86,12 @@ def assign(
         "threat_count = threat_count + 1, severity = ?, top_score = MAX(top_score, ?), "
         "top_message_id = ?, label = ?, ended_ts = NULL WHERE id = ?",
         (
-            captured_ts, captured_ts, severity if escalated else row["severity"], score,
-            message_id if better else row["top_message_id"], label if better else row["label"],
+            captured_ts,
+            captured_ts,
+            severity if escalated else row["severity"],
+            score,
+            message_id if better else row["top_message_id"],
+            label if better else row["label"],
             row["id"],
         ),
     )
@@ -94,10 +113,19 @@ def end_idle(conn: sqlite3.Connection, *, now_ts: float, cutoff_s: float) -> lis
 def event_message(conn: sqlite3.Connection, change: EventChange) -> EventMessage:
     """The public lifecycle message of an event, as it stands now."""
     row = conn.execute("SELECT * FROM events WHERE id = ?", (change.event_id,)).fetchone()
-    return EventMessage.model_validate({
-        "type": change.type, "event_id": row["id"], "agent_id": row["agent_id"],
-        "camera": row["camera"], "rule": row["rule"], "severity": row["severity"],
-        "label": row["label"], "started_at": _ts(row["started_ts"]),
-        "last_seen_at": _ts(row["last_seen_ts"]), "ended_at": _ts(row["ended_ts"]),
-        "threat_count": row["threat_count"], "top_score": row["top_score"],
-    })
+    return EventMessage.model_validate(
+        {
+            "type": change.type,
+            "event_id": row["id"],
+            "agent_id": row["agent_id"],
+            "camera": row["camera"],
+            "rule": row["rule"],
+            "severity": row["severity"],
+            "label": row["label"],
+            "started_at": _ts(row["started_ts"]),
+            "last_seen_at": _ts(row["last_seen_ts"]),
+            "ended_at": _ts(row["ended_ts"]),
+            "threat_count": row["threat_count"],
+            "top_score": row["top_score"],
+        }
+    )

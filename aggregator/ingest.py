@@ -27,7 +27,7 @@ from aggregator import events, store
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
 from wire.payloads import PayloadError, StatusMessage, ThreatMessage, dump_payload, parse_payload
-from wire.topics import Topics, TopicError
+from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +87,52 @@ class Ingest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self.client = client
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
 
     # paho callbacks (network thread) -------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             log.error("broker refused the aggregator: %s", reason_code)
             return
-        log.info("connected to broker %s:%d (session present: %s)", self.config.mqtt.host,
-                 self.config.mqtt.port, flags.session_present)
+        log.info(
+            "connected to broker %s:%d (session present: %s)",
+            self.config.mqtt.host,
+            self.config.mqtt.port,
+            flags.session_present,
+        )
         client.subscribe([(Topics.ALL_THREATS, 1), (Topics.ALL_STATUS, 1)])
-        self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[mqtt.ReasonCode],
+        properties: object,
+    ) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("broker refused the subscriptions: %s", ", ".join(failed))
+            return
+        self.connected.set()  # connected *and* subscribed: nothing published from now is missed
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         if self.connected.is_set():
             log.warning("disconnected from broker: %s (will reconnect)", reason_code)
         self.connected.clear()
@@ -136,8 +166,9 @@ class Ingest:
             self._reject(msg, exc)
         except Exception:
             # Not acked: the broker redelivers it after a reconnect. Log it and go on.
-            log.exception("topic=%s mid=%d could not be stored; left unacknowledged",
-                          msg.topic, msg.mid)
+            log.exception(
+                "topic=%s mid=%d could not be stored; left unacknowledged", msg.topic, msg.mid
+            )
             return
         self._ack(msg)
 
@@ -153,16 +184,21 @@ class Ingest:
         now = time.monotonic()
         if now - self._last_reject_log.get(exc.reason, -1e9) >= 60:
             self._last_reject_log[exc.reason] = now
-            log.warning("topic=%s rejected (%s): %s [logged once a minute per reason]",
-                        msg.topic, exc.reason, exc.detail)
+            log.warning(
+                "topic=%s rejected (%s): %s [logged once a minute per reason]",
+                msg.topic,
+                exc.reason,
+                exc.detail,
+            )
 
     def _handle_status(self, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:
             return  # a retained status being cleared
-        status = parse_payload(msg.payload, StatusMessage)
+        status = parse_payload(bytes(msg.payload), StatusMessage)
         self._check_agent(msg.topic, status.agent_id)
-        log.info("agent=%s is %s (outbox depth %d)", status.agent_id, status.state,
-                 status.outbox_depth)
+        log.info(
+            "agent=%s is %s (outbox depth %d)", status.agent_id, status.state, status.outbox_depth
+        )
 
     @staticmethod
     def _check_agent(topic: str, agent_id: str) -> None:
@@ -174,56 +210,93 @@ class Ingest:
             raise PayloadError("agent_mismatch", f"topic says {topic_agent}, payload {agent_id}")
 
     def _handle_threat(self, msg: mqtt.MQTTMessage) -> None:
-        threat = parse_payload(msg.payload, ThreatMessage)
+        threat = parse_payload(bytes(msg.payload), ThreatMessage)
         self._check_agent(msg.topic, threat.agent_id)
         snapshot_sha = (
             save_snapshot(self.config.store.snapshots_dir, threat.snapshot_jpeg_b64)
-            if threat.snapshot_jpeg_b64 else None
+            if threat.snapshot_jpeg_b64
+            else None
         )
         cutoff = self.config.events.cutoff_s
         changes: list[EventChange] = []
         captured_ts = threat.frame.captured_at.timestamp()
         with store.transaction(self._conn) as conn:
-            if not store.insert_message(conn, threat, received_at=datetime.now(UTC).isoformat(),
-                                        snapshot_sha256=snapshot_sha):
+            if not store.insert_message(
+                conn,
+                threat,
+                received_at=datetime.now(UTC).isoformat(),
+                snapshot_sha256=snapshot_sha,
+            ):
                 self.stats.duplicates += 1
                 store.bump_counter(conn, "duplicates")
-                log.info("agent=%s message=%s duplicate ignored", threat.agent_id,
-                         threat.message_id)
+                log.info(
+                    "agent=%s message=%s duplicate ignored", threat.agent_id, threat.message_id
+                )
                 return
             for t in threat.threats:
                 event_id, more = events.assign(
-                    conn, agent_id=threat.agent_id, camera=threat.camera, rule=t.rule,
-                    label=t.label, severity=t.severity, score=t.score, captured_ts=captured_ts,
-                    message_id=threat.message_id, cutoff_s=cutoff,
+                    conn,
+                    agent_id=threat.agent_id,
+                    camera=threat.camera,
+                    rule=t.rule,
+                    label=t.label,
+                    severity=t.severity,
+                    score=t.score,
+                    captured_ts=captured_ts,
+                    message_id=threat.message_id,
+                    cutoff_s=cutoff,
                 )
                 changes += more
                 conn.execute(
                     "INSERT INTO threats (message_id, event_id, agent_id, camera, rule, severity, "
                     "label, class_id, score, x1, y1, x2, y2, captured_ts) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (threat.message_id, event_id, threat.agent_id, threat.camera, t.rule,
-                     t.severity, t.label, t.class_id, t.score, *t.xyxy, captured_ts),
+                    (
+                        threat.message_id,
+                        event_id,
+                        threat.agent_id,
+                        threat.camera,
+                        t.rule,
+                        t.severity,
+                        t.label,
+                        t.class_id,
+                        t.score,
+                        *t.xyxy,
+                        captured_ts,
+                    ),
                 )
             store.bump_counter(conn, "stored")
         self.stats.stored += 1
-        log.info("agent=%s camera=%s frame=%s lineage=%s message=%s stored %d threat(s)",
-                 threat.agent_id, threat.camera, threat.frame.frame_id, threat.lineage_id,
-                 threat.message_id, len(threat.threats))
+        log.info(
+            "agent=%s camera=%s frame=%s lineage=%s message=%s stored %d threat(s)",
+            threat.agent_id,
+            threat.camera,
+            threat.frame.frame_id,
+            threat.lineage_id,
+            threat.message_id,
+            len(threat.threats),
+        )
         self._publish_changes(changes)
 
     def _sweep(self) -> None:
         with store.transaction(self._conn) as conn:
-            changes = events.end_idle(conn, now_ts=time.time(),
-                                      cutoff_s=self.config.events.cutoff_s)
+            changes = events.end_idle(
+                conn, now_ts=time.time(), cutoff_s=self.config.events.cutoff_s
+            )
         self._publish_changes(changes)
 
     def _publish_changes(self, changes: list[EventChange]) -> None:
         for change in changes:
             message = events.event_message(self._conn, change)
-            log.info("event=%d %s agent=%s camera=%s rule=%s threats=%d", change.event_id,
-                     change.type, message.agent_id, message.camera, message.rule,
-                     message.threat_count)
+            log.info(
+                "event=%d %s agent=%s camera=%s rule=%s threats=%d",
+                change.event_id,
+                change.type,
+                message.agent_id,
+                message.camera,
+                message.rule,
+                message.threat_count,
+            )
             if self.config.mqtt.publish_events:
                 self.client.publish(Topics.EVENTS, dump_payload(message), qos=1)
 
@@ -233,8 +306,11 @@ class Ingest:
         props.SessionExpiryInterval = self.config.mqtt.session_expiry_s
         self._writer.start()
         self.client.connect_async(
-            self.config.mqtt.host, self.config.mqtt.port, self.config.mqtt.keepalive_s,
-            clean_start=False, properties=props,
+            self.config.mqtt.host,
+            self.config.mqtt.port,
+            self.config.mqtt.keepalive_s,
+            clean_start=False,
+            properties=props,
         )
         self.client.loop_start()
 
@@ -242,5 +318,6 @@ class Ingest:
         self.client.disconnect()
         self.client.loop_stop()
         self._stop.set()
+        self._queue.put(None)  # wake the writer
         self._writer.join(timeout=10)
         self._conn.close()

@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -23,13 +25,14 @@ from demo.footage import sample_clip, write_door_stills
 
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFF_S = 10
+T = TypeVar("T")
 
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
-def wait_until(what: str, check, *, timeout_s: float):  # type: ignore[no-untyped-def]
+def wait_until(what: str, check: Callable[[], T | None], *, timeout_s: float) -> T:
     """Poll ``check()`` until it returns a truthy value; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -41,8 +44,9 @@ def wait_until(what: str, check, *, timeout_s: float):  # type: ignore[no-untype
         time.sleep(0.2)  # poll interval of a deadline wait
 
 
-def write_configs(work: Path, *, broker: Mosquitto, api_port: int, clip: Path,
-                  door: Path) -> tuple[Path, Path]:
+def write_configs(
+    work: Path, *, broker: Mosquitto, api_port: int, clip: Path, door: Path
+) -> tuple[Path, Path]:
     agg = work / "secagg.yaml"
     agg.write_text(
         f"mqtt: {{host: {broker.host}, port: {broker.port}, client_id: secagg-demo}}\n"
@@ -84,12 +88,16 @@ def main() -> int:
     broker = Mosquitto(work / "broker").start()
     say(f"      mqtt://{broker.host}:{broker.port}")
     api_port = free_port()
-    agg_conf, agent_conf = write_configs(work, broker=broker, api_port=api_port, clip=clip,
-                                         door=door)
+    agg_conf, agent_conf = write_configs(
+        work, broker=broker, api_port=api_port, clip=clip, door=door
+    )
     api = f"http://127.0.0.1:{api_port}"
     agg_log = (work / "secagg.log").open("w")
-    aggregator = subprocess.Popen([str(bindir / "secagg"), "serve", "--config", str(agg_conf)],
-                                  stdout=agg_log, stderr=subprocess.STDOUT)
+    aggregator = subprocess.Popen(
+        [str(bindir / "secagg"), "serve", "--config", str(agg_conf)],
+        stdout=agg_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         say("[3/5] starting the aggregator (secagg serve)")
 
@@ -135,7 +143,10 @@ def run_agent(bindir: Path, config: Path, work: Path) -> dict:
     log_path = work / "secagent.log"
     proc = subprocess.Popen(
         [str(bindir / "secagent"), "run", "--config", str(config), "--exit-when-done"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=work,
     )
     detected = threats = 0
     assert proc.stderr is not None and proc.stdout is not None
@@ -148,7 +159,7 @@ def run_agent(bindir: Path, config: Path, work: Path) -> dict:
                 if detected % 10 == 0:
                     say(f"      {detected} frames through the model, {threats} threats so far")
             elif "rejected:" in line:
-                say("      rejected " + line.split("source=", 1)[-1].strip())
+                say("      " + line.split("source=", 1)[-1].strip())
             elif " ERROR " in line:
                 say("      " + line.strip())
     out = proc.stdout.read()
@@ -157,28 +168,36 @@ def run_agent(bindir: Path, config: Path, work: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])["summary"]
 
 
-def print_summary(summary: dict, health: dict, events: list[dict], *, work: Path,
-                  api: str) -> None:
+def print_summary(summary: dict, health: dict, events: list[dict], *, work: Path, api: str) -> None:
     rejected = summary["frames_rejected"]
     say("\n=== secagent demo summary ===")
     say(f"model             {summary['versions']['model_sha256'][:16]}… on {summary['provider']}")
     say(f"rules version     {summary['versions']['rules_sha256'][:16]}…")
     say(f"code version      {summary['versions']['code']}")
     say(f"frames read       {summary['frames_read']}")
-    say(f"frames rejected   {sum(rejected.values())} "
-        + ("(" + ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) + ")"
-           if rejected else ""))
+    say(
+        f"frames rejected   {sum(rejected.values())} "
+        + (
+            "(" + ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) + ")"
+            if rejected
+            else ""
+        )
+    )
     say(f"no motion         {summary['frames_no_motion']} (never reached the model)")
     say(f"to the model      {summary['frames_detected']}")
     say(f"detections        {summary['detections']}")
-    say(f"threats           {summary['threats']} in {summary['threat_messages']} messages "
-        f"({summary['acknowledged']} acknowledged by the broker)")
+    say(
+        f"threats           {summary['threats']} in {summary['threat_messages']} messages "
+        f"({summary['acknowledged']} acknowledged by the broker)"
+    )
     say(f"stored            {health['messages']} messages, {health['threats']} threats")
     say(f"threat events     {health['events']}")
     for e in sorted(events, key=lambda e: e["id"]):
-        say(f"  #{e['id']:<3} {e['camera']:<6} {e['rule']:<20} {e['severity']:<8} "
-            f"{e['threat_count']:>3} threats  {e['started_at'][11:19]}–{e['last_seen_at'][11:19]}"
-            f"  top {e['top_score']:.2f}  {e['state']}")
+        say(
+            f"  #{e['id']:<3} {e['camera']:<6} {e['rule']:<20} {e['severity']:<8} "
+            f"{e['threat_count']:>3} threats  {e['started_at'][11:19]}-{e['last_seen_at'][11:19]}"
+            f"  top {e['top_score']:.2f}  {e['state']}"
+        )
     say(f"database          {work / 'secagg.sqlite'}")
     say(f"logs              {work / 'secagent.log'}, {work / 'secagg.log'}")
     say("query the API     make demo SERVE=1, then e.g.")

@@ -19,7 +19,11 @@ class BrokerError(RuntimeError):
 
 
 def find_mosquitto() -> str:
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+    for candidate in (
+        shutil.which("mosquitto"),
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     raise BrokerError("mosquitto not found: apt-get install mosquitto (make setup does this)")
@@ -47,8 +51,7 @@ def wait_for_port(host: str, port: int, *, timeout_s: float) -> None:
 class Mosquitto:
     """``with Mosquitto(workdir) as broker: broker.port``; ``restart()`` keeps the port."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None,
-                 extra_config: str = "") -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "") -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -68,8 +71,7 @@ class Mosquitto:
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            f"log_dest file {self.log_path}\n"
-            + self.extra_config
+            f"log_dest file {self.log_path}\n" + self.extra_config
         )
         return conf
 
@@ -77,7 +79,8 @@ class Mosquitto:
         conf = self.write_config()
         self.proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             wait_for_port(self.host, self.port, timeout_s=timeout_s)

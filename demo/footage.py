@@ -33,9 +33,15 @@ class Segment:
 
 
 TIMELINE: tuple[Segment, ...] = (
-    Segment("empty", 5), Segment("enter", 3), Segment("stay", 4), Segment("leave", 3),
+    Segment("empty", 5),
+    Segment("enter", 3),
+    Segment("stay", 4),
+    Segment("leave", 3),
     Segment("empty", 20),
-    Segment("enter", 3), Segment("stay", 3), Segment("leave", 3), Segment("empty", 5),
+    Segment("enter", 3),
+    Segment("stay", 3),
+    Segment("leave", 3),
+    Segment("empty", 5),
 )
 """Two visits separated by 20 s with no one in view (the demo's cutoff is 10 s)."""
 
@@ -56,8 +62,9 @@ def _sample_images() -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError("sample photos from scikit-image/matplotlib are missing")
     background = cv2.resize(background, (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC)
     scale = PERSON_HEIGHT_PX / person.shape[0]
-    person = cv2.resize(person, (round(person.shape[1] * scale), PERSON_HEIGHT_PX),
-                        interpolation=cv2.INTER_AREA)
+    person = cv2.resize(
+        person, (round(person.shape[1] * scale), PERSON_HEIGHT_PX), interpolation=cv2.INTER_AREA
+    )
     return background, person
 
 
@@ -98,12 +105,12 @@ def plan() -> list[FrameTruth]:
 
 def noise_patterns(rng: np.random.Generator) -> list[np.ndarray]:
     """A few frames of sensor noise (sigma 2 grey levels), cycled through the clip."""
-    return [rng.normal(0, 2.0, (HEIGHT, WIDTH, 3)).astype(np.int16)
-            for _ in range(NOISE_PATTERNS)]
+    return [rng.normal(0, 2.0, (HEIGHT, WIDTH, 3)).astype(np.int16) for _ in range(NOISE_PATTERNS)]
 
 
-def render(truth: FrameTruth, background: np.ndarray, person: np.ndarray,
-           noise: list[np.ndarray]) -> np.ndarray:
+def render(
+    truth: FrameTruth, background: np.ndarray, person: np.ndarray, noise: list[np.ndarray]
+) -> np.ndarray:
     frame = background.copy()
     if truth.person_x is not None:
         x0, y0 = truth.person_x, HEIGHT - person.shape[0]
@@ -119,7 +126,7 @@ def make_clip(path: Path) -> Path:
     noise = noise_patterns(np.random.default_rng(SEED))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.avi")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write MJPEG video to {tmp}")
     writer.set(cv2.VIDEOWRITER_PROP_QUALITY, JPEG_QUALITY)
@@ -131,17 +138,27 @@ def make_clip(path: Path) -> Path:
         writer.release()
     tmp.replace(path)
     truth_path = path.with_suffix(".truth.json")
-    truth_path.write_text(json.dumps({
-        "fps": FPS, "width": WIDTH, "height": HEIGHT, "version": VERSION,
-        "frames": [t.__dict__ for t in truths],
-    }))
+    truth_path.write_text(
+        json.dumps(
+            {
+                "fps": FPS,
+                "width": WIDTH,
+                "height": HEIGHT,
+                "version": VERSION,
+                "frames": [t.__dict__ for t in truths],
+            }
+        )
+    )
     return path
 
 
 def sample_clip(cache_dir: Path) -> Path:
     """The cached sample clip, generated on first use (deterministic, no downloads)."""
-    key = hashlib.sha256(json.dumps([VERSION, SEED, FPS, WIDTH, HEIGHT, JPEG_QUALITY,
-                                     [s.__dict__ for s in TIMELINE]]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps(
+            [VERSION, SEED, FPS, WIDTH, HEIGHT, JPEG_QUALITY, [s.__dict__ for s in TIMELINE]]
+        ).encode()
+    ).hexdigest()[:12]
     path = cache_dir / f"sample-clip-{key}.avi"
     if not path.exists():
         make_clip(path)
@@ -152,8 +169,12 @@ def sample_still(kind: str) -> np.ndarray:
     """One 1280x720 still: ``empty`` (background only) or ``person`` (person in the middle)."""
     background, person = _sample_images()
     x = WIDTH // 2 - person.shape[1] // 2 if kind == "person" else None
-    return render(FrameTruth(0, 0.0, x is not None, x), background, person,
-                  noise_patterns(np.random.default_rng(SEED))[:1])
+    return render(
+        FrameTruth(0, 0.0, x is not None, x),
+        background,
+        person,
+        noise_patterns(np.random.default_rng(SEED))[:1],
+    )
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -162,8 +183,12 @@ def bomb_png(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * 64)

@@ -34,17 +34,31 @@ def load_yaml_model(path: Path, model: type[M]) -> tuple[M, str]:
     try:
         parsed = model.model_validate(doc, context={"base_dir": path.parent.resolve()})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid config:\n{format_errors(exc)}") from exc
+        raise ConfigError(f"{path}: invalid config:\n{format_errors(exc, doc)}") from exc
     return parsed, hashlib.sha256(raw).hexdigest()
 
 
-def format_errors(exc: ValidationError) -> str:
+def yaml_path(loc: tuple[int | str, ...], doc: object) -> str:
+    """The error location as the user wrote it: pydantic inserts the tag of a discriminated
+    union (``source.video.fps``) where the YAML has none (``source.fps``); drop such parts."""
+    parts: list[str] = []
+    node = doc
+    for i, part in enumerate(loc):
+        if isinstance(node, dict):
+            if part not in node and i < len(loc) - 1:
+                continue  # a union tag, not a key of the file
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+        parts.append(str(part))
+    return ".".join(parts) or "<root>"
+
+
+def format_errors(exc: ValidationError, doc: object = None) -> str:
     """One line per error: ``  field.path: reason``."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)
+    return "\n".join(f"  {yaml_path(tuple(err['loc']), doc)}: {err['msg']}" for err in exc.errors())
 
 
 def resolve_path(value: Path, base_dir: Path | None) -> Path:

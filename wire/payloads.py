@@ -56,7 +56,9 @@ class FrameRef(_Wire):
     """The frame a message is about."""
 
     frame_id: str = Field(min_length=1, max_length=128)
-    sha256: Sha256 = Field(description="sha256 of the file bytes (stills) or raw BGR pixels (video)")
+    sha256: Sha256 = Field(
+        description="sha256 of the file bytes (stills) or raw BGR pixels (video)"
+    )
     kind: Literal["file", "video"]
     source: str = Field(max_length=1024, description="file path, or video path#frame index")
     captured_at: datetime
@@ -79,11 +81,13 @@ class ThreatOut(DetectionOut):
 class ThreatMessage(_Wire):
     """``secagent/v1/<agent_id>/threats``: one message per frame that had threats."""
 
-    schema_: Literal["secagent.threat/1"] = Field(SCHEMA_THREAT, alias="schema")
+    schema_: Literal["secagent.threat/1"] = Field("secagent.threat/1", alias="schema")
     message_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="uuid4 hex, unique per message")
     agent_id: str = Field(pattern=AGENT_ID_PATTERN)
     camera: Name
-    lineage_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="shared by all runs of the frame")
+    lineage_id: str = Field(
+        pattern=r"^[0-9a-f]{32}$", description="shared by all runs of the frame"
+    )
     frame: FrameRef
     detections: list[DetectionOut] = Field(max_length=1000)
     threats: list[ThreatOut] = Field(min_length=1, max_length=1000)
@@ -101,7 +105,7 @@ class CameraStatus(_Wire):
 class StatusMessage(_Wire):
     """``secagent/v1/<agent_id>/status`` (retained; the last will says offline)."""
 
-    schema_: Literal["secagent.status/1"] = Field(SCHEMA_STATUS, alias="schema")
+    schema_: Literal["secagent.status/1"] = Field("secagent.status/1", alias="schema")
     agent_id: str = Field(pattern=AGENT_ID_PATTERN)
     state: Literal["online", "offline"]
     versions: Versions | None = None
@@ -115,7 +119,7 @@ class StatusMessage(_Wire):
 class EventMessage(_Wire):
     """``secagent/v1/events``: threat event lifecycle for third-party subscribers."""
 
-    schema_: Literal["secagent.event/1"] = Field(SCHEMA_EVENT, alias="schema")
+    schema_: Literal["secagent.event/1"] = Field("secagent.event/1", alias="schema")
     type: Literal["new", "update", "end"]
     event_id: int = Field(ge=1)
     agent_id: str

@@ -37,8 +37,10 @@ def nms_per_class(
     """
     if len(score) == 0:
         return np.zeros((0,), np.int64)
-    span = float(np.max(xyxy)) + 1.0
-    boxes = xyxy.astype(np.float64) + (class_id.astype(np.float64) * span)[:, None]
+    boxes = xyxy.astype(np.float64)
+    low = float(boxes.min())
+    span = float(boxes.max()) - low + 1.0
+    boxes = boxes - low + (class_id.astype(np.float64) * span)[:, None]
     areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
     order = np.argsort(-score, kind="stable")
     keep: list[int] = []
@@ -57,7 +59,11 @@ def nms_per_class(
 
 
 def _finish(
-    xyxy: np.ndarray, score: np.ndarray, class_id: np.ndarray, *, iou_threshold: float | None,
+    xyxy: np.ndarray,
+    score: np.ndarray,
+    class_id: np.ndarray,
+    *,
+    iou_threshold: float | None,
     max_detections: int,
 ) -> Detections:
     if iou_threshold is not None:
@@ -79,58 +85,85 @@ def _expect(output: np.ndarray, layout: str, ok: bool, want: str) -> np.ndarray:
 
 
 def decode_yolov8(
-    output: np.ndarray, *, num_classes: int, score_threshold: float, iou_threshold: float,
+    output: np.ndarray,
+    *,
+    num_classes: int,
+    score_threshold: float,
+    iou_threshold: float,
     max_detections: int = 300,
 ) -> Detections:
     """``output`` (1, 4 + C, N) -> Detections in model-input pixels, after per-class NMS."""
     rows = _expect(
-        output, "yolov8", output.ndim == 3 and output.shape[0] == 1
-        and output.shape[1] == 4 + num_classes, f"(1, {4 + num_classes}, N)",
+        output,
+        "yolov8",
+        output.ndim == 3 and output.shape[0] == 1 and output.shape[1] == 4 + num_classes,
+        f"(1, {4 + num_classes}, N)",
     ).T  # (N, 4 + C)
     scores = rows[:, 4:]
     class_id = scores.argmax(axis=1)
     score = scores[np.arange(len(rows)), class_id]
     hit = score >= score_threshold
     return _finish(
-        _cxcywh_to_xyxy(rows[hit, :4]), score[hit], class_id[hit],
-        iou_threshold=iou_threshold, max_detections=max_detections,
+        _cxcywh_to_xyxy(rows[hit, :4]),
+        score[hit],
+        class_id[hit],
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
     )
 
 
 def decode_yolov5(
-    output: np.ndarray, *, num_classes: int, score_threshold: float, iou_threshold: float,
+    output: np.ndarray,
+    *,
+    num_classes: int,
+    score_threshold: float,
+    iou_threshold: float,
     max_detections: int = 300,
 ) -> Detections:
     """``output`` (1, N, 5 + C), score = objectness x class score, then per-class NMS."""
     rows = _expect(
-        output, "yolov5", output.ndim == 3 and output.shape[0] == 1
-        and output.shape[2] == 5 + num_classes, f"(1, N, {5 + num_classes})",
+        output,
+        "yolov5",
+        output.ndim == 3 and output.shape[0] == 1 and output.shape[2] == 5 + num_classes,
+        f"(1, N, {5 + num_classes})",
     )
     scores = rows[:, 5:] * rows[:, 4:5]
     class_id = scores.argmax(axis=1)
     score = scores[np.arange(len(rows)), class_id]
     hit = score >= score_threshold
     return _finish(
-        _cxcywh_to_xyxy(rows[hit, :4]), score[hit], class_id[hit],
-        iou_threshold=iou_threshold, max_detections=max_detections,
+        _cxcywh_to_xyxy(rows[hit, :4]),
+        score[hit],
+        class_id[hit],
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
     )
 
 
 def decode_end2end(
-    output: np.ndarray, *, num_classes: int, score_threshold: float, iou_threshold: float,
+    output: np.ndarray,
+    *,
+    num_classes: int,
+    score_threshold: float,
+    iou_threshold: float,
     max_detections: int = 300,
 ) -> Detections:
     """``output`` (1, K, 6) rows x1, y1, x2, y2, score, class; NMS already done by the model."""
     del iou_threshold
     rows = _expect(
-        output, "end2end", output.ndim == 3 and output.shape[0] == 1 and output.shape[2] == 6,
+        output,
+        "end2end",
+        output.ndim == 3 and output.shape[0] == 1 and output.shape[2] == 6,
         "(1, K, 6)",
     )
     class_id = rows[:, 5].round().astype(np.int64)
     hit = (rows[:, 4] >= score_threshold) & (class_id >= 0) & (class_id < num_classes)
     return _finish(
-        rows[hit, :4].copy(), rows[hit, 4], class_id[hit],
-        iou_threshold=None, max_detections=max_detections,
+        rows[hit, :4].copy(),
+        rows[hit, 4],
+        class_id[hit],
+        iou_threshold=None,
+        max_detections=max_detections,
     )
 
 

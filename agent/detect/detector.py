@@ -79,8 +79,12 @@ class Detector:
     """One model loaded into one ONNX Runtime session, shared by all cameras of an agent."""
 
     def __init__(
-        self, manifest: ModelManifest, *, providers: list[str] | None = None,
-        intra_op_threads: int = 0, verify_sha256: bool = True,
+        self,
+        manifest: ModelManifest,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int = 0,
+        verify_sha256: bool = True,
     ) -> None:
         self.manifest = manifest
         try:
@@ -100,7 +104,9 @@ class Detector:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise DetectorError(f"model {manifest.name}: ONNX Runtime cannot load it: {exc}") from exc
+            raise DetectorError(
+                f"model {manifest.name}: ONNX Runtime cannot load it: {exc}"
+            ) from exc
         self.provider = self.session.get_providers()[0]
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -112,14 +118,45 @@ class Detector:
                 f"model {manifest.name}: no labels in the manifest nor 'names' in the ONNX metadata"
             )
         self.labels = labels
-        self.num_classes = max(labels) + 1
+        declared = self._classes_in_output()
+        if declared is not None and declared < 1:
+            raise self._layout_error(
+                f"output shape {self.session.get_outputs()[0].shape} leaves no class scores"
+            )
+        self.num_classes = declared or max(labels) + 1
+        if max(labels) >= self.num_classes:
+            raise self._layout_error(
+                f"labels name class {max(labels)} but the output has {self.num_classes} class(es)"
+            )
         self._decode = DECODERS[manifest.layout]
         self.last_inference_ms = 0.0
         self._check_output_layout()
         log.info(
             "model=%s sha256=%s provider=%s input=%s %dx%d layout=%s",
-            manifest.name, self.sha256[:12], self.provider, inp.shape,
-            manifest.input.width, manifest.input.height, manifest.layout,
+            manifest.name,
+            self.sha256[:12],
+            self.provider,
+            inp.shape,
+            manifest.input.width,
+            manifest.input.height,
+            manifest.layout,
+        )
+
+    def _classes_in_output(self) -> int | None:
+        """The class count the output shape declares, when it is static (labels may drop some)."""
+        shape = self.session.get_outputs()[0].shape
+        if len(shape) != 3:
+            return None
+        if self.manifest.layout == "yolov8" and isinstance(shape[1], int):
+            return shape[1] - 4
+        if self.manifest.layout == "yolov5" and isinstance(shape[2], int):
+            return shape[2] - 5
+        return None
+
+    def _layout_error(self, detail: str) -> DetectorError:
+        return DetectorError(
+            f"model {self.manifest.name}: output does not match layout "
+            f"{self.manifest.layout!r}: {detail}; supported layouts: {sorted(DECODERS)}"
         )
 
     def _check_output_layout(self) -> None:
@@ -128,11 +165,7 @@ class Detector:
         try:
             self.detect(blank)
         except DecodeError as exc:
-            raise DetectorError(
-                f"model {self.manifest.name}: output does not match layout "
-                f"{self.manifest.layout!r} with {self.num_classes} classes: {exc}; "
-                f"supported layouts: {sorted(DECODERS)}"
-            ) from exc
+            raise self._layout_error(f"{exc} (with {self.num_classes} classes)") from exc
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """BGR (h, w, 3) uint8 -> model input (1, 3, H, W) RGB in [0, 1], and the letterbox."""
@@ -149,12 +182,16 @@ class Detector:
         self.last_inference_ms = (time.perf_counter() - start) * 1000
         return np.asarray(output)
 
-    def postprocess(self, output: np.ndarray, lb: Letterbox, *, width: int, height: int) -> Detections:
+    def postprocess(
+        self, output: np.ndarray, lb: Letterbox, *, width: int, height: int
+    ) -> Detections:
         """Decode, map boxes back to the original (width, height) pixels, attach labels."""
         m = self.manifest
         raw = self._decode(
-            output.astype(np.float32, copy=False), num_classes=self.num_classes,
-            score_threshold=m.score_threshold, iou_threshold=m.iou_threshold,
+            output.astype(np.float32, copy=False),
+            num_classes=self.num_classes,
+            score_threshold=m.score_threshold,
+            iou_threshold=m.iou_threshold,
             max_detections=m.max_detections,
         )
         xyxy = raw.xyxy.copy()
@@ -163,7 +200,9 @@ class Detector:
         known = np.array([int(c) in self.labels for c in raw.class_id], bool)
         mapped = Detections(xyxy=xyxy, score=raw.score, class_id=raw.class_id).select(known)
         return Detections(
-            xyxy=mapped.xyxy, score=mapped.score, class_id=mapped.class_id,
+            xyxy=mapped.xyxy,
+            score=mapped.score,
+            class_id=mapped.class_id,
             labels=tuple(self.labels[int(c)] for c in mapped.class_id),
         )
 

@@ -35,8 +35,8 @@ class ModelFile(BaseModel):
 
 class InputSize(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    width: int = Field(ge=16, le=8192)
-    height: int = Field(ge=16, le=8192)
+    width: int = Field(ge=16, le=8192, description="model input width in pixels")
+    height: int = Field(ge=16, le=8192, description="model input height in pixels")
 
 
 class ModelManifest(BaseModel):
@@ -45,10 +45,10 @@ class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, max_length=128, description="short model name")
     description: str = Field("", description="what the model finds, where it comes from")
-    file: ModelFile
+    file: ModelFile = Field(description="where the ONNX file is (a plain path is accepted too)")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the ONNX file")
     layout: Literal["yolov8", "yolov5", "end2end"] = Field(description="output layout")
-    input: InputSize
+    input: InputSize = Field(description="the model's input size (letterboxed to it)")
     labels: dict[int, str] | None = Field(
         None, description="class index -> label; default: the ONNX 'names' metadata"
     )

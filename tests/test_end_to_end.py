@@ -1,0 +1,111 @@
+"""The whole path: the sample clip through a real agent, a real Mosquitto and a real aggregator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.detect import load_manifest
+from demo.broker import Mosquitto
+from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, wait_for
+from tests.helpers import (
+    run_agent_to_completion,
+    running_aggregator,
+    write_agent_config,
+    write_aggregator_config,
+)
+
+CUTOFF_S = 10
+
+
+@pytest.fixture(scope="module")
+def clip_run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Run the clip once; yield the agent's summary, the API's events and threats."""
+    work = tmp_path_factory.mktemp("e2e")
+    agg_conf, api = write_aggregator_config(work, broker, cutoff_s=CUTOFF_S, client_id="secagg-e2e")
+    agent_conf = write_agent_config(
+        work,
+        broker,
+        agent_id="e2e-host",
+        cameras=f"  - name: yard\n    source: {{type: video, path: {clip_path}, fps: 2}}\n",
+    )
+    with running_aggregator(agg_conf, api, work / "secagg.log"):
+        summary = run_agent_to_completion(agent_conf)
+        wait_for(
+            lambda: httpx.get(f"{api}/api/health").json()["messages"] >= summary["threat_messages"],
+            timeout_s=60,
+            what="every threat message stored",
+        )
+        health = httpx.get(f"{api}/api/health").json()
+        events = httpx.get(f"{api}/api/events").json()
+        details = [httpx.get(f"{api}/api/events/{e['id']}").json() for e in events]
+        threats = httpx.get(f"{api}/api/threats", params={"limit": 1000}).json()
+    yield {
+        "summary": summary,
+        "health": health,
+        "events": events,
+        "details": details,
+        "threats": threats,
+    }
+
+
+def test_the_clip_makes_two_threat_events(clip_run) -> None:  # type: ignore[no-untyped-def]
+    events = clip_run["events"]
+    assert [(e["camera"], e["rule"]) for e in events] == [("yard", "person_on_premises")] * 2
+    first, second = sorted(events, key=lambda e: e["id"])
+    # The second visit starts more than the cutoff after the first one was last seen.
+    gap = _ts(second["started_at"]) - _ts(first["last_seen_at"])
+    assert gap > CUTOFF_S
+
+
+def test_nothing_is_lost_or_stored_twice(clip_run) -> None:  # type: ignore[no-untyped-def]
+    summary, health = clip_run["summary"], clip_run["health"]
+    assert summary["threat_messages"] > 10
+    assert summary["acknowledged"] == summary["threat_messages"]
+    assert summary["outbox_depth"] == 0
+    assert health["messages"] == summary["threat_messages"]
+    assert health["threats"] == summary["threats"] == len(clip_run["threats"])
+    assert sum(e["threat_count"] for e in clip_run["events"]) == summary["threats"]
+
+
+def test_static_frames_never_reach_the_model(clip_run) -> None:  # type: ignore[no-untyped-def]
+    summary = clip_run["summary"]
+    assert summary["frames_no_motion"] > 0
+    assert summary["frames_detected"] + summary["frames_no_motion"] == summary["frames_read"]
+
+
+def test_frames_without_anyone_produce_no_threats(clip_run, clip_path: Path) -> None:  # type: ignore[no-untyped-def]
+    truth = json.loads(clip_path.with_suffix(".truth.json").read_text())["frames"]
+    for threat in clip_run["threats"]:
+        index = int(threat["provenance"]["frame_source"].rsplit("#", 1)[1])
+        assert truth[index]["person_visible"], f"threat on empty frame {index}"
+    frames_with_threats = {t["provenance"]["frame_source"] for t in clip_run["threats"]}
+    visible = sum(1 for f in truth if f["person_visible"])
+    assert visible > 0 and frames_with_threats
+
+
+def test_every_threat_carries_provenance_of_the_real_files(clip_run) -> None:  # type: ignore[no-untyped-def]
+    model_file = load_manifest(MODEL_MANIFEST).resolve_file()
+    model_sha = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    rules_sha = hashlib.sha256(DEFAULT_RULES.read_bytes()).hexdigest()
+    threats = [t for d in clip_run["details"] for t in d["threats"]]
+    assert len(threats) == clip_run["summary"]["threats"]
+    for t in threats:
+        prov = t["provenance"]
+        assert prov["model_sha256"] == model_sha
+        assert prov["rules_sha256"] == rules_sha
+        assert prov["agent_id"] == "e2e-host"
+        assert prov["code_version"] == clip_run["summary"]["versions"]["code"]
+        assert len(prov["frame_sha256"]) == 64 and prov["frame_kind"] == "video"
+        assert prov["snapshot_sha256"] is not None
+        assert t["label"] == "person" and t["score"] >= 0.5
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
