@@ -18,17 +18,10 @@ from agent.config import ValidateConfig
 from agent.detect import Detector, DetectorError, ManifestError, load_manifest
 from agent.rules import RulesError
 from agent.validate import FrameRejected, validate_frame
+from wire.cli import config_option, log_level_option, setup_logging
 from wire.configfile import ConfigError
 
 log = logging.getLogger("agent")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @click.group()
@@ -38,29 +31,18 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="agent config (YAML)",
-)
+@config_option("agent")
 @click.option(
     "--exit-when-done",
     is_flag=True,
     help="exit once every source has finished and the outbox is drained",
 )
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@log_level_option
 def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
     """Run the daemon: capture, validate, gate, detect, apply rules, publish threats."""
     from agent.pipeline import build_agent
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     try:
         agent = build_agent(config_path)
     except (ConfigError, DetectorError, OSError) as exc:
@@ -77,13 +59,7 @@ def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
 
 
 @main.command("check-config")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="agent config (YAML)",
-)
+@config_option("agent")
 def check_config(config_path: Path) -> None:
     """Validate a config file and the model manifest and rules it names; load nothing else."""
     from agent.config import load_agent_config
@@ -120,7 +96,7 @@ def check_config(config_path: Path) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...]) -> None:
     """Detect objects in IMAGES; print one JSON object per image. Exit 1 if any image failed."""
-    logging.basicConfig(level="WARNING", stream=sys.stderr)
+    setup_logging("warning")
     try:
         detector = Detector(load_manifest(model_path), providers=list(providers))
     except (ManifestError, DetectorError) as exc:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
 from aggregator.config import AggregatorConfig, load_aggregator_config
+from wire.cli import config_option, log_level_option, setup_logging
 from wire.configfile import ConfigError
 
 log = logging.getLogger("aggregator")
@@ -29,19 +29,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="aggregator config (YAML)",
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@config_option("aggregator")
+@log_level_option
 def serve(config_path: Path, log_level: str) -> None:
     """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM."""
     import uvicorn
@@ -49,11 +38,7 @@ def serve(config_path: Path, log_level: str) -> None:
     from aggregator.api import create_app
     from aggregator.ingest import Ingest
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(log_level)
     config = _load(config_path)
     ingest = Ingest(config)
     ingest.start()
@@ -74,13 +59,7 @@ def serve(config_path: Path, log_level: str) -> None:
 
 
 @main.command("check-config")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="aggregator config (YAML)",
-)
+@config_option("aggregator")
 def check_config(config_path: Path) -> None:
     """Validate a config file and print the settings it resolves to."""
     config = _load(config_path)

@@ -126,7 +126,10 @@ def main() -> int:
         print_summary(summary, health, events, work=work, api=api)
         if args.serve:
             say(f"\nServing {api} (Ctrl-C to stop)")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+            signal.sigwait(stop)
+            say("stopping")
     finally:
         aggregator.terminate()
         try:

@@ -78,6 +78,27 @@ def _finish(
     )
 
 
+def _best_class_then_nms(
+    cxcywh: np.ndarray,
+    scores: np.ndarray,
+    *,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+) -> Detections:
+    """``cxcywh`` (N, 4) boxes and ``scores`` (N, C): best class per box, threshold, NMS."""
+    class_id = scores.argmax(axis=1)
+    score = scores[np.arange(len(scores)), class_id]
+    hit = score >= score_threshold
+    return _finish(
+        _cxcywh_to_xyxy(cxcywh[hit]),
+        score[hit],
+        class_id[hit],
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+    )
+
+
 def _expect(output: np.ndarray, layout: str, ok: bool, want: str) -> np.ndarray:
     if not ok:
         raise DecodeError(f"{layout}: output shape {tuple(output.shape)} is not {want}")
@@ -99,14 +120,10 @@ def decode_yolov8(
         output.ndim == 3 and output.shape[0] == 1 and output.shape[1] == 4 + num_classes,
         f"(1, {4 + num_classes}, N)",
     ).T  # (N, 4 + C)
-    scores = rows[:, 4:]
-    class_id = scores.argmax(axis=1)
-    score = scores[np.arange(len(rows)), class_id]
-    hit = score >= score_threshold
-    return _finish(
-        _cxcywh_to_xyxy(rows[hit, :4]),
-        score[hit],
-        class_id[hit],
+    return _best_class_then_nms(
+        rows[:, :4],
+        rows[:, 4:],
+        score_threshold=score_threshold,
         iou_threshold=iou_threshold,
         max_detections=max_detections,
     )
@@ -127,14 +144,10 @@ def decode_yolov5(
         output.ndim == 3 and output.shape[0] == 1 and output.shape[2] == 5 + num_classes,
         f"(1, N, {5 + num_classes})",
     )
-    scores = rows[:, 5:] * rows[:, 4:5]
-    class_id = scores.argmax(axis=1)
-    score = scores[np.arange(len(rows)), class_id]
-    hit = score >= score_threshold
-    return _finish(
-        _cxcywh_to_xyxy(rows[hit, :4]),
-        score[hit],
-        class_id[hit],
+    return _best_class_then_nms(
+        rows[:, :4],
+        rows[:, 5:] * rows[:, 4:5],
+        score_threshold=score_threshold,
         iou_threshold=iou_threshold,
         max_detections=max_detections,
     )
