@@ -143,3 +143,79 @@ def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...
 
 def _mtime(path: Path) -> datetime:
     return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+@main.command("send-test-threats")
+@config_option("agent")
+@click.option(
+    "--count",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="threats to commit to the outbox (0: only deliver what is already there)",
+)
+@click.option(
+    "--start",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="serial number of the first threat",
+)
+@click.option(
+    "--cameras",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="spread serials over this many cameras (test-0, test-1, ...)",
+)
+@click.option(
+    "--rate",
+    "rate_hz",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="threats per second (0: as fast as possible)",
+)
+@click.option(
+    "--drain-timeout",
+    "drain_timeout_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="seconds to wait for the outbox to drain",
+)
+@log_level_option
+def send_test_threats_command(
+    config_path: Path,
+    count: int,
+    start: int,
+    cameras: int,
+    rate_hz: float,
+    drain_timeout_s: float,
+    log_level: str,
+) -> None:
+    """Send numbered synthetic threats through the outbox and MQTT, as the daemon would.
+
+    Checks the path to the aggregator without a camera. Run it with its own outbox path
+    (or with the daemon stopped): it uses the agent's MQTT client id.
+    """
+    from agent.config import load_agent_config
+    from agent.synthetic import send_test_threats
+
+    setup_logging(log_level)
+    try:
+        config, sha = load_agent_config(config_path)
+        result = send_test_threats(
+            config,
+            config_sha256=sha,
+            count=count,
+            start=start,
+            cameras=cameras,
+            rate_hz=rate_hz,
+            drain_timeout_s=drain_timeout_s,
+        )
+    except (ConfigError, ManifestError, RulesError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({"summary": result}))
+    if result["outbox_depth"]:
+        sys.exit(3)

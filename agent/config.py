@@ -17,9 +17,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    return resolve_path(value, base)
+def _relative_to_config(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None:
+        return None
+    return resolve_path(value, (info.context or {}).get("base_dir"))
 
 
 class MqttConfig(_Section):
@@ -31,6 +32,10 @@ class MqttConfig(_Section):
     status_interval_s: float = Field(
         30.0, gt=0, le=3600, description="how often the retained status message is refreshed"
     )
+    tls_ca_file: Path | None = Field(
+        None, description="CA certificate: connect with TLS and verify the broker against it"
+    )
+    _resolve = field_validator("tls_ca_file")(_relative_to_config)
     max_inflight: int = Field(
         100, ge=1, le=65535, description="QoS 1 messages published and not yet acknowledged"
     )
@@ -120,6 +125,11 @@ class OutboxConfig(_Section):
     )
     max_bytes: int = Field(
         256 * 1024 * 1024, ge=64 * 1024, description="oldest messages are dropped beyond this"
+    )
+    delete_on: Literal["receipt", "puback"] = Field(
+        "receipt",
+        description="delete a message on the aggregator's receipt (nothing lost even if the "
+        "broker crashes) or on the broker's PUBACK (for deployments without secagg)",
     )
     _resolve = field_validator("path")(_relative_to_config)
 

@@ -1,11 +1,13 @@
-"""The agent's MQTT link: publishes the outbox QoS 1 (deleting each message on PUBACK) and keeps a
-retained status message, with a retained last will that says offline.
+"""The agent's MQTT link: publishes the outbox QoS 1, deletes a message when the aggregator's
+receipt says it is stored, and keeps a retained status message with a retained last will that
+says offline.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 from collections.abc import Callable
 
@@ -14,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import MqttConfig
 from agent.outbox import Outbox
-from wire.payloads import StatusMessage, dump_payload
+from wire.payloads import PayloadError, ReceiptMessage, StatusMessage, dump_payload, parse_payload
 from wire.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,13 @@ log = logging.getLogger(__name__)
 class MqttLink:
     """One paho client plus a publisher thread that drains the outbox.
 
-    Each outbox message is handed to paho once per process; paho re-sends unacknowledged QoS 1
-    messages itself after a reconnect. ``on_publish`` only queues the mid; the publisher thread
-    maps mids to outbox rows and deletes them (so no lock is held across paho calls).
+    - Each outbox message is handed to paho once per connection, oldest first; paho re-sends
+      unacknowledged QoS 1 messages itself after a reconnect.
+    - A PUBACK marks the message sent; the aggregator's receipt deletes it. After every
+      (re)connect, messages without a receipt are published again: a broker that crashed
+      after its PUBACK may never have delivered them. The aggregator ignores duplicates.
+    - paho callbacks only queue what happened; the publisher thread owns the mid -> outbox row
+      mapping, so no lock is held across paho calls.
     """
 
     def __init__(
@@ -35,21 +41,28 @@ class MqttLink:
         config: MqttConfig,
         outbox: Outbox,
         status: Callable[[str], StatusMessage],
+        delete_on: str = "receipt",
     ) -> None:
         self.topics = Topics(agent_id)
+        self.agent_id = agent_id
+        self.delete_on = delete_on
         self.config = config
         self.outbox = outbox
         self._status = status
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._receipts: queue.SimpleQueue[ReceiptMessage] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._early: set[int] = set()
         self._status_mids: set[int] = set()
         self._status_lock = threading.Lock()
         self._last_seq = 0
+        self._resend = threading.Event()
         self.published = 0
         self.acked = 0
+        self.confirmed = 0
+        self.refused = 0
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"secagent-{agent_id}",
@@ -59,12 +72,16 @@ class MqttLink:
         if config.username:
             client.username_pw_set(config.username, config.password)
         client.will_set(self.topics.status, dump_payload(status("offline")), qos=1, retain=True)
+        if config.tls_ca_file:
+            client.tls_set(ca_certs=str(config.tls_ca_file))
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Jitter, so that agents reconnecting after a broker restart do not arrive all at once.
+        client.reconnect_delay_set(min_delay=random.randint(1, 3), max_delay=random.randint(20, 40))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self.client = client
         self._thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
 
@@ -79,16 +96,21 @@ class MqttLink:
     ) -> None:
         if reason_code.is_failure:
             log.error(
-                "broker %s:%d refused the connection: %s",
+                "agent=%s broker %s:%d refused the connection: %s",
+                self.agent_id,
                 self.config.host,
                 self.config.port,
                 reason_code,
             )
             return
-        log.info("connected to broker %s:%d", self.config.host, self.config.port)
+        log.info(
+            "agent=%s connected to broker %s:%d", self.agent_id, self.config.host, self.config.port
+        )
+        client.subscribe(self.topics.receipts, qos=1)
+        self._resend.set()
         self.connected.set()
         self.publish_status()
-        self.outbox_notify()
+        self.outbox.notify()
 
     def _on_disconnect(
         self,
@@ -99,7 +121,9 @@ class MqttLink:
         properties: object,
     ) -> None:
         if self.connected.is_set() and not self._stop.is_set():
-            log.warning("disconnected from broker: %s (will reconnect)", reason_code)
+            log.warning(
+                "agent=%s disconnected from broker: %s (will reconnect)", self.agent_id, reason_code
+            )
         self.connected.clear()
 
     def _on_publish(
@@ -111,12 +135,18 @@ class MqttLink:
         properties: object,
     ) -> None:
         self._acks.put(mid)
-        self.outbox_notify()
-
-    # ---------------------------------------------------------------------------------------
-    def outbox_notify(self) -> None:
         self.outbox.notify()
 
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            receipt = parse_payload(bytes(msg.payload), ReceiptMessage)
+        except PayloadError as exc:
+            log.warning("agent=%s bad receipt on %s: %s", self.agent_id, msg.topic, exc)
+            return
+        self._receipts.put(receipt)
+        self.outbox.notify()
+
+    # publisher thread ------------------------------------------------------------------------
     def start(self) -> None:
         self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self.client.loop_start()
@@ -144,48 +174,87 @@ class MqttLink:
             if seq is None:
                 self._early.add(mid)  # a PUBACK that beat the mapping of its mid
                 continue
-            self.outbox.ack(seq)
-            self.acked += 1
+            self._sent(seq)
+
+    def _sent(self, seq: int) -> None:
+        self.acked += 1
+        if self.delete_on == "puback":
+            self.outbox.delete(seq)
+        else:
+            self.outbox.mark_sent(seq)
+
+    def _drain_receipts(self) -> None:
+        while True:
+            try:
+                receipt = self._receipts.get_nowait()
+            except queue.Empty:
+                return
+            for refusal in receipt.refused:
+                log.error(
+                    "agent=%s message=%s refused by the aggregator: %s",
+                    self.agent_id,
+                    refusal.message_id,
+                    refusal.reason,
+                )
+            self.confirmed += self.outbox.confirm(receipt.stored)
+            self.refused += self.outbox.confirm([r.message_id for r in receipt.refused])
 
     def _publish_some(self) -> None:
-        room = self.config.max_inflight - len(self._inflight)
-        if room <= 0 or not self.connected.is_set():
+        if not self.connected.is_set():
             return
-        for entry in self.outbox.pending(after_seq=self._last_seq, limit=room):
+        if self._resend.is_set():
+            self._resend.clear()
+            self._last_seq = 0  # everything without a receipt goes out again, oldest first
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        waiting = set(self._inflight.values())
+        for entry in self.outbox.pending(after_seq=self._last_seq, limit=room + len(waiting)):
+            if entry.seq in waiting:  # paho re-sends it itself
+                self._last_seq = entry.seq
+                continue
             info = self.client.publish(entry.topic, entry.payload, qos=1)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                log.warning("publish of message %s failed: %s", entry.message_id, info.rc)
+                log.warning(
+                    "agent=%s publish of message %s failed: %s",
+                    self.agent_id,
+                    entry.message_id,
+                    info.rc,
+                )
                 return
             self._last_seq = entry.seq
             self.published += 1
             if info.mid in self._early:
                 self._early.discard(info.mid)
-                self.outbox.ack(entry.seq)
-                self.acked += 1
+                self._sent(entry.seq)
             else:
                 self._inflight[info.mid] = entry.seq
+            if len(self._inflight) >= self.config.max_inflight:
+                return
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._drain_acks()
+            self._drain_receipts()
             self._publish_some()
             self.outbox.wait_changed(0.5)
         self._drain_acks()
+        self._drain_receipts()
 
     def idle(self) -> bool:
-        """True when every message committed to the outbox has been acknowledged."""
-        return self.outbox.depth() == 0 and not self._inflight
+        """True when the aggregator has a receipt out for every message of the outbox."""
+        return self.outbox.depth() == 0
 
     def stop(self, *, timeout_s: float = 5.0) -> None:
         """Publish an offline status (best effort), then disconnect."""
         self._stop.set()
-        self.outbox_notify()
+        self.outbox.notify()
         self._thread.join(timeout_s)
         if self.connected.is_set():
             info = self.publish_status("offline")
             try:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
-                log.warning("offline status not confirmed: %s", exc)
+                log.warning("agent=%s offline status not confirmed: %s", self.agent_id, exc)
         self.client.disconnect()
         self.client.loop_stop()

@@ -1,6 +1,8 @@
-"""The durable outbox: a message is committed here before it is published and deleted only
-after the broker acknowledged it (PUBACK). Bounded by bytes: beyond the bound the oldest
-messages are dropped, counted and logged.
+"""The durable outbox: a message is committed here before it is published, marked sent when
+the broker acknowledges it (PUBACK), and deleted only when the aggregator's receipt says it is
+stored (so a broker crash between PUBACK and delivery loses nothing: unreceipted messages are
+sent again after every reconnect). Bounded by bytes: beyond the bound the oldest messages are
+dropped, counted and logged.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     size INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    sent_at REAL
 );
 CREATE TABLE IF NOT EXISTS outbox_counters (
     name TEXT PRIMARY KEY,
@@ -50,6 +53,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "sent_at" not in columns:  # an outbox file from before receipts
+            self._db.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
         self._changed = threading.Condition()
 
     def close(self) -> None:
@@ -107,11 +113,38 @@ class Outbox:
             OutboxEntry(seq=r[0], message_id=r[1], topic=r[2], payload=bytes(r[3])) for r in rows
         ]
 
-    def ack(self, seq: int) -> None:
-        """The broker has the message: delete it."""
+    def mark_sent(self, seq: int) -> None:
+        """The broker has the message (PUBACK); it stays until the aggregator's receipt."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?", (time.time(), seq))
+
+    def delete(self, seq: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
         self.notify()
+
+    def confirm(self, message_ids: list[str]) -> int:
+        """The aggregator stored (or refused) these: delete them; return how many were here."""
+        if not message_ids:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = 0
+            for start in range(0, len(message_ids), 500):
+                chunk = message_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                deleted += self._db.execute(
+                    f"DELETE FROM outbox WHERE message_id IN ({marks})", chunk
+                ).rowcount
+            self._db.execute("COMMIT")
+        self.notify()
+        return deleted
+
+    def unsent(self) -> int:
+        """Messages the broker has not acknowledged yet."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+        return int(n)
 
     def depth(self) -> int:
         with self._lock:

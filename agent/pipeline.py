@@ -108,7 +108,11 @@ class Agent:
         self.cameras = [Camera(c) for c in config.cameras]
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
         self.link = MqttLink(
-            agent_id=config.agent_id, config=config.mqtt, outbox=self.outbox, status=self.status
+            agent_id=config.agent_id,
+            config=config.mqtt,
+            outbox=self.outbox,
+            status=self.status,
+            delete_on=config.outbox.delete_on,
         )
         self._detect_lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,6 +133,7 @@ class Agent:
                 ],
                 "outbox_depth": self.outbox.depth(),
                 "outbox_dropped": self.outbox.dropped(),
+                "outbox_oldest_age_s": round(self.outbox.oldest_age_s(), 3),
                 "sent_at": datetime.now(UTC),
             }
         )
@@ -153,6 +158,7 @@ class Agent:
             "threat_messages": total["threat_frames"],
             "published": self.link.published,
             "acknowledged": self.link.acked,
+            "receipted": self.link.confirmed,
             "outbox_depth": self.outbox.depth(),
             "outbox_dropped": self.outbox.dropped(),
             "provider": self.detector.provider,

@@ -17,8 +17,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
-    return resolve_path(value, (info.context or {}).get("base_dir"))
+def _relative_to_config(value: Path | None, info: ValidationInfo) -> Path | None:
+    return None if value is None else resolve_path(value, (info.context or {}).get("base_dir"))
 
 
 class MqttConfig(_Section):
@@ -40,6 +40,10 @@ class MqttConfig(_Section):
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval")
     publish_events: bool = Field(True, description="publish event lifecycle on secagent/v1/events")
+    tls_ca_file: Path | None = Field(
+        None, description="CA certificate: connect with TLS and verify the broker against it"
+    )
+    _resolve = field_validator("tls_ca_file")(_relative_to_config)
 
 
 class StoreConfig(_Section):
@@ -66,6 +70,18 @@ class EventsConfig(_Section):
     )
 
 
+class IngestConfig(_Section):
+    batch_max: int = Field(
+        500, ge=1, le=100_000, description="most messages stored in one transaction"
+    )
+    queue_max: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="messages received and not yet stored before MQTT reading pauses",
+    )
+
+
 class ApiConfig(_Section):
     host: str = Field("127.0.0.1", description="address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="REST API port (0 = any free port)")
@@ -83,6 +99,9 @@ class AggregatorConfig(_Section):
         default_factory=dict,
         validate_default=True,
         description="grouping threats into threat events",
+    )
+    ingest: IngestConfig = Field(
+        default_factory=dict, validate_default=True, description="the store writer"
     )
     api: ApiConfig = Field(default_factory=dict, validate_default=True, description="the REST API")
 

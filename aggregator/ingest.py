@@ -1,66 +1,59 @@
-"""MQTT ingest: validate every threat message, store it and group it in one SQLite transaction,
-and only then acknowledge it to the broker (paho ``manual_ack``). The session is persistent
-(fixed client id, no clean start), so what arrives while the aggregator is down is queued by
-the broker; a message whose id is already stored is acknowledged and ignored.
+"""MQTT ingest: every message is validated and stored, and only then acknowledged to the broker
+(paho ``manual_ack``). The session is persistent (fixed client id, no clean start, a session
+expiry), so what arrives while the aggregator is down waits at the broker; a message whose id is
+already stored is acknowledged and ignored.
+
+One writer thread owns the database. It takes the messages waiting in its queue (up to
+``batch_max``) and stores them in one transaction, each inside a savepoint so one bad message
+cannot undo the others; after COMMIT it acknowledges them and publishes the event changes.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
+import json
 import logging
 import queue
+import re
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aggregator import events, store
+from aggregator import events, records, store
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
-from wire.payloads import PayloadError, StatusMessage, ThreatMessage, dump_payload, parse_payload
+from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
 from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
 
 
+def message_id_of(payload: bytes) -> str | None:
+    """The message id of a refused threat payload, if one can be read from it at all."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    mid = doc.get("message_id") if isinstance(doc, dict) else None
+    return mid if isinstance(mid, str) and re.fullmatch(r"[0-9a-f]{32}", mid) else None
+
+
 @dataclass
 class IngestStats:
-    """In-memory counters since start (the persistent ones are in ``ingest_counters``)."""
+    """Counters since start, updated after each commit (persistent ones: ``ingest_counters``)."""
 
     received: int = 0
     stored: int = 0
     duplicates: int = 0
-    rejected: Counter[str] | None = None
-
-    def __post_init__(self) -> None:
-        self.rejected = Counter()
-
-
-def save_snapshot(snapshots_dir: Path, jpeg_b64: str) -> str:
-    """Write the snapshot under its sha256 (idempotent); return the sha256."""
-    try:
-        jpeg = base64.b64decode(jpeg_b64, validate=True)
-    except binascii.Error as exc:
-        raise PayloadError("schema_violation", f"snapshot is not base64: {exc}") from exc
-    if not jpeg.startswith(b"\xff\xd8"):
-        raise PayloadError("schema_violation", "snapshot is not a JPEG")
-    sha = hashlib.sha256(jpeg).hexdigest()
-    path = snapshots_dir / sha[:2] / f"{sha}.jpg"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(jpeg)
-        tmp.replace(path)
-    return sha
+    statuses: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
 
 
 class Ingest:
@@ -70,7 +63,9 @@ class Ingest:
         self.config = config
         self.stats = IngestStats()
         self.connected = threading.Event()
-        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=10000)
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(
+            maxsize=config.ingest.queue_max
+        )
         self._stop = threading.Event()
         self._last_reject_log: dict[str, float] = {}
         store.migrate(config.store.path)
@@ -83,11 +78,13 @@ class Ingest:
         )
         if config.mqtt.username:
             client.username_pw_set(config.mqtt.username, config.mqtt.password)
+        if config.mqtt.tls_ca_file:
+            client.tls_set(ca_certs=str(config.mqtt.tls_ca_file))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
         self.client = client
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
 
@@ -101,7 +98,12 @@ class Ingest:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            log.error("broker refused the aggregator: %s", reason_code)
+            log.error(
+                "broker %s:%d refused the aggregator: %s",
+                self.config.mqtt.host,
+                self.config.mqtt.port,
+                reason_code,
+            )
             return
         log.info(
             "connected to broker %s:%d (session present: %s)",
@@ -133,7 +135,7 @@ class Ingest:
         reason_code: mqtt.ReasonCode,
         properties: object,
     ) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stop.is_set():
             log.warning("disconnected from broker: %s (will reconnect)", reason_code)
         self.connected.clear()
 
@@ -141,142 +143,135 @@ class Ingest:
         self._queue.put(msg)  # blocks the network thread when the writer is far behind
 
     # writer thread ---------------------------------------------------------------------------
+    def _take_batch(self, timeout_s: float) -> list[mqtt.MQTTMessage]:
+        try:
+            first = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return []
+        batch = [] if first is None else [first]
+        while len(batch) < self.config.ingest.batch_max:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is not None:
+                batch.append(more)
+        return batch
+
     def _write_loop(self) -> None:
         next_sweep = time.monotonic()
         while not self._stop.is_set():
-            timeout = max(0.0, next_sweep - time.monotonic())
-            try:
-                msg = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                msg = None
-            if msg is not None:
-                self._handle(msg)
+            batch = self._take_batch(max(0.0, next_sweep - time.monotonic()))
+            if batch:
+                try:
+                    self._write_batch(batch)
+                except Exception:
+                    # Nothing of the batch was committed or acked: the broker redelivers it.
+                    log.exception("a batch of %d message(s) could not be stored", len(batch))
             if time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + self.config.events.sweep_interval_s
 
-    def _handle(self, msg: mqtt.MQTTMessage) -> None:
-        self.stats.received += 1
-        try:
-            if msg.topic.endswith("/status"):
-                self._handle_status(msg)
-            else:
-                self._handle_threat(msg)
-        except PayloadError as exc:
-            self._reject(msg, exc)
-        except Exception:
-            # Not acked: the broker redelivers it after a reconnect. Log it and go on.
-            log.exception(
-                "topic=%s mid=%d could not be stored; left unacknowledged", msg.topic, msg.mid
-            )
-            return
-        self._ack(msg)
-
-    def _ack(self, msg: mqtt.MQTTMessage) -> None:
-        if msg.qos > 0:
-            self.client.ack(msg.mid, msg.qos)
-
-    def _reject(self, msg: mqtt.MQTTMessage, exc: PayloadError) -> None:
-        assert self.stats.rejected is not None
-        self.stats.rejected[exc.reason] += 1
-        with store.transaction(self._conn):
-            store.bump_counter(self._conn, f"rejected_{exc.reason}")
-        now = time.monotonic()
-        if now - self._last_reject_log.get(exc.reason, -1e9) >= 60:
-            self._last_reject_log[exc.reason] = now
-            log.warning(
-                "topic=%s rejected (%s): %s [logged once a minute per reason]",
-                msg.topic,
-                exc.reason,
-                exc.detail,
-            )
-
-    def _handle_status(self, msg: mqtt.MQTTMessage) -> None:
-        if not msg.payload:
-            return  # a retained status being cleared
-        status = parse_payload(bytes(msg.payload), StatusMessage)
-        self._check_agent(msg.topic, status.agent_id)
-        log.info(
-            "agent=%s is %s (outbox depth %d)", status.agent_id, status.state, status.outbox_depth
-        )
-
-    @staticmethod
-    def _check_agent(topic: str, agent_id: str) -> None:
-        try:
-            topic_agent = Topics.agent_of(topic)
-        except TopicError as exc:
-            raise PayloadError("bad_topic", str(exc)) from exc
-        if topic_agent != agent_id:
-            raise PayloadError("agent_mismatch", f"topic says {topic_agent}, payload {agent_id}")
-
-    def _handle_threat(self, msg: mqtt.MQTTMessage) -> None:
-        threat = parse_payload(bytes(msg.payload), ThreatMessage)
-        self._check_agent(msg.topic, threat.agent_id)
-        snapshot_sha = (
-            save_snapshot(self.config.store.snapshots_dir, threat.snapshot_jpeg_b64)
-            if threat.snapshot_jpeg_b64
-            else None
-        )
-        cutoff = self.config.events.cutoff_s
+    def _write_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
+        done: list[mqtt.MQTTMessage] = []
         changes: list[EventChange] = []
-        captured_ts = threat.frame.captured_at.timestamp()
+        counts: Counter[str] = Counter()
+        rejects: list[tuple[mqtt.MQTTMessage, PayloadError]] = []
+        receipts: dict[str, list[str]] = defaultdict(list)
         with store.transaction(self._conn) as conn:
-            if not store.insert_message(
-                conn,
-                threat,
-                received_at=datetime.now(UTC).isoformat(),
-                snapshot_sha256=snapshot_sha,
-            ):
-                self.stats.duplicates += 1
-                store.bump_counter(conn, "duplicates")
-                log.info(
-                    "agent=%s message=%s duplicate ignored", threat.agent_id, threat.message_id
-                )
-                return
-            for t in threat.threats:
-                event_id, more = events.assign(
-                    conn,
-                    agent_id=threat.agent_id,
-                    camera=threat.camera,
-                    rule=t.rule,
-                    label=t.label,
-                    severity=t.severity,
-                    score=t.score,
-                    captured_ts=captured_ts,
-                    message_id=threat.message_id,
-                    cutoff_s=cutoff,
-                )
-                changes += more
-                conn.execute(
-                    "INSERT INTO threats (message_id, event_id, agent_id, camera, rule, severity, "
-                    "label, class_id, score, x1, y1, x2, y2, captured_ts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        threat.message_id,
-                        event_id,
-                        threat.agent_id,
-                        threat.camera,
-                        t.rule,
-                        t.severity,
-                        t.label,
-                        t.class_id,
-                        t.score,
-                        *t.xyxy,
-                        captured_ts,
-                    ),
-                )
-            store.bump_counter(conn, "stored")
-        self.stats.stored += 1
-        log.info(
-            "agent=%s camera=%s frame=%s lineage=%s message=%s stored %d threat(s)",
-            threat.agent_id,
-            threat.camera,
-            threat.frame.frame_id,
-            threat.lineage_id,
-            threat.message_id,
-            len(threat.threats),
-        )
+            for msg in batch:
+                conn.execute("SAVEPOINT message")
+                try:
+                    outcome = self._record(conn, msg)
+                except PayloadError as exc:
+                    conn.execute("ROLLBACK TO message")
+                    counts[f"rejected_{exc.reason}"] += 1
+                    rejects.append((msg, exc))
+                    done.append(msg)
+                except Exception:
+                    conn.execute("ROLLBACK TO message")
+                    log.exception(
+                        "topic=%s mid=%d could not be stored; left unacknowledged",
+                        msg.topic,
+                        msg.mid,
+                    )
+                else:
+                    counts[outcome.kind] += 1
+                    changes += outcome.changes
+                    done.append(msg)
+                    if outcome.message_id is not None:
+                        receipts[outcome.agent_id].append(outcome.message_id)
+                conn.execute("RELEASE message")
+            for name, value in counts.items():
+                store.bump_counter(conn, name, value)
+        # Committed: now, and only now, the broker and the agents may forget these messages.
+        for msg in done:
+            if msg.qos > 0:
+                self.client.ack(msg.mid, msg.qos)
+        self._send_receipts(receipts, rejects)
+        self._count(len(batch), counts, rejects)
         self._publish_changes(changes)
+
+    def _send_receipts(
+        self, receipts: dict[str, list[str]], rejects: list[tuple[mqtt.MQTTMessage, PayloadError]]
+    ) -> None:
+        refused: dict[str, list[Refusal]] = defaultdict(list)
+        for msg, exc in rejects:
+            mid = message_id_of(bytes(msg.payload)) if msg.topic.endswith("/threats") else None
+            if mid is None:
+                continue
+            try:
+                refused[Topics.agent_of(msg.topic)].append(
+                    Refusal(message_id=mid, reason=exc.reason)
+                )
+            except TopicError:
+                continue
+        for agent_id in receipts.keys() | refused.keys():
+            receipt = ReceiptMessage.model_validate(
+                {
+                    "agent_id": agent_id,
+                    "stored": receipts.get(agent_id, []),
+                    "refused": refused.get(agent_id, []),
+                    "sent_at": datetime.now(UTC),
+                }
+            )
+            self.client.publish(Topics(agent_id).receipts, dump_payload(receipt), qos=1)
+
+    def _record(self, conn: store.sqlite3.Connection, msg: mqtt.MQTTMessage) -> records.Outcome:
+        payload = bytes(msg.payload)
+        if msg.topic.endswith("/status"):
+            return records.record_status(conn, msg.topic, payload)
+        return records.record_threat(
+            conn,
+            msg.topic,
+            payload,
+            snapshots_dir=self.config.store.snapshots_dir,
+            cutoff_s=self.config.events.cutoff_s,
+        )
+
+    def _count(
+        self,
+        received: int,
+        counts: Counter[str],
+        rejects: list[tuple[mqtt.MQTTMessage, PayloadError]],
+    ) -> None:
+        s = self.stats
+        s.batches += 1
+        s.received += received
+        s.stored += counts["stored"]
+        s.duplicates += counts["duplicate"]
+        s.statuses += counts["status"]
+        now = time.monotonic()
+        for msg, exc in rejects:
+            s.rejected[exc.reason] += 1
+            if now - self._last_reject_log.get(exc.reason, -1e9) >= 60:
+                self._last_reject_log[exc.reason] = now
+                log.warning(
+                    "topic=%s rejected (%s): %s [logged once a minute per reason]",
+                    msg.topic,
+                    exc.reason,
+                    exc.detail,
+                )
 
     def _sweep(self) -> None:
         with store.transaction(self._conn) as conn:
@@ -315,9 +310,9 @@ class Ingest:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stop.set()
         self.client.disconnect()
         self.client.loop_stop()
-        self._stop.set()
         self._queue.put(None)  # wake the writer
         self._writer.join(timeout=10)
         self._conn.close()

@@ -83,6 +83,27 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_agents(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE agents (
+            agent_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            last_seen_ts REAL NOT NULL,
+            last_status_ts REAL,
+            status_sent_ts REAL,
+            versions_json TEXT,
+            provider TEXT,
+            outbox_depth INTEGER NOT NULL DEFAULT 0,
+            outbox_dropped INTEGER NOT NULL DEFAULT 0,
+            outbox_oldest_age_s REAL NOT NULL DEFAULT 0,
+            cameras_json TEXT NOT NULL DEFAULT '[]'
+        );
+        """
+    )
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), rows as sqlite3.Row."""
     if readonly:

@@ -32,15 +32,21 @@ def write_aggregator_config(
 
 
 def write_agent_config(
-    work: Path, broker: Mosquitto, *, agent_id: str, cameras: str, rules: Path = DEFAULT_RULES
+    work: Path,
+    broker: Mosquitto,
+    *,
+    agent_id: str,
+    cameras: str,
+    rules: Path = DEFAULT_RULES,
+    outbox_max_bytes: int = 256 * 1024 * 1024,
 ) -> Path:
     path = work / "secagent.yaml"
     path.write_text(
         f"agent_id: {agent_id}\n"
         f"mqtt: {{host: {broker.host}, port: {broker.port}, status_interval_s: 2}}\n"
+        f"outbox: {{path: outbox.sqlite, max_bytes: {outbox_max_bytes}}}\n"
         f"detect: {{model: {MODEL_MANIFEST}, providers: [CPUExecutionProvider]}}\n"
         f"rules: {rules}\n"
-        "outbox: {path: outbox.sqlite}\n"
         f"cameras:\n{cameras}"
     )
     return path
@@ -96,3 +102,90 @@ def run_agent_to_completion(config: Path, *, timeout_s: float = 300) -> dict:
     assert done.returncode == 0, f"secagent failed ({done.returncode}):\n{done.stderr[-4000:]}"
     (config.parent / "secagent.log").write_text(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])["summary"]
+
+
+class AggregatorProcess:
+    """``secagg serve`` that a test can kill (SIGKILL) and start again on the same config."""
+
+    def __init__(self, config: Path, api: str) -> None:
+        self.config, self.api = config, api
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> AggregatorProcess:
+        self.starts += 1
+        log = (self.config.parent / f"secagg.{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [str(BIN / "secagg"), "serve", "--config", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(self.ready, timeout_s=60, what="secagg to serve and subscribe")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, "secagg exited"
+        try:
+            return bool(httpx.get(f"{self.api}/api/health", timeout=1).json()["broker_connected"])
+        except httpx.HTTPError:
+            return False
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.api}/api/health", timeout=5).json()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_test_threats(
+    config: Path,
+    *,
+    count: int,
+    start: int = 0,
+    cameras: int = 3,
+    rate_hz: float = 0,
+    drain_timeout_s: float = 120,
+) -> subprocess.Popen[str]:
+    """``secagent send-test-threats`` as a real process (numbered threats through the outbox)."""
+    return subprocess.Popen(
+        [
+            str(BIN / "secagent"),
+            "send-test-threats",
+            "--config",
+            str(config),
+            "--count",
+            str(count),
+            "--start",
+            str(start),
+            "--cameras",
+            str(cameras),
+            "--rate",
+            str(rate_hz),
+            "--drain-timeout",
+            str(drain_timeout_s),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=config.parent,
+    )
+
+
+def finish(proc: subprocess.Popen[str], *, timeout_s: float = 180) -> dict:
+    """Wait for a send-test-threats process; return its summary."""
+    out, err = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 0, f"send-test-threats exited {proc.returncode}:\n{err[-3000:]}"
+    return json.loads(out.strip().splitlines()[-1])["summary"]

@@ -13,7 +13,7 @@ from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from demo.broker import Mosquitto
 from tests.conftest import wait_for
-from wire.payloads import StatusMessage
+from wire.payloads import ReceiptMessage, StatusMessage, dump_payload
 
 
 def test_messages_survive_a_reopen_in_order(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_messages_survive_a_reopen_in_order(tmp_path: Path) -> None:
     box = Outbox(path, max_bytes=1 << 20)
     for i in range(5):
         box.put(message_id=f"m{i}", topic="t", payload=f"payload {i}".encode())
-    box.ack(box.pending()[0].seq)
+    box.delete(box.pending()[0].seq)
     box.close()
     reopened = Outbox(path, max_bytes=1 << 20)
     assert [e.message_id for e in reopened.pending()] == ["m1", "m2", "m3", "m4"]
@@ -54,44 +54,113 @@ def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
     assert box.depth() == 1
 
 
-def _status(state: str) -> StatusMessage:
-    return StatusMessage.model_validate(
-        {"agent_id": "outbox-test", "state": state, "sent_at": "2026-01-01T00:00:00Z"}
+def _status_of(agent_id: str):  # type: ignore[no-untyped-def]
+    def status(state: str) -> StatusMessage:
+        return StatusMessage.model_validate(
+            {"agent_id": agent_id, "state": state, "sent_at": "2026-01-01T00:00:00Z"}
+        )
+
+    return status
+
+
+def _subscriber(broker: Mosquitto, topic: str, received: list[bytes]) -> mqtt.Client:
+    subscribed = threading.Event()
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: received.append(m.payload)
+    sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+    sub.connect(broker.host, broker.port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    wait_for(subscribed.is_set, what="subscribed")
+    return sub
+
+
+def _receipt(stored: list[str], refused: list[str] = ()) -> bytes:  # type: ignore[assignment]
+    return dump_payload(
+        ReceiptMessage.model_validate(
+            {
+                "agent_id": "outbox-test",
+                "stored": stored,
+                "refused": [{"message_id": m, "reason": "schema_violation"} for m in refused],
+                "sent_at": "2026-01-01T00:00:00Z",
+            }
+        )
     )
 
 
-def test_published_messages_leave_the_outbox_only_after_puback(
+def test_a_message_leaves_the_outbox_on_the_receipt_not_on_puback(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
     received: list[bytes] = []
-    got = threading.Event()
-    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: (
-        received.append(m.payload),
-        got.set() if len(received) >= 50 else None,
-    )
-    sub.connect(broker.host, broker.port)
-    sub.subscribe("outbox-test/#", qos=1)
-    sub.loop_start()
+    sub = _subscriber(broker, "outbox-test/#", received)
     box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20)
-    for i in range(50):
-        box.put(message_id=f"m{i:03d}", topic="outbox-test/t", payload=f"{i:03d}".encode())
+    ids = [f"{i:032x}" for i in range(50)]
+    for i, mid in enumerate(ids):
+        box.put(message_id=mid, topic="outbox-test/t", payload=f"{i:03d}".encode())
     link = MqttLink(
         agent_id="outbox-test",
         config=MqttConfig(host=broker.host, port=broker.port),  # type: ignore[call-arg]
         outbox=box,
-        status=_status,
+        status=_status_of("outbox-test"),
     )
     try:
         link.start()
-        wait_for(lambda: box.depth() == 0, what="outbox drained")
-        wait_for(got.is_set, what="subscriber got 50 messages")
-        assert link.acked == 50 and link.idle()
+        wait_for(lambda: link.acked == 50, what="50 PUBACKs")
+        wait_for(lambda: len(received) == 50, what="subscriber got 50 messages")
         assert received == [f"{i:03d}".encode() for i in range(50)]
+        assert box.depth() == 50 and box.unsent() == 0 and not link.idle()
+        sub.publish(link.topics.receipts, _receipt(ids[:30], refused=ids[30:35]), qos=1)
+        wait_for(lambda: box.depth() == 15, what="35 messages forgotten")
+        assert [e.message_id for e in box.pending()] == ids[35:]
+        assert (link.confirmed, link.refused) == (30, 5)
     finally:
         link.stop()
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_messages_without_a_receipt_are_sent_again_after_a_reconnect(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    received: list[bytes] = []
+    sub = _subscriber(broker, "outbox-test2/#", received)
+    box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20)
+    ids = [f"{i:032x}" for i in range(5)]
+    for i, mid in enumerate(ids):
+        box.put(message_id=mid, topic="outbox-test2/t", payload=str(i).encode())
+    config = MqttConfig(host=broker.host, port=broker.port)  # type: ignore[call-arg]
+    link = MqttLink(
+        agent_id="outbox-test2", config=config, outbox=box, status=_status_of("outbox-test2")
+    )
+    try:
+        link.start()
+        wait_for(lambda: len(received) == 5, what="first delivery")
+        link.client.reconnect()  # as after a broker restart: a new connection
+        wait_for(lambda: len(received) == 10, what="second delivery after the reconnect")
+        assert received == [str(i).encode() for i in range(5)] * 2
+    finally:
+        link.stop()
+        sub.loop_stop()
+        sub.disconnect()
+
+
+def test_delete_on_puback_mode_forgets_on_puback(tmp_path: Path, broker: Mosquitto) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20)
+    box.put(message_id="a" * 32, topic="outbox-test3/t", payload=b"x")
+    config = MqttConfig(host=broker.host, port=broker.port)  # type: ignore[call-arg]
+    link = MqttLink(
+        agent_id="outbox-test3",
+        config=config,
+        outbox=box,
+        status=_status_of("outbox-test3"),
+        delete_on="puback",
+    )
+    try:
+        link.start()
+        wait_for(lambda: box.depth() == 0, what="deleted on PUBACK")
+        assert link.acked == 1
+    finally:
+        link.stop()
 
 
 def test_nothing_leaves_the_outbox_while_the_broker_is_away(tmp_path: Path) -> None:
@@ -102,14 +171,14 @@ def test_nothing_leaves_the_outbox_while_the_broker_is_away(tmp_path: Path) -> N
         agent_id="outbox-test",
         config=MqttConfig(host=own.host, port=own.port),  # type: ignore[call-arg]
         outbox=box,
-        status=_status,
+        status=_status_of("outbox-test"),
     )
     link.start()
     try:
         assert not link.connected.wait(1.0)
         assert box.depth() == 1
         own.start()
-        wait_for(lambda: box.depth() == 0, timeout_s=60, what="delivery after the broker came up")
+        wait_for(lambda: box.unsent() == 0, timeout_s=60, what="delivery after the broker came up")
     finally:
         link.stop()
         own.stop()

@@ -18,6 +18,7 @@ from wire.topics import AGENT_ID_PATTERN
 SCHEMA_THREAT = "secagent.threat/1"
 SCHEMA_STATUS = "secagent.status/1"
 SCHEMA_EVENT = "secagent.event/1"
+SCHEMA_RECEIPT = "secagent.receipt/1"
 
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 """Largest payload a receiver parses; a bigger one is rejected as ``oversize``."""
@@ -112,7 +113,8 @@ class StatusMessage(_Wire):
     provider: str | None = None
     cameras: list[CameraStatus] = Field(default_factory=list)
     outbox_depth: int = Field(0, ge=0)
-    outbox_dropped: int = Field(0, ge=0)
+    outbox_dropped: int = Field(0, ge=0, description="messages dropped to keep the bound")
+    outbox_oldest_age_s: float = Field(0.0, ge=0, description="age of the oldest unsent message")
     sent_at: datetime
 
 
@@ -140,10 +142,28 @@ class EventMessage(_Wire):
         return self
 
 
+class Refusal(_Wire):
+    message_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    reason: str = Field(max_length=64)
+
+
+class ReceiptMessage(_Wire):
+    """``secagent/v1/<agent_id>/receipts``: the aggregator has *committed* these threat messages
+    (``stored``, duplicates included) or refused them for good (``refused``); the agent may
+    forget them. Until then they stay in its outbox and are sent again after a reconnect."""
+
+    schema_: Literal["secagent.receipt/1"] = Field("secagent.receipt/1", alias="schema")
+    agent_id: str = Field(pattern=AGENT_ID_PATTERN)
+    stored: list[str] = Field(default_factory=list, max_length=10_000)
+    refused: list[Refusal] = Field(default_factory=list, max_length=10_000)
+    sent_at: datetime
+
+
 _SCHEMAS: dict[str, type[_Wire]] = {
     SCHEMA_THREAT: ThreatMessage,
     SCHEMA_STATUS: StatusMessage,
     SCHEMA_EVENT: EventMessage,
+    SCHEMA_RECEIPT: ReceiptMessage,
 }
 M = TypeVar("M", bound=_Wire)
 
@@ -162,6 +182,10 @@ def parse_payload(raw: bytes, expected: type[M]) -> M:
     """
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError("oversize", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        return expected.model_validate_json(raw)  # fast path: one pass in pydantic-core
+    except (ValidationError, RecursionError, ValueError):
+        pass  # classify the failure below
     try:
         doc: Any = json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -41,6 +41,11 @@ class Topics:
         return f"{PREFIX}/{self.agent_id}/threats"
 
     @property
+    def receipts(self) -> str:
+        """Aggregator -> agent: which of its threat messages are stored (or refused)."""
+        return f"{PREFIX}/{self.agent_id}/receipts"
+
+    @property
     def ota(self) -> str:
         return f"{PREFIX}/{self.agent_id}/ota"
 

@@ -1,0 +1,92 @@
+"""The API's output models (what the OpenAPI schema documents)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class Health(BaseModel):
+    status: str = Field(description="'ok' when the broker is connected, else 'degraded'")
+    broker_connected: bool
+    code_version: str
+    messages: int = Field(description="threat messages stored")
+    threats: int
+    events: int
+    open_events: int
+    agents: int
+    rejected: dict[str, int] = Field(
+        description="messages refused since the store was created, by reason"
+    )
+    counters: dict[str, int] = Field(description="all persistent ingest counters")
+
+
+class Provenance(BaseModel):
+    """Which frame, model file, rules file, config and code produced a threat, on which agent."""
+
+    agent_id: str
+    message_id: str
+    lineage_id: str
+    frame_id: str
+    frame_sha256: str
+    frame_kind: str
+    frame_source: str
+    model_sha256: str
+    rules_sha256: str
+    config_sha256: str
+    code_version: str
+    snapshot_sha256: str | None
+    received_at: datetime
+
+
+class ThreatPublic(BaseModel):
+    id: int
+    event_id: int
+    agent_id: str
+    camera: str
+    rule: str
+    severity: str
+    label: str
+    score: float
+    xyxy: tuple[float, float, float, float]
+    captured_at: datetime
+    provenance: Provenance
+
+
+class EventPublic(BaseModel):
+    id: int
+    agent_id: str
+    camera: str
+    rule: str
+    label: str
+    severity: str
+    state: str = Field(description="'open' until cutoff_s passes without a threat, then 'ended'")
+    started_at: datetime
+    last_seen_at: datetime
+    ended_at: datetime | None
+    threat_count: int
+    top_score: float
+
+
+class EventDetail(EventPublic):
+    threats: list[ThreatPublic]
+
+
+class CameraPublic(BaseModel):
+    name: str
+    state: str = Field(description="running, finished or down")
+    counters: dict[str, int] = Field(description="captured, rejected, no_motion, detected, ...")
+
+
+class AgentPublic(BaseModel):
+    agent_id: str
+    state: str = Field(description="online / offline (the last will says offline)")
+    last_seen_at: datetime = Field(description="last status or threat message received")
+    last_status_at: datetime | None
+    versions: dict[str, str] | None = Field(description="code, model, rules and config versions")
+    provider: str | None = Field(description="ONNX Runtime execution provider in use")
+    outbox_depth: int = Field(description="threat messages waiting on the agent")
+    outbox_dropped: int = Field(description="messages the agent dropped to stay in its bound")
+    outbox_oldest_age_s: float = Field(description="age of the oldest waiting message")
+    cameras: list[CameraPublic]
