@@ -65,3 +65,35 @@ def check_config(config_path: Path) -> None:
     config = _load(config_path)
     click.echo(f"ok: {config_path}")
     click.echo(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}}))
+
+
+@main.command("broker-config")
+@click.option(
+    "--spec",
+    "spec_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="deployment spec (YAML): agents, readers, listener, TLS files",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder for mosquitto.conf, passwd, acl and credentials.yaml",
+)
+def broker_config(spec_path: Path, out_dir: Path) -> None:
+    """Write a Mosquitto config for a deployment: an account and ACL per agent, no anonymous.
+
+    Re-run it after adding an agent to the spec: existing passwords are kept. Then reload
+    Mosquitto (systemctl reload mosquitto) and give the agent its password.
+    """
+    from aggregator.broker_config import BrokerConfigError, load_spec, write_broker_config
+
+    try:
+        creds = write_broker_config(load_spec(spec_path), out_dir)
+    except (ConfigError, BrokerConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"wrote {out_dir}/mosquitto.conf, passwd, acl, credentials.yaml ({len(creds)} accounts)"
+    )

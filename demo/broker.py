@@ -51,13 +51,21 @@ def wait_for_port(host: str, port: int, *, timeout_s: float) -> None:
 class Mosquitto:
     """``with Mosquitto(workdir) as broker: broker.port``; ``restart()`` keeps the port."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_config: str = "",
+        config_file: Path | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.extra_config = extra_config
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
+        self.config_file = config_file  # a ready-made config (its listener must be self.port)
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +84,7 @@ class Mosquitto:
         return conf
 
     def start(self, *, timeout_s: float = 10.0) -> Mosquitto:
-        conf = self.write_config()
+        conf = self.config_file or self.write_config()
         self.proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,

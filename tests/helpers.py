@@ -134,6 +134,10 @@ class AggregatorProcess:
     def health(self) -> dict:
         return httpx.get(f"{self.api}/api/health", timeout=5).json()
 
+    def agent(self, agent_id: str) -> dict | None:
+        r = httpx.get(f"{self.api}/api/agents/{agent_id}", timeout=5)
+        return r.json() if r.status_code == 200 else None
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()

@@ -11,7 +11,14 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from wire.topics import AGENT_ID_PATTERN
 
@@ -28,6 +35,15 @@ MAX_SNAPSHOT_B64_CHARS = 3 * 1024 * 1024
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256")]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Severity = Literal["low", "medium", "high", "critical"]
+
+
+def _iso_only(value: object) -> object:
+    if isinstance(value, int | float):  # pydantic would read a number as a Unix time
+        raise ValueError("a time must be an ISO 8601 string, not a number")
+    return value
+
+
+WireTime = Annotated[datetime, BeforeValidator(_iso_only)]
 SEVERITY_RANK: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 
 
@@ -62,7 +78,7 @@ class FrameRef(_Wire):
     )
     kind: Literal["file", "video"]
     source: str = Field(max_length=1024, description="file path, or video path#frame index")
-    captured_at: datetime
+    captured_at: WireTime
     width: int = Field(ge=1, le=16384)
     height: int = Field(ge=1, le=16384)
 
@@ -94,7 +110,7 @@ class ThreatMessage(_Wire):
     threats: list[ThreatOut] = Field(min_length=1, max_length=1000)
     versions: Versions
     snapshot_jpeg_b64: str | None = Field(None, max_length=MAX_SNAPSHOT_B64_CHARS)
-    sent_at: datetime
+    sent_at: WireTime
 
 
 class CameraStatus(_Wire):
@@ -115,7 +131,7 @@ class StatusMessage(_Wire):
     outbox_depth: int = Field(0, ge=0)
     outbox_dropped: int = Field(0, ge=0, description="messages dropped to keep the bound")
     outbox_oldest_age_s: float = Field(0.0, ge=0, description="age of the oldest unsent message")
-    sent_at: datetime
+    sent_at: WireTime
 
 
 class EventMessage(_Wire):
@@ -129,9 +145,9 @@ class EventMessage(_Wire):
     rule: Name
     severity: Severity
     label: Name
-    started_at: datetime
-    last_seen_at: datetime
-    ended_at: datetime | None = None
+    started_at: WireTime
+    last_seen_at: WireTime
+    ended_at: WireTime | None = None
     threat_count: int = Field(ge=1)
     top_score: float = Field(ge=0.0, le=1.0)
 
@@ -156,7 +172,7 @@ class ReceiptMessage(_Wire):
     agent_id: str = Field(pattern=AGENT_ID_PATTERN)
     stored: list[str] = Field(default_factory=list, max_length=10_000)
     refused: list[Refusal] = Field(default_factory=list, max_length=10_000)
-    sent_at: datetime
+    sent_at: WireTime
 
 
 _SCHEMAS: dict[str, type[_Wire]] = {
@@ -183,7 +199,9 @@ def parse_payload(raw: bytes, expected: type[M]) -> M:
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError("oversize", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
-        return expected.model_validate_json(raw)  # fast path: one pass in pydantic-core
+        parsed = expected.model_validate_json(raw)  # fast path: one pass in pydantic-core
+        if "schema_" in parsed.model_fields_set:  # the default does not count as a schema
+            return parsed
     except (ValidationError, RecursionError, ValueError):
         pass  # classify the failure below
     try:

@@ -1,0 +1,217 @@
+"""The generated broker config, enforced by a real Mosquitto: agents are confined to their own
+topics, wrong passwords and anonymous clients are refused, the aggregator still hears the
+legitimate agent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from aggregator.broker_config import DeploymentSpec, acl_text, write_broker_config
+from aggregator.config import AggregatorConfig
+from aggregator.ingest import Ingest
+from demo.broker import Mosquitto, free_port
+from tests.conftest import wait_for
+from tests.helpers import BIN
+from tests.test_ingest import threat_payload
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, dict[str, str]]]:
+    work = tmp_path_factory.mktemp("site")
+    port = free_port()
+    spec = DeploymentSpec.model_validate(
+        {
+            "listener": {"host": "127.0.0.1", "port": port},
+            "persistence_dir": str(work / "data"),
+            "run_as": "root",
+            "agents": ["garage", "door"],
+            "readers": ["home-assistant"],
+        }
+    )
+    (work / "data").mkdir()
+    creds = write_broker_config(spec, work / "broker")
+    broker = Mosquitto(work, port=port, config_file=work / "broker" / "mosquitto.conf")
+    with broker:
+        yield broker, creds
+
+
+class Client:
+    """A paho MQTT 5 client that records its CONNACK, PUBACK reason codes and messages."""
+
+    def __init__(self, broker: Mosquitto, username: str | None, password: str | None) -> None:
+        self.connack: mqtt.ReasonCode | None = None
+        self.pubacks: dict[int, mqtt.ReasonCode] = {}
+        self.messages: list[tuple[str, bytes]] = []
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"t-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        if username:
+            self.c.username_pw_set(username, password)
+        self.c.on_connect = lambda c, u, f, rc, p: setattr(self, "connack", rc)
+        self.c.on_publish = lambda c, u, mid, rc, p: self.pubacks.__setitem__(mid, rc)
+        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.c.reconnect_delay_set(60, 120)  # no retry storm with a refused password
+        self.c.connect_async(broker.host, broker.port)
+        self.c.loop_start()
+        wait_for(lambda: self.connack is not None, what="CONNACK")
+
+    def publish(self, topic: str, payload: bytes) -> mqtt.ReasonCode:
+        info = self.c.publish(topic, payload, qos=1)
+        return wait_for(lambda: self.pubacks.get(info.mid), what="PUBACK")
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_a_wrong_password_is_refused(site) -> None:  # type: ignore[no-untyped-def]
+    broker, creds = site
+    client = Client(broker, "garage", creds["garage"] + "x")
+    try:
+        assert client.connack is not None and client.connack.is_failure
+        assert "authori" in str(client.connack).lower()
+    finally:
+        client.close()
+
+
+def test_anonymous_clients_are_refused(site) -> None:  # type: ignore[no-untyped-def]
+    broker, _ = site
+    client = Client(broker, None, None)
+    try:
+        assert client.connack is not None and client.connack.is_failure
+    finally:
+        client.close()
+
+
+def test_an_agent_cannot_publish_as_another_and_nothing_is_stored(  # type: ignore[no-untyped-def]
+    site, tmp_path: Path
+) -> None:
+    broker, creds = site
+    config = AggregatorConfig.model_validate(
+        {
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "username": "secagg",
+                "password": creds["secagg"],
+                "client_id": f"secagg-{uuid.uuid4().hex[:6]}",
+                "session_expiry_s": 0,
+            },
+            "store": {
+                "path": str(tmp_path / "secagg.sqlite"),
+                "snapshots_dir": str(tmp_path / "snapshots"),
+            },
+        }
+    )
+    ingest = Ingest(config)
+    ingest.start()
+    door = Client(broker, "door", creds["door"])
+    garage = Client(broker, "garage", creds["garage"])
+    try:
+        wait_for(ingest.connected.is_set, what="aggregator connected with its account")
+        forged = json.dumps(threat_payload(agent_id="garage")).encode()
+        refused = door.publish("secagent/v1/garage/threats", forged)
+        assert refused.is_failure and "authori" in str(refused).lower()
+        # On its own topic, a payload claiming another id is refused by the aggregator.
+        assert not door.publish("secagent/v1/door/threats", forged).is_failure
+        wait_for(lambda: ingest.stats.rejected["agent_mismatch"] == 1, what="mismatch refused")
+        legit = threat_payload(agent_id="garage")
+        assert not garage.publish(
+            "secagent/v1/garage/threats", json.dumps(legit).encode()
+        ).is_failure
+        wait_for(lambda: ingest.stats.stored == 1, what="the legitimate threat stored")
+        assert ingest.stats.stored == 1 and sum(ingest.stats.rejected.values()) == 1
+    finally:
+        door.close()
+        garage.close()
+        ingest.stop()
+
+
+def test_agents_read_only_their_own_topics(site) -> None:  # type: ignore[no-untyped-def]
+    broker, creds = site
+    door = Client(broker, "door", creds["door"])
+    reader = Client(broker, "home-assistant", creds["home-assistant"])
+    garage = Client(broker, "garage", creds["garage"])
+    try:
+        door.c.subscribe("secagent/v1/+/threats", qos=1)
+        reader.c.subscribe("secagent/v1/#", qos=1)
+        wait_for(
+            lambda: door.subscribed.is_set() and reader.subscribed.is_set(),
+            what="subscriptions answered",
+        )
+        garage.publish("secagent/v1/garage/threats", b"{}")
+        garage.publish("secagent/v1/garage/status", b"{}")
+        wait_for(lambda: reader.messages, what="the reader gets the status")
+        assert [t for t, _ in reader.messages] == ["secagent/v1/garage/status"]
+        assert door.messages == []
+        assert garage.publish("secagent/v1/events", b"{}").is_failure
+    finally:
+        for client in (door, reader, garage):
+            client.close()
+
+
+def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> None:
+    spec_path = tmp_path / "site.yaml"
+    spec_path.write_text("listener: {port: 18883}\nagents: [a1]\n")
+    run = [
+        str(BIN / "secagg"),
+        "broker-config",
+        "--spec",
+        str(spec_path),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    subprocess.run(run, check=True, capture_output=True)
+    first = yaml.safe_load((tmp_path / "out" / "credentials.yaml").read_text())
+    spec_path.write_text("listener: {port: 18883}\nagents: [a1, a2]\n")
+    subprocess.run(run, check=True, capture_output=True)
+    second = yaml.safe_load((tmp_path / "out" / "credentials.yaml").read_text())
+    assert second["a1"] == first["a1"] and second["secagg"] == first["secagg"]
+    assert set(second) == {"secagg", "a1", "a2"}
+    assert (tmp_path / "out" / "credentials.yaml").stat().st_mode & 0o077 == 0
+    passwd = (tmp_path / "out" / "passwd").read_text()
+    assert "a2:$" in passwd and second["a2"] not in passwd  # hashed, not plain
+    conf = (tmp_path / "out" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "listener 18883" in conf
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"agents": []}, "agents"),
+        ({"agents": ["a/b"]}, "agent id"),
+        ({"agents": ["secagg"]}, "distinct"),
+        ({"agents": ["a"], "readers": ["a"]}, "distinct"),
+        ({"agents": ["a"], "listener": {"port": 0}}, "listener.port"),
+    ],
+)
+def test_bad_specs_are_refused(spec: dict, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run(
+        [str(BIN / "secagg"), "broker-config", "--spec", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and message in done.stderr
+
+
+def test_the_acl_confines_agents_to_their_own_prefix() -> None:
+    acl = acl_text(DeploymentSpec.model_validate({"agents": ["cam1"]}))
+    agent_block = acl.split("user cam1\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert all("secagent/v1/cam1/" in line for line in agent_block)
+    assert not any("+" in line or "#" in line for line in agent_block)
