@@ -36,6 +36,13 @@ class MqttConfig(_Section):
         None, description="CA certificate: connect with TLS and verify the broker against it"
     )
     _resolve = field_validator("tls_ca_file")(_relative_to_config)
+    receipt_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="send again what the broker acknowledged but the aggregator has not "
+        "receipted after this long (doubling up to 10 min while nothing is receipted)",
+    )
     max_inflight: int = Field(
         100, ge=1, le=65535, description="QoS 1 messages published and not yet acknowledged"
     )

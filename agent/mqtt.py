@@ -9,6 +9,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -59,6 +60,8 @@ class MqttLink:
         self._status_lock = threading.Lock()
         self._last_seq = 0
         self._resend = threading.Event()
+        self._receipt_wait_s = config.receipt_timeout_s
+        self._next_receipt_check = 0.0
         self.published = 0
         self.acked = 0
         self.confirmed = 0
@@ -196,6 +199,7 @@ class MqttLink:
                     refusal.message_id,
                     refusal.reason,
                 )
+            self._receipt_wait_s = self.config.receipt_timeout_s  # the aggregator is there
             self.confirmed += self.outbox.confirm(receipt.stored)
             self.refused += self.outbox.confirm([r.message_id for r in receipt.refused])
 
@@ -232,10 +236,31 @@ class MqttLink:
             if len(self._inflight) >= self.config.max_inflight:
                 return
 
+    def _check_receipts_overdue(self) -> None:
+        """A broker that acknowledged a message may still lose it (a crash before it saved or
+        delivered it, no subscriber yet): send again what has waited too long for a receipt."""
+        now = time.monotonic()
+        if now < self._next_receipt_check or self.delete_on != "receipt":
+            return
+        self._next_receipt_check = now + 1.0
+        oldest = self.outbox.oldest_sent_at()
+        if oldest is None or time.time() - oldest < self._receipt_wait_s:
+            return
+        log.warning(
+            "agent=%s no receipt for %.0f s: sending %d unreceipted message(s) again",
+            self.agent_id,
+            time.time() - oldest,
+            self.outbox.depth(),
+        )
+        self._resend.set()
+        self.outbox.touch_sent(time.time())
+        self._receipt_wait_s = min(self._receipt_wait_s * 2, 600.0)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._drain_acks()
             self._drain_receipts()
+            self._check_receipts_overdue()
             self._publish_some()
             self.outbox.wait_changed(0.5)
         self._drain_acks()

@@ -140,6 +140,19 @@ class Outbox:
         self.notify()
         return deleted
 
+    def touch_sent(self, ts: float) -> None:
+        """Restart the receipt clock of every sent message (they are being sent again)."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET sent_at = ? WHERE sent_at IS NOT NULL", (ts,))
+
+    def oldest_sent_at(self) -> float | None:
+        """When the oldest message still waiting for a receipt was acknowledged by the broker."""
+        with self._lock:
+            (ts,) = self._db.execute(
+                "SELECT MIN(sent_at) FROM outbox WHERE sent_at IS NOT NULL"
+            ).fetchone()
+        return None if ts is None else float(ts)
+
     def unsent(self) -> int:
         """Messages the broker has not acknowledged yet."""
         with self._lock:

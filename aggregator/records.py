@@ -118,7 +118,7 @@ def record_threat(
                 captured_ts,
             ),
         )
-    log.info(
+    log.debug(
         "agent=%s camera=%s frame=%s lineage=%s message=%s stored %d threat(s)",
         threat.agent_id,
         threat.camera,

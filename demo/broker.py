@@ -7,6 +7,7 @@ accepts connections.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -79,7 +80,10 @@ class Mosquitto:
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            f"log_dest file {self.log_path}\n" + self.extra_config
+            f"log_dest file {self.log_path}\n"
+            # Started as root, Mosquitto drops to user 'mosquitto', which cannot write here.
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + self.extra_config
         )
         return conf
 

@@ -43,7 +43,8 @@ def write_agent_config(
     path = work / "secagent.yaml"
     path.write_text(
         f"agent_id: {agent_id}\n"
-        f"mqtt: {{host: {broker.host}, port: {broker.port}, status_interval_s: 2}}\n"
+        f"mqtt: {{host: {broker.host}, port: {broker.port}, status_interval_s: 2, "
+        "receipt_timeout_s: 5}\n"
         f"outbox: {{path: outbox.sqlite, max_bytes: {outbox_max_bytes}}}\n"
         f"detect: {{model: {MODEL_MANIFEST}, providers: [CPUExecutionProvider]}}\n"
         f"rules: {rules}\n"
