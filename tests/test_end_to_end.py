@@ -44,12 +44,20 @@ def clip_run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPa
         events = httpx.get(f"{api}/api/events").json()
         details = [httpx.get(f"{api}/api/events/{e['id']}").json() for e in events]
         threats = httpx.get(f"{api}/api/threats", params={"limit": 1000}).json()
+        agent = wait_for(
+            lambda: (
+                (a := httpx.get(f"{api}/api/agents/e2e-host").json()).get("state") == "offline"
+                and a
+            ),
+            what="the agent's last status (offline) stored",
+        )
     yield {
         "summary": summary,
         "health": health,
         "events": events,
         "details": details,
         "threats": threats,
+        "agent": agent,
     }
 
 
@@ -109,3 +117,14 @@ def _ts(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+def test_the_agent_reports_its_state_and_counters(clip_run) -> None:  # type: ignore[no-untyped-def]
+    agent, summary = clip_run["agent"], clip_run["summary"]
+    assert agent["versions"] == summary["versions"]
+    assert agent["provider"] == "CPUExecutionProvider"
+    assert agent["outbox_depth"] == 0 and agent["outbox_dropped"] == 0
+    (camera,) = agent["cameras"]
+    assert camera["name"] == "yard" and camera["state"] == "finished"
+    assert camera["counters"]["captured"] == summary["frames_read"]
+    assert camera["counters"]["threats"] == summary["threats"]
