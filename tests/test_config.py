@@ -493,8 +493,22 @@ BAD_CONFIGS = [
         load_manifest,
         edited(MANIFEST, {"layout": "yolov7"}),
         ManifestError,
-        ["layout: Input should be 'yolov8', 'yolov5' or 'end2end'"],
+        ["layout: Input should be 'auto', 'yolov8', 'yolov5' or 'end2end'"],
         id="manifest-bad-layout",
+    ),
+    pytest.param(
+        load_manifest,
+        edited(MANIFEST, {"labels_file": "labels.txt"}),
+        ManifestError,
+        ["give labels or labels_file, not both"],
+        id="manifest-two-sources-of-labels",
+    ),
+    pytest.param(
+        load_manifest,
+        edited(MANIFEST, {"label_map": ["Normal", "person"]}),
+        ManifestError,
+        ["label_map: Input should be a valid dictionary"],
+        id="manifest-label-map-not-a-mapping",
     ),
     pytest.param(
         load_manifest,
