@@ -232,6 +232,11 @@ class DetectConfig(_Section):
     inter_op_threads: int = Field(
         0, ge=0, le=256, description="threads for parallel graph branches; 0 = ONNX Runtime decides"
     )
+    spin_wait: bool = Field(
+        False,
+        description="ONNX Runtime's threads spin between inferences instead of sleeping: a "
+        "little lower latency, but they take CPU that capture and decoding need",
+    )
     max_batch: int = Field(
         8,
         ge=1,

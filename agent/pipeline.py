@@ -61,6 +61,7 @@ class Agent:
             intra_op_threads=config.detect.intra_op_threads,
             inter_op_threads=config.detect.inter_op_threads,
             max_batch=config.detect.max_batch,
+            spin_wait=config.detect.spin_wait,
         )
         self.rules: RuleSet = load_rules(config.rules)
         self.versions = Versions(

@@ -107,7 +107,7 @@ class Detector:
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         max_batch: int = 8,
-        spin_wait: bool = True,
+        spin_wait: bool = False,
         verify_sha256: bool = True,
     ) -> None:
         self.manifest = manifest
