@@ -45,7 +45,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix agent aggregator wire demo tests bench
 
 bench: setup
-	$(PY) bench/gpu_providers.py
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

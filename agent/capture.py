@@ -1,8 +1,8 @@
 """Frame sources: a folder a motion-triggered camera drops stills into, and video files.
 
 A source yields :class:`Frame` objects and says when it is finished. Stills come as encoded
-bytes (validated and decoded later); video frames come decoded. RTSP/USB sources fit the same
-interface (a later addition).
+bytes (validated and decoded later); video frames come decoded. RTSP/USB cameras are in
+:mod:`agent.streams` and fit the same interface.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,12 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from agent.config import DirectorySourceConfig, VideoSourceConfig
+from agent.config import (
+    DirectorySourceConfig,
+    RtspSourceConfig,
+    UsbSourceConfig,
+    VideoSourceConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +252,17 @@ class VideoFileSource:
             cap.release()
 
 
-def open_source(camera: str, config: DirectorySourceConfig | VideoSourceConfig) -> FrameSource:
-    """The source for one camera's config."""
+def open_source(
+    camera: str,
+    config: DirectorySourceConfig | VideoSourceConfig | RtspSourceConfig | UsbSourceConfig,
+    *,
+    stop: threading.Event | None = None,
+) -> FrameSource:
+    """The source for one camera's config; ``stop`` ends live sources' reconnect waits."""
     if isinstance(config, DirectorySourceConfig):
         return DirectorySource(camera, config)
-    return VideoFileSource(camera, config)
+    if isinstance(config, VideoSourceConfig):
+        return VideoFileSource(camera, config)
+    from agent.streams import open_stream
+
+    return open_stream(camera, config, stop=stop)

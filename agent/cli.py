@@ -12,10 +12,17 @@ from pathlib import Path
 from types import FrameType
 
 import click
+import numpy as np
 
 from agent.capture import Frame
 from agent.config import ValidateConfig
-from agent.detect import Detector, DetectorError, ManifestError, load_manifest
+from agent.detect import (
+    Detector,
+    DetectorError,
+    ManifestError,
+    load_manifest,
+    load_model_argument,
+)
 from agent.rules import RulesError
 from agent.validate import FrameRejected, validate_frame
 from wire.cli import config_option, log_level_option, setup_logging
@@ -83,7 +90,13 @@ def check_config(config_path: Path) -> None:
     "model_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="model manifest (YAML)",
+    help="model manifest (YAML), or a bare .onnx file (layout and labels auto-detected)",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="text file of class names, one per line (when the model has no 'names' metadata)",
 )
 @click.option(
     "--provider",
@@ -93,14 +106,24 @@ def check_config(config_path: Path) -> None:
     show_default=True,
     help="ONNX Runtime execution provider (repeatable)",
 )
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...]) -> None:
-    """Detect objects in IMAGES; print one JSON object per image. Exit 1 if any image failed."""
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+def detect(
+    model_path: Path, labels_path: Path | None, providers: tuple[str, ...], images: tuple[Path, ...]
+) -> None:
+    """Load a model and detect objects in IMAGES, one JSON object per image.
+
+    Without IMAGES, print what was recognised about the model (layout, input, batch, labels,
+    provider). Exit 1 if the model cannot be loaded or any image failed.
+    """
     setup_logging("warning")
     try:
-        detector = Detector(load_manifest(model_path), providers=list(providers))
+        manifest = load_model_argument(model_path, labels_file=labels_path)
+        detector = Detector(manifest, providers=list(providers))
     except (ManifestError, DetectorError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if not images:
+        click.echo(json.dumps(model_summary(detector)))
+        return
     failed = 0
     limits = ValidateConfig()  # type: ignore[call-arg]
     for path in images:
@@ -119,6 +142,8 @@ def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...
                     "height": image.shape[0],
                     "model_sha256": detector.sha256,
                     "provider": detector.provider,
+                    "layout": detector.layout,
+                    "inference_ms": round(detector.last_inference_ms, 2),
                     "detections": [
                         {
                             "label": found.labels[i],
@@ -139,6 +164,27 @@ def detect(model_path: Path, providers: tuple[str, ...], images: tuple[Path, ...
         click.echo(json.dumps(record))
     if failed:
         sys.exit(1)
+
+
+def model_summary(detector: Detector) -> dict[str, object]:
+    """What ``secagent detect --model`` recognised, as one JSON-ready dict."""
+    return {
+        "model": detector.manifest.name,
+        "path": str(detector.path),
+        "sha256": detector.sha256,
+        "layout": detector.layout,
+        "input": {
+            "name": detector.input_name,
+            "width": detector.input_size.width,
+            "height": detector.input_size.height,
+            "dtype": np.dtype(detector.input_dtype).name,
+            "batch": detector.batch_size or "dynamic",
+        },
+        "classes": detector.num_classes,
+        "labels": {str(k): v for k, v in sorted(detector.labels.items())},
+        "provider": detector.provider,
+        "warmup_inference_ms": round(detector.last_inference_ms, 2),
+    }
 
 
 def _mtime(path: Path) -> datetime:

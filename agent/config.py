@@ -59,6 +59,13 @@ class ValidateConfig(_Section):
     max_side_px: int = Field(16384, ge=16, description="frames wider or higher are rejected")
 
 
+Point = Annotated[
+    tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]],
+    Field(description="[x, y] as fractions of the frame's width and height"),
+]
+Polygon = Annotated[list[Point], Field(min_length=3, max_length=256)]
+
+
 class MotionConfig(_Section):
     enabled: bool = Field(True, description="false sends every valid frame to the model")
     height_px: int = Field(100, ge=16, le=1080, description="frames are downscaled to this height")
@@ -69,6 +76,19 @@ class MotionConfig(_Section):
     )
     background_alpha: float = Field(
         0.1, gt=0, le=1, description="weight of each new frame in the running background"
+    )
+    recalibrate_fraction: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="when more than this fraction of the frame changes at once (lights on), the "
+        "background is reset and the frame counts as no motion; 1 never recalibrates",
+    )
+    masks: list[Polygon] = Field(
+        default_factory=list,
+        max_length=64,
+        description="areas that never count as motion: polygons of [x, y] corners, as fractions "
+        "of the frame's width and height (0..1)",
     )
 
     @field_validator("blur_px")
@@ -113,7 +133,59 @@ class VideoSourceConfig(_Section):
     _resolve = field_validator("path")(_relative_to_config)
 
 
-SourceConfig = Annotated[DirectorySourceConfig | VideoSourceConfig, Field(discriminator="type")]
+class _StreamConfig(_Section):
+    fps: float = Field(
+        5.0, gt=0, le=120, description="frames per second taken from the stream (the rest skipped)"
+    )
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="give up opening after this")
+    read_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="a stream silent this long counts as broken"
+    )
+    reconnect_min_s: float = Field(
+        1.0, gt=0, le=600, description="first wait before reopening a broken stream"
+    )
+    reconnect_max_s: float = Field(
+        30.0, gt=0, le=3600, description="the wait doubles after each failure, up to this"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> _StreamConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+
+class RtspSourceConfig(_StreamConfig):
+    type: Literal["rtsp"] = Field(description="a network camera stream (RTSP, or HTTP MJPEG)")
+    url: str = Field(
+        pattern=r"^(rtsps?|https?)://\S+$",
+        max_length=2048,
+        description="stream URL; credentials in it are never logged nor sent",
+    )
+
+
+class UsbSourceConfig(_StreamConfig):
+    type: Literal["usb"] = Field(description="a camera attached to this host (V4L2)")
+    device: int | str = Field(
+        0, description="device index (0 = /dev/video0) or a device path such as /dev/video2"
+    )
+    width: int | None = Field(None, ge=16, le=8192, description="capture width to ask the camera")
+    height: int | None = Field(None, ge=16, le=8192, description="capture height to ask for")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 63:
+            raise ValueError("device index must be 0..63")
+        if isinstance(value, str) and not value.startswith("/dev/"):
+            raise ValueError("device path must start with /dev/")
+        return value
+
+
+SourceConfig = Annotated[
+    DirectorySourceConfig | VideoSourceConfig | RtspSourceConfig | UsbSourceConfig,
+    Field(discriminator="type"),
+]
 
 
 class CameraConfig(_Section):
@@ -124,6 +196,24 @@ class CameraConfig(_Section):
     motion: MotionConfig = Field(
         default_factory=dict, validate_default=True, description="the motion gate of this camera"
     )
+    queue_size: int = Field(
+        1, ge=1, le=64, description="frames of this camera waiting for the model, at most"
+    )
+    when_busy: Literal["auto", "drop_oldest", "wait"] = Field(
+        "auto",
+        description="when its queue is full: drop_oldest (latest frame wins, drops counted) or "
+        "wait (read on only when the model catches up); auto = drop_oldest for live sources "
+        "(rtsp, usb, realtime video), wait for files",
+    )
+
+    def drops_when_busy(self) -> bool:
+        """True when a full queue drops its oldest frame rather than waiting."""
+        if self.when_busy != "auto":
+            return self.when_busy == "drop_oldest"
+        source = self.source
+        return not isinstance(source, DirectorySourceConfig) and (
+            not isinstance(source, VideoSourceConfig) or source.realtime
+        )
 
 
 class OutboxConfig(_Section):
@@ -153,7 +243,24 @@ class DetectConfig(_Section):
         default_factory=lambda: ["auto"],
         description="ONNX Runtime execution providers in order; 'auto' = TensorRT, CUDA, CPU",
     )
-    intra_op_threads: int = Field(0, ge=0, le=256, description="0 lets ONNX Runtime decide")
+    intra_op_threads: int = Field(
+        0, ge=0, le=256, description="threads one inference uses; 0 lets ONNX Runtime decide"
+    )
+    inter_op_threads: int = Field(
+        0, ge=0, le=256, description="threads for parallel graph branches; 0 = ONNX Runtime decides"
+    )
+    spin_wait: bool = Field(
+        False,
+        description="ONNX Runtime's threads spin between inferences instead of sleeping: a "
+        "little lower latency, but they take CPU that capture and decoding need",
+    )
+    max_batch: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="most frames (of different cameras) in one inference, when the model's "
+        "batch dimension is dynamic",
+    )
     _resolve = field_validator("model")(_relative_to_config)
 
 

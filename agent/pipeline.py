@@ -1,5 +1,5 @@
-"""The agent: one thread per camera runs capture -> validate -> motion gate -> detect -> rules ->
-outbox; the MQTT link publishes the outbox. All cameras share one model session.
+"""The agent: the detection engine (camera threads -> shared model -> results, see
+:mod:`agent.engine`) feeds rules and the outbox; the MQTT link publishes the outbox and status.
 """
 
 from __future__ import annotations
@@ -11,21 +11,19 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from agent.capture import Frame, FrameSource, SourceError, open_source
-from agent.config import AgentConfig, CameraConfig
+from agent.capture import Frame
+from agent.config import AgentConfig
 from agent.detect import Detections, Detector, load_manifest
-from agent.motion import MotionGate
+from agent.engine import Admitted, Camera, CameraCounters, DetectionEngine
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.rules import RuleSet, Threat, load_rules
-from agent.validate import FrameRejected, validate_frame
 from wire.payloads import (
     CameraStatus,
     DetectionOut,
@@ -40,31 +38,7 @@ from wire.version import code_version
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class CameraCounters:
-    """Per-camera counts; ``rejected`` is broken down by reason."""
-
-    captured: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    no_motion: int = 0
-    detected: int = 0
-    detections: int = 0
-    threats: int = 0
-    threat_frames: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        out = {
-            "captured": self.captured,
-            "rejected": sum(self.rejected.values()),
-            "no_motion": self.no_motion,
-            "detected": self.detected,
-            "detections": self.detections,
-            "threats": self.threats,
-            "threat_frames": self.threat_frames,
-        }
-        out.update({f"rejected_{k}": v for k, v in sorted(self.rejected.items())})
-        return out
+__all__ = ["Agent", "Camera", "CameraCounters", "build_agent", "frame_sha256"]
 
 
 def frame_sha256(frame: Frame, image: np.ndarray) -> str:
@@ -72,18 +46,6 @@ def frame_sha256(frame: Frame, image: np.ndarray) -> str:
     if frame.data is not None:
         return hashlib.sha256(frame.data).hexdigest()
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-class Camera:
-    """One camera's source, motion gate and counters, processed on its own thread."""
-
-    def __init__(self, config: CameraConfig) -> None:
-        self.config = config
-        self.name = config.name
-        self.source: FrameSource = open_source(config.name, config.source)
-        self.gate = MotionGate(config.motion)
-        self.counters = CameraCounters()
-        self.state = "running"
 
 
 class Agent:
@@ -97,6 +59,9 @@ class Agent:
             manifest,
             providers=config.detect.providers,
             intra_op_threads=config.detect.intra_op_threads,
+            inter_op_threads=config.detect.inter_op_threads,
+            max_batch=config.detect.max_batch,
+            spin_wait=config.detect.spin_wait,
         )
         self.rules: RuleSet = load_rules(config.rules)
         self.versions = Versions(
@@ -105,7 +70,8 @@ class Agent:
             rules_sha256=self.rules.sha256,
             config_sha256=config_sha256,
         )
-        self.cameras = [Camera(c) for c in config.cameras]
+        self._stop = threading.Event()
+        self.cameras = [Camera(c, stop=self._stop) for c in config.cameras]
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
         self.link = MqttLink(
             agent_id=config.agent_id,
@@ -114,9 +80,14 @@ class Agent:
             status=self.status,
             delete_on=config.outbox.delete_on,
         )
-        self._detect_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.engine = DetectionEngine(
+            self.detector,
+            self.cameras,
+            validate=config.validate_,
+            on_detections=self._on_detections,
+            stop=self._stop,
+            agent_id=self.agent_id,
+        )
         self._final_summary: dict[str, object] | None = None
 
     # status ----------------------------------------------------------------------------------
@@ -127,8 +98,14 @@ class Agent:
                 "state": state,
                 "versions": self.versions,
                 "provider": self.detector.provider,
+                "inference_ms": round(self.detector.mean_inference_ms, 2),
                 "cameras": [
-                    CameraStatus(name=c.name, state=c.state, counters=c.counters.as_dict())  # type: ignore[arg-type]
+                    CameraStatus(
+                        name=c.name,
+                        state=c.state,  # type: ignore[arg-type]
+                        counters=c.counters.as_dict(),
+                        detail=c.detail if c.state == "down" else None,
+                    )
                     for c in self.cameras
                 ],
                 "outbox_depth": self.outbox.depth(),
@@ -152,6 +129,9 @@ class Agent:
             "frames_read": total["captured"],
             "frames_rejected": dict(rejected),
             "frames_no_motion": total["no_motion"],
+            "frames_recalibrated": total["recalibrated"],
+            "frames_dropped": total["dropped"],
+            "frames_failed": total["failed"],
             "frames_detected": total["detected"],
             "detections": total["detections"],
             "threats": total["threats"],
@@ -162,30 +142,31 @@ class Agent:
             "outbox_depth": self.outbox.depth(),
             "outbox_dropped": self.outbox.dropped(),
             "provider": self.detector.provider,
+            "inference_ms": round(self.detector.mean_inference_ms, 2),
+            "batches": self.engine.batches,
             "versions": self.versions.model_dump(),
         }
 
     # frames ----------------------------------------------------------------------------------
     def process(self, camera: Camera, frame: Frame) -> ThreatMessage | None:
-        """Run one frame through validate, motion, detect and rules; outbox any threats."""
-        counters = camera.counters
-        counters.captured += 1
-        ids = f"agent={self.agent_id} camera={camera.name} frame={frame.frame_id}"
+        """Run one frame through validate, motion, detect and rules on this thread (the engine's
+        threads do the same, concurrently); outbox any threats."""
+        admitted = self.engine.admit(camera, frame)
+        if admitted is None:
+            return None
+        camera.counters.queued += 1
         try:
-            image = validate_frame(frame, self.config.validate_)
-        except FrameRejected as exc:
-            counters.rejected[exc.reason] += 1
-            log.warning("%s source=%s rejected: %s", ids, frame.source, exc)
-            return None
-        motion = camera.gate.check(image)
-        if not motion.moved:
-            counters.no_motion += 1
-            log.debug("%s no motion (largest area %d)", ids, motion.largest_area_px)
-            return None
-        with self._detect_lock:
-            detections = self.detector.detect(image)
-        counters.detected += 1
-        counters.detections += len(detections)
+            output = self.engine.infer([admitted])
+            message = self.engine.deliver(admitted, self.engine.detections_of(admitted, output))
+        finally:
+            camera.counters.finished += 1
+        return message if isinstance(message, ThreatMessage) else None
+
+    def _on_detections(self, admitted: Admitted, detections: Detections) -> ThreatMessage | None:
+        """Rules and outbox for one frame's detections (on the engine's results thread)."""
+        camera, frame, image = admitted.camera, admitted.frame, admitted.image
+        counters = camera.counters
+        ids = f"agent={self.agent_id} camera={camera.name} frame={frame.frame_id}"
         threats = self.rules.apply(camera.name, detections)
         log.info(
             "%s lineage=%s detections=%d threats=%d infer_ms=%.1f",
@@ -273,44 +254,13 @@ class Agent:
         return base64.b64encode(jpeg).decode("ascii")
 
     # threads ---------------------------------------------------------------------------------
-    def _camera_loop(self, camera: Camera) -> None:
-        try:
-            for frame in camera.source.frames():
-                if self._stop.is_set():
-                    return
-                if frame is None:
-                    continue
-                try:
-                    self.process(camera, frame)
-                except Exception:
-                    log.exception(
-                        "agent=%s camera=%s frame=%s failed; camera continues",
-                        self.agent_id,
-                        camera.name,
-                        frame.frame_id,
-                    )
-            camera.state = "finished"
-            log.info(
-                "agent=%s camera=%s source finished: %s",
-                self.agent_id,
-                camera.name,
-                camera.counters.as_dict(),
-            )
-        except SourceError as exc:
-            camera.state = "down"
-            log.error("agent=%s camera=%s is down: %s", self.agent_id, camera.name, exc)
-
     def start(self) -> None:
         self.link.start()
-        for cam in self.cameras:
-            t = threading.Thread(
-                target=self._camera_loop, args=(cam,), name=f"camera-{cam.name}", daemon=True
-            )
-            t.start()
-            self._threads.append(t)
+        self.engine.start()
 
     def all_finished(self) -> bool:
-        return all(c.state != "running" for c in self.cameras)
+        """Every source ended and every frame it gave is through the pipeline."""
+        return self.engine.idle()
 
     def run(self, *, exit_when_done: bool = False, drain_timeout_s: float = 60.0) -> None:
         """Run until :meth:`stop`; with ``exit_when_done``, until every source finished and the
@@ -343,8 +293,7 @@ class Agent:
 
     def shutdown(self) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=10)
+        self.engine.join(timeout_s=10)
         self.link.stop()
         self._final_summary = self.summary()
         self.outbox.close()

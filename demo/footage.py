@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -48,7 +49,9 @@ TIMELINE: tuple[Segment, ...] = (
 VERSION = "1"  # bump when the recipe changes: the cache key includes it
 
 
+@cache
 def _sample_images() -> tuple[np.ndarray, np.ndarray]:
+    """The background and the person, read once per process (read-only arrays)."""
     import matplotlib.cbook
     import skimage.data
 
@@ -65,6 +68,8 @@ def _sample_images() -> tuple[np.ndarray, np.ndarray]:
     person = cv2.resize(
         person, (round(person.shape[1] * scale), PERSON_HEIGHT_PX), interpolation=cv2.INTER_AREA
     )
+    background.flags.writeable = False
+    person.flags.writeable = False
     return background, person
 
 
@@ -216,3 +221,24 @@ def write_door_stills(folder: Path) -> dict[str, str]:
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
     return {name: expect for name, (_, expect) in files.items()}
+
+
+@cache
+def _seeded_noise() -> list[np.ndarray]:
+    return noise_patterns(np.random.default_rng(SEED))
+
+
+def scene(person_x: int | None, *, brightness: float = 1.0, noise_index: int = 0) -> np.ndarray:
+    """One 1280x720 frame of the sample scene: the person's left edge at ``person_x`` (None: no
+    one), lit at ``brightness`` x the photo's own light, with sensor noise pattern
+    ``noise_index``. Motion-gate tests build their clips from it."""
+    background, person = _sample_images()
+    frame = render(
+        FrameTruth(noise_index, 0.0, person_x is not None, person_x),
+        background,
+        person,
+        _seeded_noise(),
+    )
+    if brightness == 1.0:
+        return frame
+    return np.clip(frame.astype(np.float32) * brightness, 0, 255).astype(np.uint8)

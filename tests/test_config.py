@@ -309,10 +309,48 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         load_agent_config,
-        edited(AGENT, {"cameras.0.source.type": "rtsp"}),
+        edited(AGENT, {"cameras.0.source.type": "onvif"}),
         ConfigError,
-        ["cameras.0.source: Input tag 'rtsp'", "'directory', 'video'"],
+        ["cameras.0.source: Input tag 'onvif'", "'directory', 'video', 'rtsp', 'usb'"],
         id="agent-unknown-source-type",
+    ),
+    pytest.param(
+        load_agent_config,
+        edited(AGENT, {"cameras.0.source": {"type": "rtsp", "url": "ftp://cam/x"}}),
+        ConfigError,
+        ["cameras.0.source.url: String should match pattern"],
+        id="agent-rtsp-url-not-a-stream",
+    ),
+    pytest.param(
+        load_agent_config,
+        edited(
+            AGENT,
+            {
+                "cameras.0.source": {
+                    "type": "rtsp",
+                    "url": "rtsp://cam/x",
+                    "reconnect_min_s": 10,
+                    "reconnect_max_s": 5,
+                }
+            },
+        ),
+        ConfigError,
+        ["reconnect_max_s must be at least reconnect_min_s"],
+        id="agent-rtsp-backoff-reversed",
+    ),
+    pytest.param(
+        load_agent_config,
+        edited(AGENT, {"cameras.0.source": {"type": "usb", "device": "video0"}}),
+        ConfigError,
+        ["cameras.0.source.device", "device path must start with /dev/"],
+        id="agent-usb-device-not-a-path",
+    ),
+    pytest.param(
+        load_agent_config,
+        edited(AGENT, {"cameras.0.queue_size": 0}),
+        ConfigError,
+        ["cameras.0.queue_size: Input should be greater than or equal to 1"],
+        id="agent-queue-size-0",
     ),
     pytest.param(
         load_agent_config,
@@ -493,8 +531,22 @@ BAD_CONFIGS = [
         load_manifest,
         edited(MANIFEST, {"layout": "yolov7"}),
         ManifestError,
-        ["layout: Input should be 'yolov8', 'yolov5' or 'end2end'"],
+        ["layout: Input should be 'auto', 'yolov8', 'yolov5' or 'end2end'"],
         id="manifest-bad-layout",
+    ),
+    pytest.param(
+        load_manifest,
+        edited(MANIFEST, {"labels_file": "labels.txt"}),
+        ManifestError,
+        ["give labels or labels_file, not both"],
+        id="manifest-two-sources-of-labels",
+    ),
+    pytest.param(
+        load_manifest,
+        edited(MANIFEST, {"label_map": ["Normal", "person"]}),
+        ManifestError,
+        ["label_map: Input should be a valid dictionary"],
+        id="manifest-label-map-not-a-mapping",
     ),
     pytest.param(
         load_manifest,

@@ -10,52 +10,17 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import yaml
-from onnx import TensorProto, helper, numpy_helper
 
 from agent.detect import DECODERS, DecodeError, Detector, DetectorError, load_manifest
 from agent.detect.decoders import nms_per_class
 from agent.detect.detector import Letterbox, labels_from_metadata, letterbox
 from demo.footage import sample_still
+from tests.tiny_models import constant_model
 
-SUPPORTED = "supported layouts: ['end2end', 'yolov5', 'yolov8']"
-
-
-def constant_model(
-    path: Path,
-    output: np.ndarray,
-    *,
-    width: int = 640,
-    height: int = 640,
-    names: str | None = None,
-) -> Path:
-    """Write an ONNX model whose output is ``output`` whatever the (1, 3, height, width) input."""
-    value = np.asarray(output, np.float32)
-    nodes = [
-        helper.make_node("Constant", [], ["raw"], value=numpy_helper.from_array(value, "raw")),
-        helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0),
-        helper.make_node(
-            "Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.float32), "z")
-        ),
-        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
-        helper.make_node("Add", ["raw", "nothing"], ["output0"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "constant",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(value.shape))],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    if names is not None:
-        helper.set_model_props(model, {"names": names})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+SUPPORTED = "supported layouts: yolov8 (1, 4+C, N), yolov5 (1, N, 5+C), end2end (1, K, 6)"
 
 
 def run_model(path: Path, *, width: int = 640, height: int = 640) -> np.ndarray:

@@ -171,3 +171,56 @@ def test_bad_manifest_exits_1_before_any_image(
     assert result.stdout == ""
     assert result.stderr.startswith("Error: ")
     assert expected_error in result.stderr
+
+
+def test_without_images_it_prints_what_it_recognised_in_the_model() -> None:
+    result = detect("--model", MODEL_MANIFEST, "--provider", "CPUExecutionProvider")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["layout"] == "yolov8"
+    assert summary["input"] == {
+        "name": "images",
+        "width": 640,
+        "height": 640,
+        "dtype": "float32",
+        "batch": 1,
+    }
+    assert summary["labels"] == {"0": "person", "1": "person_fallen"}
+    assert summary["sha256"] == load_manifest(MODEL_MANIFEST).sha256
+    assert summary["warmup_inference_ms"] > 0
+
+
+def test_a_bare_onnx_file_with_a_labels_file(tmp_path: Path, stills: dict[str, Path]) -> None:
+    import numpy as np
+
+    from tests.tiny_models import constant_model
+
+    # YOLOv5 layout, 10 anchors, one box at the centre of the 640x640 input, class 1
+    rows = np.zeros((1, 10, 7), np.float32)
+    rows[0, 0] = [320, 320, 100, 60, 1.0, 0.05, 0.9]
+    model = constant_model(tmp_path / "my-model.onnx", rows)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\nperson\n")
+    result = detect("--model", model, "--labels", labels, stills["person"])
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["layout"] == "yolov5"
+    assert [(d["label"], d["xyxy"]) for d in record["detections"]] == [
+        ("person", [540.0, 300.0, 740.0, 420.0])
+    ]
+
+
+def test_a_model_of_no_known_layout_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from tests.tiny_models import constant_model
+
+    model = constant_model(tmp_path / "odd.onnx", np.zeros((1, 8400, 4), np.float32))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("thing\n")
+    result = detect("--model", model, "--labels", labels)
+    assert result.returncode == 1
+    assert "fits no supported layout" in result.stderr
+    assert "supported layouts: yolov8 (1, 4+C, N), yolov5 (1, N, 5+C), end2end (1, K, 6)" in (
+        result.stderr
+    )

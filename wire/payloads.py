@@ -117,6 +117,7 @@ class CameraStatus(_Wire):
     name: Name
     state: Literal["running", "finished", "down"]
     counters: dict[str, int] = Field(default_factory=dict)
+    detail: str | None = Field(None, max_length=1000, description="why the camera is down")
 
 
 class StatusMessage(_Wire):
@@ -127,6 +128,9 @@ class StatusMessage(_Wire):
     state: Literal["online", "offline"]
     versions: Versions | None = None
     provider: str | None = None
+    inference_ms: float | None = Field(
+        None, ge=0, description="recent mean time of one inference (one batch), milliseconds"
+    )
     cameras: list[CameraStatus] = Field(default_factory=list)
     outbox_depth: int = Field(0, ge=0)
     outbox_dropped: int = Field(0, ge=0, description="messages dropped to keep the bound")

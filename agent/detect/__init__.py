@@ -3,7 +3,13 @@
 from agent.detect.decoders import DECODERS, DecodeError
 from agent.detect.detections import Detections
 from agent.detect.detector import Detector, DetectorError
-from agent.detect.manifest import ManifestError, ModelManifest, load_manifest
+from agent.detect.manifest import (
+    ManifestError,
+    ModelManifest,
+    load_manifest,
+    load_model_argument,
+    manifest_for_onnx,
+)
 
 __all__ = [
     "DECODERS",
@@ -14,4 +20,6 @@ __all__ = [
     "ManifestError",
     "ModelManifest",
     "load_manifest",
+    "load_model_argument",
+    "manifest_for_onnx",
 ]

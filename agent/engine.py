@@ -1,0 +1,355 @@
+"""The detection engine: cameras capture, validate, gate and preprocess on their own threads;
+one detection worker runs the shared model on what they admitted, batching frames of several
+cameras into one inference when the model's batch dimension allows; a results thread decodes the
+outputs and hands each frame's detections on (rules, outbox).
+
+Between the cameras and the worker, each camera has a bounded queue (``queue_size``, default 1).
+When it is full, a live camera drops its oldest waiting frame (latest frame wins, the drop is
+counted) and a file source waits for the model, so nothing piles up unbounded either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.capture import Frame, FrameSource, SourceError, open_source
+from agent.config import CameraConfig, ValidateConfig
+from agent.detect import Detections, Detector, DetectorError
+from agent.detect.detector import Letterbox
+from agent.motion import MotionGate
+from agent.validate import FrameRejected, validate_frame
+
+log = logging.getLogger(__name__)
+
+WAKE_S = 0.2
+"""How often blocked threads look at the stop flag (they wait on conditions, not sleeps)."""
+
+
+@dataclass
+class CameraCounters:
+    """Per-camera counts; ``rejected`` is broken down by reason. Each field has one writer."""
+
+    captured: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    no_motion: int = 0
+    recalibrated: int = 0
+    dropped: int = 0
+    detected: int = 0
+    failed: int = 0
+    detections: int = 0
+    threats: int = 0
+    threat_frames: int = 0
+    queued: int = 0
+    finished: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        out = {
+            "captured": self.captured,
+            "rejected": sum(self.rejected.values()),
+            "no_motion": self.no_motion,
+            "recalibrated": self.recalibrated,
+            "dropped": self.dropped,
+            "detected": self.detected,
+            "failed": self.failed,
+            "detections": self.detections,
+            "threats": self.threats,
+            "threat_frames": self.threat_frames,
+        }
+        out.update({f"rejected_{k}": v for k, v in sorted(self.rejected.items())})
+        return out
+
+
+class Camera:
+    """One camera's source, motion gate, queue policy and counters."""
+
+    def __init__(self, config: CameraConfig, *, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.source: FrameSource = open_source(config.name, config.source, stop=stop)
+        self.gate = MotionGate(config.motion)
+        self.counters = CameraCounters()
+        self.drop_oldest = config.drops_when_busy()
+        self.done = False
+        self.error: str | None = None
+
+    @property
+    def state(self) -> str:
+        """running, finished (the source ended) or down (cannot read, or reconnecting)."""
+        if self.error is not None:
+            return "down"
+        if self.done:
+            return "finished"
+        return "down" if getattr(self.source, "down_reason", None) else "running"
+
+    @property
+    def detail(self) -> str | None:
+        """Why the camera is down, when it is."""
+        return self.error or getattr(self.source, "down_reason", None)
+
+
+@dataclass
+class Admitted:
+    """A frame that passed validation and the motion gate, preprocessed for the model."""
+
+    camera: Camera
+    frame: Frame
+    image: np.ndarray
+    tensor: np.ndarray
+    letterbox: Letterbox
+
+
+class FrameQueues:
+    """One bounded queue per camera; the detection worker takes from all of them."""
+
+    def __init__(self, cameras: list[Camera]) -> None:
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[Admitted]] = {c.name: deque() for c in cameras}
+
+    def put(self, item: Admitted, *, stop: threading.Event) -> bool:
+        """Queue ``item``; when its camera's queue is full, drop the oldest (counted) or wait
+        for room. False when stopped while waiting."""
+        camera = item.camera
+        with self._cond:
+            waiting = self._queues[camera.name]
+            while len(waiting) >= camera.config.queue_size:
+                if camera.drop_oldest:
+                    dropped = waiting.popleft()
+                    camera.counters.dropped += 1
+                    log.debug(
+                        "camera=%s frame=%s dropped: the model is busy",
+                        camera.name,
+                        dropped.frame.frame_id,
+                    )
+                    continue
+                if stop.is_set():
+                    return False
+                self._cond.wait(WAKE_S)
+            waiting.append(item)
+            camera.counters.queued += 1
+            self._cond.notify_all()
+            return True
+
+    def take(self, most: int, *, timeout_s: float) -> list[Admitted]:
+        """Up to ``most`` waiting frames, oldest camera first and at most one per camera per
+        round (so one busy camera cannot starve the others); [] after ``timeout_s``."""
+        with self._cond:
+            if not any(self._queues.values()):
+                self._cond.wait(timeout_s)
+            out: list[Admitted] = []
+            while len(out) < most:
+                heads = [q for q in self._queues.values() if q]
+                if not heads:
+                    break
+                heads.sort(key=lambda q: q[0].frame.captured_at)
+                for waiting in heads[: most - len(out)]:
+                    out.append(waiting.popleft())
+            if out:
+                self._cond.notify_all()
+            return out
+
+    def waiting(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+
+OnDetections = Callable[[Admitted, Detections], object]
+
+
+class DetectionEngine:
+    """Camera threads -> per-camera queues -> one detection worker -> one results thread."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        cameras: list[Camera],
+        *,
+        validate: ValidateConfig,
+        on_detections: OnDetections,
+        stop: threading.Event,
+        agent_id: str = "",
+    ) -> None:
+        self.detector = detector
+        self.cameras = cameras
+        self.validate = validate
+        self.on_detections = on_detections
+        self.stop = stop
+        self.agent_id = agent_id
+        self.queues = FrameQueues(cameras)
+        self._results: queue.Queue[tuple[list[Admitted], np.ndarray]] = queue.Queue(maxsize=4)
+        self._threads: list[threading.Thread] = []
+        self.batches = 0
+        self.batched_frames = 0
+
+    # the stages, usable one frame at a time ----------------------------------------------------
+    def admit(self, camera: Camera, frame: Frame) -> Admitted | None:
+        """Validate, gate and preprocess one frame; None (counted) when it goes no further."""
+        counters = camera.counters
+        counters.captured += 1
+        try:
+            image = validate_frame(frame, self.validate)
+        except FrameRejected as exc:
+            counters.rejected[exc.reason] += 1
+            log.warning(
+                "agent=%s camera=%s frame=%s source=%s rejected: %s",
+                self.agent_id,
+                camera.name,
+                frame.frame_id,
+                frame.source,
+                exc,
+            )
+            return None
+        motion = camera.gate.check(image)
+        if not motion.moved:
+            counters.no_motion += 1
+            if motion.recalibrated:
+                counters.recalibrated += 1
+                log.info(
+                    "agent=%s camera=%s frame=%s %.0f%% of the frame changed at once: "
+                    "background reset, not motion",
+                    self.agent_id,
+                    camera.name,
+                    frame.frame_id,
+                    100 * motion.changed_fraction,
+                )
+            return None
+        tensor, lb = self.detector.preprocess(image)
+        return Admitted(camera=camera, frame=frame, image=image, tensor=tensor, letterbox=lb)
+
+    def detections_of(self, admitted: Admitted, output: np.ndarray) -> Detections:
+        """Decode one frame's output (1, ...) into Detections in its pixels."""
+        return self.detector.postprocess(
+            output,
+            admitted.letterbox,
+            width=admitted.image.shape[1],
+            height=admitted.image.shape[0],
+        )
+
+    def infer(self, batch: list[Admitted]) -> np.ndarray:
+        tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([a.tensor for a in batch])
+        output = self.detector.infer(tensor)
+        self.batches += 1
+        self.batched_frames += len(batch)
+        return output
+
+    def deliver(self, admitted: Admitted, detections: Detections) -> object:
+        """Count the frame as detected and hand its detections on; return what the hand-off
+        returned."""
+        camera = admitted.camera
+        camera.counters.detected += 1
+        camera.counters.detections += len(detections)
+        return self.on_detections(admitted, detections)
+
+    # threads -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        for cam in self.cameras:
+            self._spawn(f"camera-{cam.name}", self._camera_loop, cam)
+        self._spawn("detect", self._detect_loop)
+        self._spawn("results", self._results_loop)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _camera_loop(self, camera: Camera) -> None:
+        try:
+            for frame in camera.source.frames():
+                if self.stop.is_set():
+                    return
+                if frame is None:
+                    continue
+                try:
+                    admitted = self.admit(camera, frame)
+                except Exception:
+                    camera.counters.failed += 1
+                    log.exception(
+                        "agent=%s camera=%s frame=%s failed; camera continues",
+                        self.agent_id,
+                        camera.name,
+                        frame.frame_id,
+                    )
+                    continue
+                if admitted is not None and not self.queues.put(admitted, stop=self.stop):
+                    return
+            log.info(
+                "agent=%s camera=%s source finished: %s",
+                self.agent_id,
+                camera.name,
+                camera.counters.as_dict(),
+            )
+        except SourceError as exc:
+            camera.error = str(exc)
+            log.error("agent=%s camera=%s is down: %s", self.agent_id, camera.name, exc)
+        finally:
+            camera.done = True
+
+    def _detect_loop(self) -> None:
+        while not self.stop.is_set():
+            batch = self.queues.take(self.detector.max_batch, timeout_s=WAKE_S)
+            if not batch:
+                continue
+            try:
+                output = self.infer(batch)
+            except DetectorError as exc:
+                for a in batch:
+                    a.camera.counters.failed += 1
+                    a.camera.counters.finished += 1
+                log.error(
+                    "agent=%s frames=%s inference failed: %s",
+                    self.agent_id,
+                    ",".join(a.frame.frame_id for a in batch),
+                    exc,
+                )
+                continue
+            while not self.stop.is_set():
+                try:
+                    self._results.put((batch, output), timeout=WAKE_S)
+                    break
+                except queue.Full:
+                    continue
+
+    def _results_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                batch, output = self._results.get(timeout=WAKE_S)
+            except queue.Empty:
+                continue
+            for i, admitted in enumerate(batch):
+                try:
+                    self.deliver(admitted, self.detections_of(admitted, output[i : i + 1]))
+                except Exception:
+                    admitted.camera.counters.failed += 1
+                    log.exception(
+                        "agent=%s camera=%s frame=%s failed after detection",
+                        self.agent_id,
+                        admitted.camera.name,
+                        admitted.frame.frame_id,
+                    )
+                finally:
+                    admitted.camera.counters.finished += 1
+
+    def idle(self) -> bool:
+        """Every camera's source ended and every frame it queued is through (or dropped)."""
+        return all(
+            c.done and c.counters.queued == c.counters.finished + c.counters.dropped
+            for c in self.cameras
+        )
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.idle():
+            if time.monotonic() > deadline or self.stop.wait(0.05):
+                return self.idle()
+        return True
+
+    def join(self, timeout_s: float = 10.0) -> None:
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
