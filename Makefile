@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml constraints.txt requirements-model.txt
 	@touch $(STAMP)
 
 mosquitto:
-	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
-		echo "installing mosquitto (Debian package)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+	@{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } && command -v openssl >/dev/null || { \
+		echo "installing mosquitto and openssl (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto openssl; }
 	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
 
 demo: setup
