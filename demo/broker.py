@@ -59,6 +59,7 @@ class Mosquitto:
         port: int | None = None,
         extra_config: str = "",
         config_file: Path | None = None,
+        persistence: bool = True,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
@@ -66,6 +67,7 @@ class Mosquitto:
         self.extra_config = extra_config
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
+        self.persistence = persistence
         self.config_file = config_file  # a ready-made config (its listener must be self.port)
 
     def write_config(self) -> Path:
@@ -74,7 +76,7 @@ class Mosquitto:
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "persistence true\n"
+            f"persistence {'true' if self.persistence else 'false'}\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 100000\n"
