@@ -67,6 +67,36 @@ def check_config(config_path: Path) -> None:
     click.echo(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}}))
 
 
+@main.command()
+@config_option("aggregator")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--event", "event_id", type=int, default=None, help="only this event's")
+def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
+    """List the latest notifications (newest first): event, notifier, kind, state, attempts."""
+    import sqlite3
+
+    from aggregator import store
+
+    config = _load(config_path)
+    try:
+        conn = store.connect(config.store.path, readonly=True)
+        where, args = ("WHERE event_id = ?", [event_id]) if event_id is not None else ("", [])
+        rows = conn.execute(
+            f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+    click.echo(
+        f"{'id':>6} {'event':>6} {'notifier':<12} {'kind':<7} {'for':<18} {'state':<10} "
+        f"{'tries':>5}  last error"
+    )
+    for r in rows:
+        click.echo(
+            f"{r['id']:>6} {r['event_id']:>6} {r['notifier']:<12} {r['kind']:<7} "
+            f"{r['state_key']:<18} {r['state']:<10} {r['attempts']:>5}  {r['last_error'] or ''}"
+        )
+
+
 @main.command("broker-config")
 @click.option(
     "--spec",
