@@ -339,3 +339,40 @@ def test_notifier_names_are_unique() -> None:
         AggregatorConfig.model_validate(
             {"notify": {"notifiers": [smtp_notifier(25), smtp_notifier(25)]}}
         )
+
+
+def test_a_pending_notification_survives_a_restart(make_ingest) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    first = make_ingest(notifiers=[smtp_notifier(port)])
+    first.send_all([threat(at_s=0)])
+    wait_for(lambda: first.rows("SELECT 1 FROM notification_attempts"), what="a failed attempt")
+    first.ingest.stop()  # secagg stops while the mail server is down
+    server = SmtpServer(port).start()
+    try:
+        second = make_ingest(notifiers=[smtp_notifier(port)])  # same database
+        wait_for(lambda: server.messages, what="the email after the restart")
+        wait_for(second.settled, what="no notification pending")
+        assert len(server.messages) == 1
+        (row,) = second.notifications()
+        assert row["state"] == "sent" and row["attempts"] >= 2
+    finally:
+        server.stop()
+
+
+def test_the_notifications_command_lists_them(
+    make_ingest, smtp: SmtpServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from aggregator.cli import main
+
+    h = make_ingest(notifiers=[smtp_notifier(smtp.port)])
+    h.send_all([threat(at_s=0)])
+    wait_for(h.settled, what="no notification pending")
+    config = tmp_path / "secagg.yaml"
+    config.write_text(f"store: {{path: {h.db_path}}}\n")
+    result = CliRunner().invoke(main, ["notifications", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    header, line = result.output.splitlines()
+    assert header.split()[:4] == ["id", "event", "notifier", "kind"]
+    assert line.split() == ["1", "1", "mail", "new", "new", "sent", "1"]
