@@ -9,7 +9,8 @@ Rules (per notifier):
 - ``update`` (the severity rose): one notification per severity reached, unless the event's
   ``new`` notification has not been rendered yet (it will carry the higher severity) or the
   event was suppressed.
-- ``repeat``: while an event stays open, one more every ``repeat_interval_s``.
+- ``repeat``: while an event stays open, one more every ``repeat_interval_s`` after the last
+  one, once that one is no longer pending (repeats do not pile up while a server is down).
 
 The UNIQUE (event_id, notifier, kind, state_key) constraint makes a second notification for the
 same event state impossible, whatever path tries to decide it again.
@@ -95,6 +96,8 @@ def on_changes(
     conn: sqlite3.Connection, changes: list[EventChange], config: AggregatorConfig, *, now_ts: float
 ) -> int:
     """Decide the notifications of these event changes; return how many became due."""
+    if not config.notify.notifiers:
+        return 0
     decided = 0
     for change in changes:
         if change.type == "end":
@@ -143,7 +146,8 @@ def on_changes(
 
 
 def schedule_repeats(conn: sqlite3.Connection, config: AggregatorConfig, *, now_ts: float) -> int:
-    """One more notification for each open event whose last one is ``repeat_interval_s`` old."""
+    """One more notification for each open event whose last one is ``repeat_interval_s`` old
+    and no longer pending."""
     interval = config.events.repeat_interval_s
     names = {n.name: n for n in config.notify.notifiers}
     if interval is None or not names:
@@ -153,7 +157,7 @@ def schedule_repeats(conn: sqlite3.Connection, config: AggregatorConfig, *, now_
         "SUM(n.kind = 'repeat') AS repeats FROM notifications n "
         "JOIN events e ON e.id = n.event_id AND e.ended_ts IS NULL "
         "WHERE n.state != 'suppressed' GROUP BY n.event_id, n.notifier "
-        "HAVING MAX(n.created_ts) <= ?",
+        "HAVING MAX(n.created_ts) <= ? AND SUM(n.state = 'pending') = 0",
         (now_ts - interval,),
     ).fetchall()
     decided = 0
