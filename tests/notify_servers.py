@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import ssl
 import threading
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,9 +30,16 @@ class _Inbox:
 class SmtpServer:
     """A real SMTP server on 127.0.0.1:port; ``messages`` are the emails it accepted."""
 
-    def __init__(self, port: int, *, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        credentials: tuple[str, str] | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.port = port
         self.credentials = credentials
+        self.tls_context = tls_context
         self.inbox = _Inbox()
         self.controller: Controller | None = None
 
@@ -54,11 +62,13 @@ class SmtpServer:
 
     def start(self) -> SmtpServer:
         kwargs: dict[str, Any] = {}
+        if self.tls_context is not None:  # STARTTLS required; AUTH only over TLS
+            kwargs = {"tls_context": self.tls_context, "require_starttls": True}
         if self.credentials is not None:
-            kwargs = {
+            kwargs |= {
                 "authenticator": self._authenticate,
                 "auth_required": True,
-                "auth_require_tls": False,
+                "auth_require_tls": self.tls_context is not None,
             }
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kwargs)
         self.controller.start()

@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import shutil
+import ssl
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -302,6 +305,7 @@ def test_a_webhook_receives_the_event_as_json_after_a_retry(make_ingest) -> None
     assert json.loads(row["content_json"]) == body
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_smtp_auth(make_ingest) -> None:  # type: ignore[no-untyped-def]
     server = SmtpServer(free_port(), credentials=("secagg", "s3cret")).start()
     try:
@@ -312,6 +316,47 @@ def test_smtp_auth(make_ingest) -> None:  # type: ignore[no-untyped-def]
         wait_for(lambda: server.messages, what="the authenticated email")
         wait_for(h.settled, what="no notification pending")
         assert len(server.messages) == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_starttls_with_auth_verifies_the_server(make_ingest, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = SmtpServer(free_port(), credentials=("secagg", "s3cret"), tls_context=context)
+    server.start()
+    try:
+        auth = {"username": "secagg", "password": "s3cret", "starttls": True}
+        h = make_ingest(
+            notifiers=[
+                smtp_notifier(server.port, **auth, tls_ca_file=str(cert)),
+                smtp_notifier(server.port, **auth, name="unverified"),  # the system's CAs
+            ]
+        )
+        h.send_all([threat(at_s=0)])
+        wait_for(lambda: server.messages, what="the email over STARTTLS")
+        wait_for(
+            lambda: h.rows(
+                "SELECT 1 FROM notification_attempts a JOIN notifications n "
+                "ON n.id = a.notification_id WHERE n.notifier = 'unverified'"
+            ),
+            what="an attempt with the system's CAs",
+        )
+        assert len(server.messages) == 1
+        (unverified,) = h.rows("SELECT * FROM notifications WHERE notifier = 'unverified'")
+        assert "CERTIFICATE_VERIFY_FAILED" in unverified["last_error"]
+        assert unverified["state"] == "pending"  # retried: the operator may fix the CA
     finally:
         server.stop()
 
@@ -376,3 +421,26 @@ def test_the_notifications_command_lists_them(
     header, line = result.output.splitlines()
     assert header.split()[:4] == ["id", "event", "notifier", "kind"]
     assert line.split() == ["1", "1", "mail", "new", "new", "sent", "1"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_api_shows_notifications_and_their_attempts(make_ingest) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from aggregator.api import create_app
+
+    with WebhookServer(fail_first=1) as hook:
+        notifier = {"name": "soc", "type": "webhook", "url": hook.url}
+        h = make_ingest(notifiers=[{**notifier, "retry": {"backoff_base_s": 0.1}}])
+        h.send_all([threat(at_s=0)])
+        wait_for(lambda: hook.requests, what="the webhook POST")
+        wait_for(h.settled, what="no notification pending")
+    client = TestClient(create_app(h.ingest.config))
+    (listed,) = client.get("/api/notifications", params={"event_id": 1}).json()
+    assert (listed["kind"], listed["state"], listed["attempts"]) == ("new", "sent", 2)
+    detail = client.get(f"/api/notifications/{listed['id']}").json()
+    assert [a["outcome"] for a in detail["attempt_log"]] == ["error", "sent"]
+    assert "HTTP 503" in detail["attempt_log"][0]["error"]
+    assert detail["content"] == hook.requests[0][1]
+    assert client.get("/api/notifications", params={"state": "failed"}).json() == []
+    assert client.get("/api/notifications/999").status_code == 404
