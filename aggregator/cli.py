@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -64,7 +65,13 @@ def check_config(config_path: Path) -> None:
     """Validate a config file and print the settings it resolves to."""
     config = _load(config_path)
     click.echo(f"ok: {config_path}")
-    click.echo(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}}))
+    settings = config.model_dump(mode="json", exclude={"mqtt": {"password"}})
+    for notifier in settings["notify"]["notifiers"]:  # secrets: shown as set, never printed
+        if notifier.get("password") is not None:
+            notifier["password"] = "***"
+        if notifier.get("headers"):
+            notifier["headers"] = dict.fromkeys(notifier["headers"], "***")
+    click.echo(json.dumps(settings, indent=2))
 
 
 @main.command()

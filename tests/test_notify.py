@@ -444,3 +444,25 @@ def test_the_api_shows_notifications_and_their_attempts(make_ingest) -> None:  #
     assert detail["content"] == hook.requests[0][1]
     assert client.get("/api/notifications", params={"state": "failed"}).json() == []
     assert client.get("/api/notifications/999").status_code == 404
+
+
+def test_check_config_never_prints_notifier_secrets(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from aggregator.cli import main
+
+    config = tmp_path / "secagg.yaml"
+    config.write_text(
+        "notify:\n  notifiers:\n"
+        "    - {name: mail, type: smtp, host: smtp.example.org, username: secagg, "
+        "password: sm7p-s3cret, from_addr: a@example.org, to: [b@example.org]}\n"
+        "    - {name: soc, type: webhook, url: 'https://soc.example.org/hook', "
+        "headers: {Authorization: Bearer hook-s3cret}}\n"
+    )
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output
+    settings = json.loads(result.output.partition("\n")[2])
+    mail, soc = settings["notify"]["notifiers"]
+    assert (mail["username"], mail["password"]) == ("secagg", "***")
+    assert soc["headers"] == {"Authorization": "***"}
