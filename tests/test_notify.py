@@ -466,3 +466,36 @@ def test_check_config_never_prints_notifier_secrets(tmp_path: Path) -> None:
     mail, soc = settings["notify"]["notifiers"]
     assert (mail["username"], mail["password"]) == ("secagg", "***")
     assert soc["headers"] == {"Authorization": "***"}
+
+
+def test_the_lifecycle_of_a_site_event_is_published_with_a_summary(
+    make_ingest,  # type: ignore[no-untyped-def]
+    broker: Mosquitto,
+) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    seen: list[dict] = []
+    subscribed: list[int] = []
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("secagent/v1/events", qos=1)
+    sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.append(mid)
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    try:
+        wait_for(lambda: subscribed, what="subscriber subscribed")
+        h = make_ingest(notifiers=[], events={"sites": {"yard": "home", "door": "home"}})
+        h.send_all([threat(at_s=0), threat(at_s=1, camera="door", severity="critical")])
+        wait_for(lambda: [m["type"] for m in seen][-1:] == ["end"], what="the end")
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    types = [m["type"] for m in seen]  # the sweep may end and reopen it between the two
+    assert types[0] == "new" and "update" in types and types.count("new") == 1
+    end = seen[-1]
+    assert end["event_id"] == 1 and end["cameras"] == ["yard", "door"]
+    assert end["summary"].startswith(
+        "critical person_on_premises on yard, door (cam-host): 2 threat"
+    )
+    assert h.notifications() == []  # no notifier: nothing decided
