@@ -499,3 +499,13 @@ def test_the_lifecycle_of_a_site_event_is_published_with_a_summary(
         "critical person_on_premises on yard, door (cam-host): 2 threat"
     )
     assert h.notifications() == []  # no notifier: nothing decided
+
+
+def test_a_notification_is_given_up_after_max_attempts(make_ingest) -> None:  # type: ignore[no-untyped-def]
+    retry = {"max_attempts": 2, "backoff_base_s": 0.1, "backoff_max_s": 0.1}
+    h = make_ingest(notifiers=[smtp_notifier(free_port(), retry=retry)])
+    h.send_all([threat(at_s=0)])
+    wait_for(h.settled, what="the notification given up")
+    (row,) = h.notifications()
+    assert (row["state"], row["attempts"], row["next_attempt_ts"]) == ("failed", 2, None)
+    assert len(h.rows("SELECT * FROM notification_attempts")) == 2

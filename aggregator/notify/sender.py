@@ -29,6 +29,7 @@ from aggregator.notify.content import (
 log = logging.getLogger(__name__)
 _BATCH = 50
 _IDLE_WAIT_S = 5.0
+_DEFER_S = 300.0
 
 
 class NotificationSender:
@@ -99,8 +100,20 @@ class NotificationSender:
         for row in rows:
             if self._stop.is_set():
                 break
-            sent += self._attempt(row["id"])
+            try:
+                sent += self._attempt(row["id"])
+            except Exception as exc:  # a bug, not a server's answer: keep it, try much later
+                log.exception("notification=%d could not be attempted", row["id"])
+                self._defer(row["id"], f"{type(exc).__name__}: {exc}"[:1000])
         return sent
+
+    def _defer(self, notification_id: int, error: str) -> None:
+        assert self._conn is not None
+        with store.transaction(self._conn) as conn:
+            conn.execute(
+                "UPDATE notifications SET next_attempt_ts = ?, last_error = ? WHERE id = ?",
+                (time.time() + _DEFER_S, error, notification_id),
+            )
 
     def _content(self, notification_id: int) -> tuple[sqlite3.Row, NotificationContent]:
         assert self._conn is not None
@@ -143,6 +156,9 @@ class NotificationSender:
             self._deliver(notifier, content)
         except DeliveryError as exc:
             error = str(exc)[:1000]
+        except Exception as exc:  # e.g. a snapshot that cannot be read: recorded, retried
+            log.exception("notification=%d: unexpected error while sending", notification_id)
+            error = f"{type(exc).__name__}: {exc}"[:1000]
         finished = time.time()
         attempts = row["attempts"] + 1
         retry = notifier.retry
@@ -192,6 +208,7 @@ class NotificationSender:
             )
             return True
         self.failed_attempts += 1
+        outlook = "given up" if next_ts is None else f"retry in {next_ts - finished:.1f} s"
         log.warning(
             "event=%d notification=%d %s/%s attempt %d failed (%s): %s",
             row["event_id"],
@@ -199,11 +216,7 @@ class NotificationSender:
             notifier.name,
             row["kind"],
             attempts,
-            "given up"
-            if state == "failed"
-            else f"retry in {next_ts - finished:.1f} s"
-            if next_ts
-            else "",
+            outlook,
             error,
         )
         return False
