@@ -252,6 +252,7 @@ def test_a_camera_cooling_down_is_not_notified(make_ingest, smtp: SmtpServer) ->
     wait_for(lambda: len(smtp.messages) == 3, what="three emails")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_cameras_of_one_site_make_one_event(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     h = make_ingest(
         notifiers=[smtp_notifier(smtp.port)],
@@ -264,6 +265,12 @@ def test_cameras_of_one_site_make_one_event(make_ingest, smtp: SmtpServer) -> No
     assert [json.loads(e["cameras"]) for e in events] == [["yard", "door"], ["door"]]
     assert [e["threat_count"] for e in events] == [3, 1]
     assert "on yard, door" in smtp.messages[0]["Subject"]
+    from fastapi.testclient import TestClient
+
+    from aggregator.api import create_app
+
+    listed = TestClient(create_app(h.ingest.config)).get("/api/events").json()
+    assert [e["cameras"] for e in listed] == [["door"], ["yard", "door"]]
 
 
 def test_group_by_rule_only_joins_cameras(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]

@@ -67,6 +67,7 @@ class EventPublic(BaseModel):
     ended_at: datetime | None
     threat_count: int
     top_score: float
+    cameras: list[str] = Field(description="every camera of the event (several for a site)")
 
 
 class EventDetail(EventPublic):
