@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -64,7 +65,43 @@ def check_config(config_path: Path) -> None:
     """Validate a config file and print the settings it resolves to."""
     config = _load(config_path)
     click.echo(f"ok: {config_path}")
-    click.echo(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}}))
+    settings = config.model_dump(mode="json", exclude={"mqtt": {"password"}})
+    for notifier in settings["notify"]["notifiers"]:  # secrets: shown as set, never printed
+        if notifier.get("password") is not None:
+            notifier["password"] = "***"
+        if notifier.get("headers"):
+            notifier["headers"] = dict.fromkeys(notifier["headers"], "***")
+    click.echo(json.dumps(settings, indent=2))
+
+
+@main.command()
+@config_option("aggregator")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--event", "event_id", type=int, default=None, help="only this event's")
+def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
+    """List the latest notifications (newest first): event, notifier, kind, state, attempts."""
+    import sqlite3
+
+    from aggregator import store
+
+    config = _load(config_path)
+    try:
+        conn = store.connect(config.store.path, readonly=True)
+        where, args = ("WHERE event_id = ?", [event_id]) if event_id is not None else ("", [])
+        rows = conn.execute(
+            f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+    click.echo(
+        f"{'id':>6} {'event':>6} {'notifier':<12} {'kind':<7} {'for':<18} {'state':<10} "
+        f"{'tries':>5}  last error"
+    )
+    for r in rows:
+        click.echo(
+            f"{r['id']:>6} {r['event_id']:>6} {r['notifier']:<12} {r['kind']:<7} "
+            f"{r['state_key']:<18} {r['state']:<10} {r['attempts']:>5}  {r['last_error'] or ''}"
+        )
 
 
 @main.command("broker-config")

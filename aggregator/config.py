@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from wire.configfile import ConfigError, load_yaml_model, resolve_path
 
@@ -58,6 +67,11 @@ class StoreConfig(_Section):
     _resolve = field_validator("path", "snapshots_dir")(_relative_to_config)
 
 
+GroupKey = Literal["agent_id", "camera", "rule"]
+DEFAULT_GROUP_BY: tuple[GroupKey, ...] = ("agent_id", "camera", "rule")
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
 class EventsConfig(_Section):
     cutoff_s: float = Field(
         30.0,
@@ -68,6 +82,61 @@ class EventsConfig(_Section):
     sweep_interval_s: float = Field(
         1.0, gt=0, le=3600, description="how often open events are checked for their end"
     )
+    group_by: list[GroupKey] = Field(
+        default_factory=lambda: list(DEFAULT_GROUP_BY),
+        min_length=1,
+        max_length=3,
+        description="threats that share these keys group into one event "
+        "(agent_id, camera, rule; a camera of a site groups by its site instead)",
+    )
+    group_wait_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="wait this long after an event starts before its first notification, "
+        "so it carries the first burst and its highest severity",
+    )
+    repeat_interval_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="notify again every this many seconds while an event stays open (null: never)",
+    )
+    cooldown_s: float = Field(
+        0.0,
+        ge=0,
+        le=7 * 86400,
+        description="a new event of a camera starting within this many seconds of the end "
+        "of its last notified event is not notified",
+    )
+    sites: dict[str, str] = Field(
+        default_factory=dict,
+        description="camera name -> site name: threats of the cameras of one site (and one "
+        "rule) correlate into one event",
+    )
+    site_window_s: float | None = Field(
+        None,
+        gt=0,
+        le=86400,
+        description="site events: a threat from any camera of the site within this many "
+        "seconds of the event's last threat joins it (null: cutoff_s)",
+    )
+
+    @field_validator("sites")
+    @classmethod
+    def _site_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for camera, site in value.items():
+            for name in (camera, site):
+                if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
+                    raise ValueError(f"{name!r} is not a camera or site name")
+        return value
+
+    @field_validator("group_by")
+    @classmethod
+    def _distinct_keys(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("group_by lists a key twice")
+        return value
 
 
 class IngestConfig(_Section):
@@ -86,6 +155,112 @@ class ApiConfig(_Section):
     host: str = Field("127.0.0.1", description="address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="REST API port (0 = any free port)")
     page_size_max: int = Field(1000, ge=1, le=100000, description="largest ?limit= accepted")
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        max_length=2000,
+        description="base URL of this API as users reach it, for links in notifications "
+        "(null: http://host:port)",
+    )
+
+    def base_url(self) -> str:
+        """The API's base URL for links, without a trailing slash."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class RetryConfig(_Section):
+    max_attempts: int = Field(
+        50, ge=1, le=100_000, description="attempts before a notification is given up (failed)"
+    )
+    max_age_s: float = Field(
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        description="a notification not sent this long after it was decided is given up",
+    )
+    backoff_base_s: float = Field(
+        2.0, gt=0, le=3600, description="wait after the first failed attempt; doubles each time"
+    )
+    backoff_max_s: float = Field(
+        300.0, gt=0, le=86400, description="longest wait between two attempts"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RetryConfig:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s must be >= backoff_base_s")
+        return self
+
+
+class _Notifier(_Section):
+    name: Name = Field(description="notifier name, recorded on each notification")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="network timeout of one attempt")
+    retry: RetryConfig = Field(
+        default_factory=dict, validate_default=True, description="retries with backoff"
+    )
+
+
+class SmtpNotifier(_Notifier):
+    type: Literal["smtp"] = Field(description="email over SMTP")
+    host: str = Field(min_length=1, description="SMTP server host name or address")
+    port: int = Field(25, ge=1, le=65535, description="SMTP server port (587 STARTTLS, 465 SSL)")
+    starttls: bool = Field(False, description="upgrade the connection with STARTTLS")
+    ssl: bool = Field(False, description="connect with TLS from the start (SMTPS)")
+    tls_ca_file: Path | None = Field(
+        None, description="CA certificate to verify the server (null: the system's CAs)"
+    )
+    username: str | None = Field(None, min_length=1, description="SMTP AUTH user name")
+    password: str | None = Field(None, description="SMTP AUTH password")
+    from_addr: str = Field(
+        min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$", description="sender address"
+    )
+    to: list[str] = Field(min_length=1, max_length=100, description="recipient addresses")
+    _resolve = field_validator("tls_ca_file")(_relative_to_config)
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not re.fullmatch(r"[^@\s]{1,64}@[^@\s]{1,255}", address):
+                raise ValueError(f"{address!r} is not an email address")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_and_auth(self) -> SmtpNotifier:
+        if self.ssl and self.starttls:
+            raise ValueError("choose ssl or starttls, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class WebhookNotifier(_Notifier):
+    type: Literal["webhook"] = Field(description="JSON POST to a URL")
+    url: str = Field(
+        pattern=r"^https?://[^\s]+$", max_length=2000, description="URL the JSON is POSTed to"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra HTTP headers (e.g. Authorization)"
+    )
+
+
+Notifier = Annotated[SmtpNotifier | WebhookNotifier, Field(discriminator="type")]
+
+
+class NotifyConfig(_Section):
+    notifiers: list[Notifier] = Field(
+        default_factory=list,
+        max_length=32,
+        description="where notifications go; every event is notified on each of them",
+    )
+
+    @field_validator("notifiers")
+    @classmethod
+    def _unique_names(cls, value: list[Notifier]) -> list[Notifier]:
+        names = [n.name for n in value]
+        if len(set(names)) != len(names):
+            raise ValueError("notifier names must be unique")
+        return value
 
 
 class AggregatorConfig(_Section):
@@ -104,6 +279,11 @@ class AggregatorConfig(_Section):
         default_factory=dict, validate_default=True, description="the store writer"
     )
     api: ApiConfig = Field(default_factory=dict, validate_default=True, description="the REST API")
+    notify: NotifyConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="notifications of threat events (email, webhook)",
+    )
 
 
 def load_aggregator_config(path: Path) -> tuple[AggregatorConfig, str]:

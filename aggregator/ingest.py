@@ -6,6 +6,8 @@ already stored is acknowledged and ignored.
 One writer thread owns the database. It takes the messages waiting in its queue (up to
 ``batch_max``) and stores them in one transaction, each inside a savepoint so one bad message
 cannot undo the others; after COMMIT it acknowledges them and publishes the event changes.
+The notifications those changes call for are decided in the same transaction; a sender thread
+sends them afterwards (:mod:`aggregator.notify`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aggregator import events, records, store
+from aggregator import events, notify, records, store
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
 from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
@@ -68,6 +70,8 @@ class Ingest:
         )
         self._stop = threading.Event()
         self._last_reject_log: dict[str, float] = {}
+        self.grouping = events.Grouping.from_config(config.events)
+        self.sender = notify.NotificationSender(config) if config.notify.notifiers else None
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         client = mqtt.Client(
@@ -204,6 +208,9 @@ class Ingest:
                 conn.execute("RELEASE message")
             for name, value in counts.items():
                 store.bump_counter(conn, name, value)
+            due = notify.on_changes(conn, changes, self.config, now_ts=time.time())
+        if due and self.sender is not None:
+            self.sender.wake()
         # Committed: now, and only now, the broker and the agents may forget these messages.
         for msg in done:
             if msg.qos > 0:
@@ -246,7 +253,7 @@ class Ingest:
             msg.topic,
             payload,
             snapshots_dir=self.config.store.snapshots_dir,
-            cutoff_s=self.config.events.cutoff_s,
+            grouping=self.grouping,
         )
 
     def _count(
@@ -275,9 +282,11 @@ class Ingest:
 
     def _sweep(self) -> None:
         with store.transaction(self._conn) as conn:
-            changes = events.end_idle(
-                conn, now_ts=time.time(), cutoff_s=self.config.events.cutoff_s
-            )
+            now_ts = time.time()
+            changes = events.end_idle(conn, now_ts=now_ts, cutoff_s=self.config.events.cutoff_s)
+            due = notify.schedule_repeats(conn, self.config, now_ts=now_ts)
+        if due and self.sender is not None:
+            self.sender.wake()
         self._publish_changes(changes)
 
     def _publish_changes(self, changes: list[EventChange]) -> None:
@@ -300,6 +309,8 @@ class Ingest:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.mqtt.session_expiry_s
         self._writer.start()
+        if self.sender is not None:
+            self.sender.start()
         self.client.connect_async(
             self.config.mqtt.host,
             self.config.mqtt.port,
@@ -315,4 +326,6 @@ class Ingest:
         self.client.loop_stop()
         self._queue.put(None)  # wake the writer
         self._writer.join(timeout=10)
+        if self.sender is not None:
+            self.sender.stop()
         self._conn.close()

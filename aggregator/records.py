@@ -65,7 +65,12 @@ def check_agent(topic: str, agent_id: str) -> None:
 
 
 def record_threat(
-    conn: sqlite3.Connection, topic: str, payload: bytes, *, snapshots_dir: Path, cutoff_s: float
+    conn: sqlite3.Connection,
+    topic: str,
+    payload: bytes,
+    *,
+    snapshots_dir: Path,
+    grouping: events.Grouping,
 ) -> Outcome:
     threat = parse_payload(payload, ThreatMessage)
     check_agent(topic, threat.agent_id)
@@ -89,6 +94,7 @@ def record_threat(
     for t in threat.threats:
         event_id, changes = events.assign(
             conn,
+            grouping=grouping,
             agent_id=threat.agent_id,
             camera=threat.camera,
             rule=t.rule,
@@ -97,7 +103,6 @@ def record_threat(
             score=t.score,
             captured_ts=captured_ts,
             message_id=threat.message_id,
-            cutoff_s=cutoff_s,
         )
         outcome.changes += changes
         conn.execute(

@@ -104,6 +104,63 @@ def m002_agents(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m003_event_grouping(db: sqlite_utils.Database) -> None:
+    # group_key: what threats share to join an event (events.group_key); cameras: JSON list of
+    # the cameras seen (several for a site); cutoff_s: the inactivity that ends this event.
+    db.executescript(
+        """
+        ALTER TABLE events ADD COLUMN group_key TEXT;
+        ALTER TABLE events ADD COLUMN cameras TEXT;
+        ALTER TABLE events ADD COLUMN cutoff_s REAL;
+        UPDATE events SET
+            group_key = 'agent_id=' || agent_id || '|camera=' || camera || '|rule=' || rule,
+            cameras = json_array(camera);
+        CREATE INDEX events_group ON events (group_key, last_seen_ts);
+        """
+    )
+
+
+@migrations()
+def m004_notifications(db: sqlite_utils.Database) -> None:
+    # One row per notification decided (aggregator/notify); UNIQUE makes "never twice for the
+    # same event state" structural. One row per delivery attempt in notification_attempts.
+    db.executescript(
+        """
+        CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id INTEGER NOT NULL REFERENCES events (id),
+            notifier TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            state_key TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_ts REAL NOT NULL,
+            next_attempt_ts REAL,
+            sent_ts REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            content_json TEXT,
+            content_sha256 TEXT,
+            code_version TEXT NOT NULL,
+            last_error TEXT,
+            UNIQUE (event_id, notifier, kind, state_key)
+        );
+        CREATE INDEX notifications_due ON notifications (next_attempt_ts)
+            WHERE state = 'pending';
+        CREATE TABLE notification_attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            notification_id INTEGER NOT NULL REFERENCES notifications (id),
+            attempt INTEGER NOT NULL,
+            started_ts REAL NOT NULL,
+            finished_ts REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT
+        );
+        CREATE INDEX notification_attempts_of ON notification_attempts (notification_id);
+        """
+    )
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), rows as sqlite3.Row."""
     if readonly:

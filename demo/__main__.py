@@ -2,7 +2,8 @@
 
 A private Mosquitto on a free port, ``secagg serve`` (SQLite under var/demo/), and ``secagent run``
 on the sample model with two cameras: ``yard`` (the sample clip) and ``door`` (a folder of stills,
-some of them corrupt). Ends with a summary; ``--serve`` keeps the API up until Ctrl-C.
+some of them corrupt). ``secagg`` emails each threat event to a local SMTP server that saves
+the emails under var/demo/mail/. Ends with a summary; ``--serve`` keeps the API up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import httpx
 
 from demo.broker import Mosquitto, free_port
 from demo.footage import sample_clip, write_door_stills
+from demo.mailbox import Mailbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFF_S = 10
+GROUP_WAIT_S = 5  # the first email of an event waits this long and sums up the burst
 T = TypeVar("T")
 
 
@@ -45,14 +48,17 @@ def wait_until(what: str, check: Callable[[], T | None], *, timeout_s: float) ->
 
 
 def write_configs(
-    work: Path, *, broker: Mosquitto, api_port: int, clip: Path, door: Path
+    work: Path, *, broker: Mosquitto, api_port: int, clip: Path, door: Path, smtp_port: int
 ) -> tuple[Path, Path]:
     agg = work / "secagg.yaml"
     agg.write_text(
         f"mqtt: {{host: {broker.host}, port: {broker.port}, client_id: secagg-demo}}\n"
         f"store: {{path: secagg.sqlite, snapshots_dir: snapshots}}\n"
-        f"events: {{cutoff_s: {CUTOFF_S}}}\n"
+        f"events: {{cutoff_s: {CUTOFF_S}, group_wait_s: {GROUP_WAIT_S}}}\n"
         f"api: {{host: 127.0.0.1, port: {api_port}}}\n"
+        "notify:\n  notifiers:\n"
+        f"    - {{name: guard, type: smtp, host: 127.0.0.1, port: {smtp_port}, "
+        "from_addr: secagg@demo.invalid, to: [guard@demo.invalid]}\n"
     )
     agent = work / "secagent.yaml"
     agent.write_text(
@@ -87,9 +93,10 @@ def main() -> int:
     say("[2/5] starting a private Mosquitto")
     broker = Mosquitto(work / "broker").start()
     say(f"      mqtt://{broker.host}:{broker.port}")
+    mailbox = Mailbox(work / "mail").start()
     api_port = free_port()
     agg_conf, agent_conf = write_configs(
-        work, broker=broker, api_port=api_port, clip=clip, door=door
+        work, broker=broker, api_port=api_port, clip=clip, door=door, smtp_port=mailbox.port
     )
     api = f"http://127.0.0.1:{api_port}"
     agg_log = (work / "secagg.log").open("w")
@@ -123,7 +130,12 @@ def main() -> int:
             timeout_s=60,
         )
         events = httpx.get(f"{api}/api/events", params={"limit": 100}, timeout=5).json()
-        print_summary(summary, health, events, work=work, api=api)
+        wait_until(
+            "one email per threat event",
+            lambda: len(mailbox.messages) >= len(events),
+            timeout_s=60,
+        )
+        print_summary(summary, health, events, work=work, api=api, mailbox=mailbox)
         if args.serve:
             say(f"\nServing {api} (Ctrl-C to stop)")
             stop = {signal.SIGINT, signal.SIGTERM}
@@ -137,6 +149,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             aggregator.kill()
         broker.stop()
+        mailbox.stop()
         agg_log.close()
     return 0
 
@@ -171,7 +184,9 @@ def run_agent(bindir: Path, config: Path, work: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])["summary"]
 
 
-def print_summary(summary: dict, health: dict, events: list[dict], *, work: Path, api: str) -> None:
+def print_summary(
+    summary: dict, health: dict, events: list[dict], *, work: Path, api: str, mailbox: Mailbox
+) -> None:
     rejected = summary["frames_rejected"]
     say("\n=== secagent demo summary ===")
     say(f"model             {summary['versions']['model_sha256'][:16]}… on {summary['provider']}")
@@ -201,6 +216,13 @@ def print_summary(summary: dict, health: dict, events: list[dict], *, work: Path
             f"{e['threat_count']:>3} threats  {e['started_at'][11:19]}-{e['last_seen_at'][11:19]}"
             f"  top {e['top_score']:.2f}  {e['state']}"
         )
+    attached = sum(1 for m in mailbox.messages if any(m.iter_attachments()))
+    say(
+        f"emails            {len(mailbox.messages)} ({attached} with the snapshot attached), "
+        f"saved in {mailbox.folder}"
+    )
+    for m in mailbox.messages:
+        say(f"  {m['Subject']}")
     say(f"database          {work / 'secagg.sqlite'}")
     say(f"logs              {work / 'secagent.log'}, {work / 'secagg.log'}")
     say("query the API     make demo SERVE=1, then e.g.")

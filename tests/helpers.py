@@ -18,7 +18,12 @@ BIN = Path(sys.executable).parent
 
 
 def write_aggregator_config(
-    work: Path, broker: Mosquitto, *, cutoff_s: float = 10, client_id: str = "secagg-test"
+    work: Path,
+    broker: Mosquitto,
+    *,
+    cutoff_s: float = 10,
+    client_id: str = "secagg-test",
+    extra_yaml: str = "",
 ) -> tuple[Path, str]:
     port = free_port()
     path = work / "secagg.yaml"
@@ -26,7 +31,7 @@ def write_aggregator_config(
         f"mqtt: {{host: {broker.host}, port: {broker.port}, client_id: {client_id}}}\n"
         "store: {path: secagg.sqlite, snapshots_dir: snapshots}\n"
         f"events: {{cutoff_s: {cutoff_s}, sweep_interval_s: 0.5}}\n"
-        f"api: {{host: 127.0.0.1, port: {port}}}\n"
+        f"api: {{host: 127.0.0.1, port: {port}}}\n" + extra_yaml
     )
     return path, f"http://127.0.0.1:{port}"
 

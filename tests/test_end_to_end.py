@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 
 from agent.detect import load_manifest
-from demo.broker import Mosquitto
+from demo.broker import Mosquitto, free_port
 from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, wait_for
 from tests.helpers import (
     run_agent_to_completion,
@@ -18,15 +19,25 @@ from tests.helpers import (
     write_agent_config,
     write_aggregator_config,
 )
+from tests.notify_servers import SmtpServer
 
 CUTOFF_S = 10
 
 
 @pytest.fixture(scope="module")
 def clip_run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Run the clip once; yield the agent's summary, the API's events and threats."""
+    """Run the clip once; yield the agent's summary, the API's events and threats, and the
+    emails a real SMTP server received."""
     work = tmp_path_factory.mktemp("e2e")
-    agg_conf, api = write_aggregator_config(work, broker, cutoff_s=CUTOFF_S, client_id="secagg-e2e")
+    smtp = SmtpServer(free_port()).start()
+    notify = (
+        "notify:\n  notifiers:\n"
+        f"    - {{name: mail, type: smtp, host: 127.0.0.1, port: {smtp.port}, "
+        "from_addr: secagg@example.org, to: [guard@example.org]}\n"
+    )
+    agg_conf, api = write_aggregator_config(
+        work, broker, cutoff_s=CUTOFF_S, client_id="secagg-e2e", extra_yaml=notify
+    )
     agent_conf = write_agent_config(
         work,
         broker,
@@ -51,7 +62,12 @@ def clip_run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPa
             ),
             what="the agent's last status (offline) stored",
         )
+        wait_for(lambda: len(smtp.messages) >= len(events), what="one email per event")
+        notifications = _settled_notifications(work / "secagg.sqlite")
+    smtp.stop()
     yield {
+        "emails": list(smtp.messages),
+        "notifications": notifications,
         "summary": summary,
         "health": health,
         "events": events,
@@ -68,6 +84,31 @@ def test_the_clip_makes_two_threat_events(clip_run) -> None:  # type: ignore[no-
     # The second visit starts more than the cutoff after the first one was last seen.
     gap = _ts(second["started_at"]) - _ts(first["last_seen_at"])
     assert gap > CUTOFF_S
+
+
+def _settled_notifications(db: Path) -> list[dict]:
+    def settled() -> list[dict] | None:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            rows = [dict(r) for r in conn.execute("SELECT * FROM notifications ORDER BY id")]
+        finally:
+            conn.close()
+        return rows if all(r["state"] != "pending" for r in rows) else None
+
+    return wait_for(settled, what="every notification sent")
+
+
+def test_each_threat_event_sends_one_email_with_its_snapshot(clip_run) -> None:  # type: ignore[no-untyped-def]
+    emails, events = clip_run["emails"], clip_run["events"]
+    assert len(emails) == len(events) == 2
+    assert [n["event_id"] for n in clip_run["notifications"]] == sorted(e["id"] for e in events)
+    assert all(n["state"] == "sent" and n["attempts"] == 1 for n in clip_run["notifications"])
+    for mail in emails:
+        assert "person_on_premises on yard" in mail["Subject"]
+        (attachment,) = list(mail.iter_attachments())
+        assert attachment.get_content_type() == "image/jpeg"
+        assert attachment.get_content().startswith(b"\xff\xd8")
 
 
 def test_nothing_is_lost_or_stored_twice(clip_run) -> None:  # type: ignore[no-untyped-def]

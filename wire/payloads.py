@@ -154,6 +154,10 @@ class EventMessage(_Wire):
     ended_at: WireTime | None = None
     threat_count: int = Field(ge=1)
     top_score: float = Field(ge=0.0, le=1.0)
+    cameras: list[Name] = Field(
+        default_factory=list, max_length=1000, description="every camera of the event (a site)"
+    )
+    summary: str | None = Field(None, max_length=2000, description="one line for humans")
 
     @model_validator(mode="after")
     def _end_has_time(self) -> EventMessage:

@@ -67,6 +67,7 @@ class EventPublic(BaseModel):
     ended_at: datetime | None
     threat_count: int
     top_score: float
+    cameras: list[str] = Field(description="every camera of the event (several for a site)")
 
 
 class EventDetail(EventPublic):
@@ -90,3 +91,33 @@ class AgentPublic(BaseModel):
     outbox_dropped: int = Field(description="messages the agent dropped to stay in its bound")
     outbox_oldest_age_s: float = Field(description="age of the oldest waiting message")
     cameras: list[CameraPublic]
+
+
+class NotificationAttemptPublic(BaseModel):
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    outcome: str = Field(description="'sent' or 'error'")
+    error: str | None
+
+
+class NotificationPublic(BaseModel):
+    id: int
+    event_id: int
+    notifier: str
+    channel: str = Field(description="smtp or webhook")
+    kind: str = Field(description="new, update (severity rose) or repeat")
+    state_key: str = Field(description="the event state it is for: new, severity:X, repeat:N")
+    state: str = Field(description="pending, sent, failed or suppressed")
+    created_at: datetime
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+    attempts: int
+    content_sha256: str | None = Field(description="sha256 of the content sent (once rendered)")
+    code_version: str
+    last_error: str | None
+
+
+class NotificationDetail(NotificationPublic):
+    content: dict | None = Field(description="what was sent (secagent.notification/1)")
+    attempt_log: list[NotificationAttemptPublic]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ def event_fields(row: sqlite3.Row) -> dict[str, Any]:
         "ended_at": dt(row["ended_ts"]),
         "threat_count": row["threat_count"],
         "top_score": row["top_score"],
+        "cameras": json.loads(row["cameras"] or "[]") or [row["camera"]],
     }
 
 

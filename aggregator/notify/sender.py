@@ -1,0 +1,222 @@
+"""The sender thread: sends the notifications that are due, outside the ingest writer's
+transactions (a slow or absent mail server never holds up ingest), and records every attempt.
+
+Per notification: render the content once (in a transaction, so it reflects one committed state
+of the event), send it, then record the attempt and the outcome in a second transaction. A
+failed attempt is retried after a backoff (``backoff_base_s`` doubling up to ``backoff_max_s``)
+until ``max_attempts`` or ``max_age_s``; then the notification is ``failed``. A crash between a
+successful send and its record means one more send of the same content after a restart (same
+Message-ID / Idempotency-Key, so receivers can drop it); never more.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+
+from aggregator import store
+from aggregator.config import AggregatorConfig, SmtpNotifier, WebhookNotifier
+from aggregator.notify.channels import DeliveryError, post_webhook, send_email
+from aggregator.notify.content import (
+    NotificationContent,
+    email_message,
+    notification_content_sha256,
+    render,
+)
+
+log = logging.getLogger(__name__)
+_BATCH = 50
+_IDLE_WAIT_S = 5.0
+_DEFER_S = 300.0
+
+
+class NotificationSender:
+    """One thread, one connection of its own; the ingest writer wakes it after a decision."""
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.config = config
+        self.notifiers: dict[str, SmtpNotifier | WebhookNotifier] = {
+            n.name: n for n in config.notify.notifiers
+        }
+        self.sent = 0
+        self.failed_attempts = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(target=self._loop, name="notify-sender", daemon=True)
+
+    def start(self) -> None:
+        store.migrate(self.config.store.path)
+        self._conn = store.connect(self.config.store.path)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for due notifications now (called after a decision was committed)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=max(n.timeout_s for n in self.notifiers.values()) + 5)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.send_due(time.time())
+                wait_s = self._until_next_due(time.time())
+            except Exception:
+                log.exception("sending notifications failed; trying again shortly")
+                wait_s = 1.0
+            self._wake.wait(wait_s)
+            self._wake.clear()
+
+    def _until_next_due(self, now_ts: float) -> float:
+        assert self._conn is not None
+        names = list(self.notifiers)
+        row = self._conn.execute(
+            "SELECT MIN(next_attempt_ts) AS due FROM notifications WHERE state = 'pending' "
+            f"AND notifier IN ({','.join('?' * len(names))})",
+            names,
+        ).fetchone()
+        if row["due"] is None:
+            return _IDLE_WAIT_S
+        return min(_IDLE_WAIT_S, max(0.0, row["due"] - now_ts))
+
+    def send_due(self, now_ts: float) -> int:
+        """Attempt every due notification once; return how many were sent."""
+        assert self._conn is not None
+        names = list(self.notifiers)
+        rows = self._conn.execute(
+            "SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_ts <= ? "
+            f"AND notifier IN ({','.join('?' * len(names))}) "
+            "ORDER BY next_attempt_ts, id LIMIT ?",
+            [now_ts, *names, _BATCH],
+        ).fetchall()
+        sent = 0
+        for row in rows:
+            if self._stop.is_set():
+                break
+            try:
+                sent += self._attempt(row["id"])
+            except Exception as exc:  # a bug, not a server's answer: keep it, try much later
+                log.exception("notification=%d could not be attempted", row["id"])
+                self._defer(row["id"], f"{type(exc).__name__}: {exc}"[:1000])
+        return sent
+
+    def _defer(self, notification_id: int, error: str) -> None:
+        assert self._conn is not None
+        with store.transaction(self._conn) as conn:
+            conn.execute(
+                "UPDATE notifications SET next_attempt_ts = ?, last_error = ? WHERE id = ?",
+                (time.time() + _DEFER_S, error, notification_id),
+            )
+
+    def _content(self, notification_id: int) -> tuple[sqlite3.Row, NotificationContent]:
+        assert self._conn is not None
+        with store.transaction(self._conn) as conn:
+            row = conn.execute(
+                "SELECT * FROM notifications WHERE id = ?", (notification_id,)
+            ).fetchone()
+            if row["content_json"] is None:
+                content = render(conn, row, self.config)
+                content_json = content.model_dump_json(by_alias=True)
+                conn.execute(
+                    "UPDATE notifications SET content_json = ?, content_sha256 = ? WHERE id = ?",
+                    (content_json, notification_content_sha256(content_json), notification_id),
+                )
+                return row, content
+        return row, NotificationContent.model_validate_json(row["content_json"])
+
+    def _deliver(
+        self, notifier: SmtpNotifier | WebhookNotifier, content: NotificationContent
+    ) -> None:
+        if isinstance(notifier, SmtpNotifier):
+            message = email_message(
+                content, notifier=notifier, snapshots_dir=self.config.store.snapshots_dir
+            )
+            send_email(notifier, message)
+        else:
+            post_webhook(
+                notifier,
+                content.model_dump_json(by_alias=True).encode(),
+                idempotency_key=f"secagg-notification-{content.notification_id}",
+            )
+
+    def _attempt(self, notification_id: int) -> bool:
+        assert self._conn is not None
+        row, content = self._content(notification_id)
+        notifier = self.notifiers[row["notifier"]]
+        started = time.time()
+        error: str | None = None
+        try:
+            self._deliver(notifier, content)
+        except DeliveryError as exc:
+            error = str(exc)[:1000]
+        except Exception as exc:  # e.g. a snapshot that cannot be read: recorded, retried
+            log.exception("notification=%d: unexpected error while sending", notification_id)
+            error = f"{type(exc).__name__}: {exc}"[:1000]
+        finished = time.time()
+        attempts = row["attempts"] + 1
+        retry = notifier.retry
+        if error is None:
+            state, next_ts = "sent", None
+        elif attempts >= retry.max_attempts or finished - row["created_ts"] >= retry.max_age_s:
+            state, next_ts = "failed", None
+        else:
+            state = "pending"
+            next_ts = finished + min(
+                retry.backoff_max_s, retry.backoff_base_s * 2 ** (attempts - 1)
+            )
+        with store.transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT INTO notification_attempts (notification_id, attempt, started_ts, "
+                "finished_ts, outcome, error) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    notification_id,
+                    attempts,
+                    started,
+                    finished,
+                    "sent" if error is None else "error",
+                    error,
+                ),
+            )
+            conn.execute(
+                "UPDATE notifications SET state = ?, attempts = ?, next_attempt_ts = ?, "
+                "sent_ts = ?, last_error = ? WHERE id = ?",
+                (
+                    state,
+                    attempts,
+                    next_ts,
+                    finished if error is None else None,
+                    error,
+                    notification_id,
+                ),
+            )
+        if error is None:
+            self.sent += 1
+            log.info(
+                "event=%d notification=%d %s/%s sent (attempt %d)",
+                row["event_id"],
+                notification_id,
+                notifier.name,
+                row["kind"],
+                attempts,
+            )
+            return True
+        self.failed_attempts += 1
+        outlook = "given up" if next_ts is None else f"retry in {next_ts - finished:.1f} s"
+        log.warning(
+            "event=%d notification=%d %s/%s attempt %d failed (%s): %s",
+            row["event_id"],
+            notification_id,
+            notifier.name,
+            row["kind"],
+            attempts,
+            outlook,
+            error,
+        )
+        return False
