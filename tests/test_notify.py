@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import shutil
 import ssl
 import subprocess
 import uuid
@@ -327,7 +326,6 @@ def test_smtp_auth(make_ingest) -> None:  # type: ignore[no-untyped-def]
         server.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
 def test_starttls_with_auth_verifies_the_server(make_ingest, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
