@@ -25,13 +25,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aggregator import events, records, store
+from aggregator import events, records, snapshots, store
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
 from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
 from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 3600.0
+"""How often snapshot retention runs (when ``store.snapshot_retention_days`` is set)."""
 
 
 def message_id_of(payload: bytes) -> str | None:
@@ -68,6 +71,7 @@ class Ingest:
         )
         self._stop = threading.Event()
         self._last_reject_log: dict[str, float] = {}
+        self._next_prune = 0.0
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         client = mqtt.Client(
@@ -279,6 +283,14 @@ class Ingest:
                 conn, now_ts=time.time(), cutoff_s=self.config.events.cutoff_s
             )
         self._publish_changes(changes)
+        days = self.config.store.snapshot_retention_days
+        if days is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+            snapshots.prune_snapshots(
+                self._conn,
+                self.config.store.snapshots_dir,
+                older_than_ts=time.time() - days * 86400,
+            )
 
     def _publish_changes(self, changes: list[EventChange]) -> None:
         for change in changes:

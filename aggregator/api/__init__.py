@@ -1,4 +1,5 @@
-"""The REST API (FastAPI): health, threats, threat events with their provenance, agents."""
+"""The REST API (FastAPI): health, threats, threat events with their provenance, agents,
+lineage graphs, plots."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from aggregator.api.routes import agents, events, health, threats
+from aggregator.api.routes import agents, events, health, plots, provenance, threats
 from aggregator.config import AggregatorConfig, get_settings
 from wire.version import code_version
 
@@ -23,7 +24,7 @@ def create_app(
     if config is not None:
         app.dependency_overrides[get_settings] = lambda: config
     app.state.broker_connected = broker_connected or (lambda: False)
-    for module in (health, threats, events, agents):
+    for module in (health, threats, events, agents, provenance, plots):
         app.include_router(module.router)
     return app
 
