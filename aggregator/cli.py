@@ -124,20 +124,20 @@ def explain(config_path: Path, artifact: str, as_json: bool, downstream: bool) -
     """
     import json
 
-    from aggregator import provenance
+    from aggregator import lineage, provenance
 
     config = _load(config_path)
     artifact_id = f"event:{artifact}" if artifact.isdigit() else artifact
     conn = _read_db(config)
     try:
-        graph = provenance.graph(
+        graph = lineage.graph(
             conn, artifact_id, direction="downstream" if downstream else "upstream"
         )
     except provenance.ProvenanceError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         conn.close()
-    click.echo(json.dumps(graph.as_dict(), indent=2) if as_json else provenance.render_tree(graph))
+    click.echo(json.dumps(graph.as_dict(), indent=2) if as_json else lineage.render_tree(graph))
 
 
 @main.command()

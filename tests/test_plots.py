@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from aggregator import plots, provenance, store
+from aggregator import lineage, plots, store
 from aggregator.api import create_app
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig
@@ -54,9 +54,9 @@ def test_a_plot_is_recorded_and_re_renders_to_the_same_sha256(
     )
     assert conn.execute("SELECT COUNT(*) FROM runs WHERE kind = 'plot'").fetchone()[0] == 1
     # Its lineage: the query, the events it covers and, through them, the model version.
-    graph = provenance.graph(conn, f"plot:{row['id']}")
+    graph = lineage.graph(conn, f"plot:{row['id']}")
     conn.close()
-    inputs = provenance.inputs_of(graph)
+    inputs = lineage.inputs_of(graph)
     assert inputs["event"] == [f"event:{i}" for i in (1, 2, 3, 4)]
     assert inputs["model"] == [f"model:{MODEL_SHA}"] and "code:test" in inputs["code"]
     run = next(n for n in graph.nodes if n["type"] == "run" and n["kind"] == "plot")

@@ -15,7 +15,7 @@ import sqlite_utils
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from aggregator import provenance, records, snapshots, store
+from aggregator import lineage, provenance, records, snapshots, store
 from aggregator.api import create_app
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig
@@ -83,8 +83,8 @@ def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None
     wait_for(lambda: harness.ingest.stats.stored == 2, what="two stored")
     conn = store.connect(harness.db_path, readonly=True)
     try:
-        graph = provenance.graph(conn, "event:1")
-        inputs = provenance.inputs_of(graph)
+        graph = lineage.graph(conn, "event:1")
+        inputs = lineage.inputs_of(graph)
         assert inputs["model"] == [f"model:{MODEL_SHA}"]
         assert inputs["rules"] == [f"rules:{RULES_SHA}"]
         assert inputs["config"] == [f"config:{CONFIG_SHA}"]
@@ -101,7 +101,7 @@ def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None
             kinds = {r["kind"] for r in runs if r["lineage_id"] == p["lineage_id"]}
             assert kinds == {"validate", "detect", "rules", "group"}
         # Downstream: which events did this model version contribute to?
-        down = provenance.graph(conn, f"model:{MODEL_SHA}", direction="downstream")
+        down = lineage.graph(conn, f"model:{MODEL_SHA}", direction="downstream")
         assert "event:1" in {n["id"] for n in down.nodes}
     finally:
         conn.close()
@@ -151,9 +151,9 @@ def test_a_notification_has_the_lineage_of_its_event(tmp_path: Path) -> None:
     conn.close()
     assert nid == "notification:7"
     conn = read(config)
-    graph = provenance.graph(conn, "notification:7")
+    graph = lineage.graph(conn, "notification:7")
     conn.close()
-    inputs = provenance.inputs_of(graph)
+    inputs = lineage.inputs_of(graph)
     assert inputs["event"] == ["event:1"]
     assert {f"model:{MODEL_SHA}", f"rules:{RULES_SHA}", f"frame:{JPEG_SHA}"} <= {
         a for ids in inputs.values() for a in ids
@@ -204,7 +204,7 @@ def test_an_older_store_is_backfilled_by_the_migration(tmp_path: Path) -> None:
     conn.close()
     store.migrate(config.store.path)
     conn = read(config)
-    inputs = provenance.inputs_of(provenance.graph(conn, "event:1"))
+    inputs = lineage.inputs_of(lineage.graph(conn, "event:1"))
     conn.close()
     assert inputs["model"] == [f"model:{MODEL_SHA}"] and inputs["frame"] == [f"frame:{JPEG_SHA}"]
     assert "code:unknown (backfilled)" in inputs["code"]
@@ -221,9 +221,7 @@ def test_snapshot_retention_deletes_old_snapshots_and_keeps_the_lineage(tmp_path
     assert path.exists()
     deleted = snapshots.prune_snapshots(conn, config.store.snapshots_dir, older_than_ts=t0 + 1)
     assert deleted == [JPEG_SHA] and not path.exists()
-    assert provenance.inputs_of(provenance.graph(conn, "event:1"))["snapshot"] == [
-        f"snapshot:{JPEG_SHA}"
-    ]
+    assert lineage.inputs_of(lineage.graph(conn, "event:1"))["snapshot"] == [f"snapshot:{JPEG_SHA}"]
     conn.close()
     r = TestClient(create_app(config)).get("/api/events/1/snapshot.jpg")
     assert r.status_code == 410 and "retention" in r.json()["detail"]

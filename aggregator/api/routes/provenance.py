@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from aggregator import provenance
+from aggregator import lineage, provenance
 from aggregator.api.deps import Db
 from aggregator.api.schemas import ProvenanceGraph
 
@@ -27,7 +27,7 @@ def get_provenance(
     except provenance.ProvenanceError as exc:
         raise HTTPException(422, str(exc)) from exc
     try:
-        graph = provenance.graph(conn, artifact_id, direction=direction)
+        graph = lineage.graph(conn, artifact_id, direction=direction)
     except provenance.ProvenanceError as exc:
         raise HTTPException(404, str(exc)) from exc
     return ProvenanceGraph(**graph.as_dict())
