@@ -153,6 +153,8 @@ def _label(node: dict[str, Any]) -> str:
         ]
         if node.get("agent_id"):
             parts.append(f"agent {node['agent_id']}")
+        if meta.get("frame_id"):
+            parts.append(f"camera {meta.get('camera')} frame {meta['frame_id']}")
         if node.get("lineage_id"):
             parts.append(f"lineage {node['lineage_id']}")
         return ", ".join(parts)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import sqlite3
+import uuid
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,9 @@ from fastapi.testclient import TestClient
 from aggregator import lineage, provenance, records, snapshots, store
 from aggregator.api import create_app
 from aggregator.cli import main as secagg
-from aggregator.config import AggregatorConfig
+from aggregator.config import AggregatorConfig, MqttConfig
+from aggregator.ingest import Ingest
+from demo.broker import Mosquitto
 from demo.footage import sample_still
 from tests.conftest import wait_for
 from tests.test_ingest import SHA, Harness, harness, threat_payload  # noqa: F401
@@ -242,3 +245,41 @@ def test_bad_provenance_settings_are_refused(config: dict, error: str) -> None:
     with pytest.raises(ValidationError) as info:
         AggregatorConfig.model_validate(config)
     assert error in ".".join(str(p) for p in info.value.errors()[0]["loc"])
+
+
+def test_the_ingest_applies_snapshot_retention(broker: Mosquitto, tmp_path: Path) -> None:
+    def ingest_with(retention_days: float | None) -> Ingest:
+        config = make_config(tmp_path).model_copy(
+            update={
+                "mqtt": MqttConfig(
+                    host=broker.host,
+                    port=broker.port,
+                    client_id=f"secagg-{uuid.uuid4().hex[:8]}",
+                    session_expiry_s=0,
+                ),
+                "store": make_config(tmp_path).store.model_copy(
+                    update={"snapshot_retention_days": retention_days}
+                ),
+            }
+        )
+        ingest = Ingest(config)
+        ingest.start()
+        wait_for(ingest.connected.is_set, what="ingest connected")
+        return ingest
+
+    ingest = ingest_with(None)
+    h = Harness(ingest, broker, ingest.config.store.path)
+    try:
+        h.send(payload(at_s=-3 * 86400))  # captured three days before the others
+        wait_for(lambda: ingest.stats.stored == 1, what="stored")
+    finally:
+        h.pub.loop_stop()
+        h.pub.disconnect()
+        ingest.stop()
+    path = snapshots.snapshot_path(ingest.config.store.snapshots_dir, JPEG_SHA)
+    assert path.exists()  # no retention: kept
+    ingest = ingest_with(1.0)
+    try:
+        wait_for(lambda: not path.exists(), what="the ingest's sweep to apply retention")
+    finally:
+        ingest.stop()

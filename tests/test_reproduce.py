@@ -84,7 +84,8 @@ def test_the_lineage_of_an_event_reaches_model_rules_frames_and_code(run) -> Non
 
     out = secagg("explain", f"event:{event_id}", "--config", run["config"])
     assert out.returncode == 0, out.stderr
-    for needle in (MODEL_SHA, RULES_SHA, *frames, code, "detect run", "rules run"):
+    frame_ids = {t["provenance"]["frame_id"] for t in detail["threats"]}
+    for needle in (MODEL_SHA, RULES_SHA, *frames, *frame_ids, code, "detect run", "rules run"):
         assert needle in out.stdout
 
 
