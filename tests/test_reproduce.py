@@ -24,7 +24,7 @@ from tests.helpers import (
     write_aggregator_config,
 )
 
-MODEL_SHA = load_manifest(MODEL_MANIFEST).sha256
+MODEL_SHA = hashlib.sha256(load_manifest(MODEL_MANIFEST).resolve_file().read_bytes()).hexdigest()
 RULES_SHA = hashlib.sha256(DEFAULT_RULES.read_bytes()).hexdigest()
 
 
@@ -137,16 +137,17 @@ def test_a_still_event_reproduces_exactly_and_the_text_report_says_so(run) -> No
     assert "MATCH exact" in text.stdout and "threats match" in text.stdout
 
 
-def test_reproduce_names_the_missing_model(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reproduce_names_the_missing_model_and_frame(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # An aggregator that knows no model and has lost the snapshots (retention).
+    (tmp_path / "empty").mkdir()
     config = tmp_path / "secagg.yaml"
-    text = run["config"].read_text().replace(str(MODEL_MANIFEST.parent), str(tmp_path))
-    config.write_text(text.replace("path: secagg.sqlite", f"path: {run['work']}/secagg.sqlite"))
     config.write_text(
-        config.read_text().replace(
-            "snapshots_dir: snapshots", f"snapshots_dir: {run['work']}/snapshots"
-        )
+        f"store: {{path: {run['work']}/secagg.sqlite, snapshots_dir: {tmp_path}/empty}}\n"
+        f"reproduce: {{model_paths: [{tmp_path}/empty]}}\n"
     )
-    out = secagg("reproduce", str(event_of(run, "door")), "--config", config)
+    event_id = event_of(run, "door")
+    out = secagg("reproduce", str(event_id), "--config", config, "--snapshots-only")
     assert out.returncode == 1
     assert f"MISSING model {MODEL_SHA}" in out.stdout
     assert "not among the 0 known model(s)" in out.stdout
+    assert "no stored snapshot" in out.stdout and "1 missing" in out.stdout
