@@ -408,12 +408,13 @@ def format_report(report: EventReport) -> str:
     for f in report.frames:
         head = f"frame {f.frame_id} ({f.frame_kind} {f.frame_source}, sha256 {f.frame_sha256})"
         if f.status == "missing":
-            lines.append(f"{head}: MISSING " + "; ".join(f.missing))
+            lines += [head, "    MISSING " + "; ".join(f.missing)]
             continue
         verdict = "MATCH" if f.status == "match" else "MISMATCH"
         how = "exact" if f.mode == "exact" else "within tolerance"
+        lines.append(head)
         lines.append(
-            f"{head}: {verdict} {how} [{f.input}]: {f.matched} of {f.recorded} recorded / "
+            f"    {verdict} {how} [{f.input}]: {f.matched} of {f.recorded} recorded / "
             f"{f.rerun} re-run detections paired, IoU min {_fmt(f.iou_min, 4)}, "
             f"|score delta| max {_fmt(f.score_delta_max, 6)}, "
             f"box delta max {_fmt(f.box_delta_max_px, 2)} px; threats "

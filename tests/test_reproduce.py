@@ -117,6 +117,12 @@ def test_a_clip_event_reproduces_within_tolerance_from_its_snapshots(run) -> Non
         f"|score delta| max {worst_score:.6f}"
     )
     assert worst_iou >= report["iou_min"] and worst_score <= report["score_delta_max"]
+    text = secagg(
+        "reproduce", str(event_of(run, "yard")), "--config", run["config"], "--snapshots-only"
+    )
+    print(text.stdout)
+    assert "MATCH within tolerance [stored snapshot (re-encoded JPEG)]" in text.stdout
+    assert "tolerance for re-encoded frames: IoU >= 0.9, |score delta| <= 0.03" in text.stdout
 
 
 def test_a_clip_event_reproduces_exactly_from_the_original_video(run) -> None:  # type: ignore[no-untyped-def]
