@@ -278,7 +278,7 @@ def record_grouping(
 
 
 def backfill_message(conn: sqlite3.Connection, row: sqlite3.Row) -> None:
-    """Lineage of a message stored before the lineage tables existed (migration m003)."""
+    """Lineage of a message stored before the lineage tables existed (migration m005_provenance)."""
     record_message(conn, MessageLineage.of_row(row))
     event_ids = [
         int(r[0])

@@ -105,9 +105,11 @@ def m002_agents(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m003_provenance(db: sqlite_utils.Database) -> None:
+def m005_provenance(db: sqlite_utils.Database) -> None:
     """Lineage (W3C PROV on SQLite): content-addressed artifacts, the runs that used and
-    generated them, and the plots. Messages stored before this migration are backfilled."""
+    generated them, and the plots. Messages stored before this migration are backfilled.
+    (Numbered 5: m003/m004 are the event-grouping and notification migrations of the notify
+    branch; this one goes after them.)"""
     db.executescript(
         """
         CREATE TABLE artifacts (

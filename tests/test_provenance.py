@@ -181,7 +181,7 @@ def test_an_older_store_is_backfilled_by_the_migration(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     # A store as it was before the lineage tables: messages, threats and events only.
     conn = store.connect(config.store.path)
-    store.migrations.apply(sqlite_utils.Database(conn), stop_before="m003_provenance")
+    store.migrations.apply(sqlite_utils.Database(conn), stop_before="m005_provenance")
     conn.close()
     p = payload(at_s=0)
     conn = store.connect(config.store.path)
