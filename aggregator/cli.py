@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 import click
@@ -134,3 +135,164 @@ def broker_config(spec_path: Path, out_dir: Path) -> None:
     click.echo(
         f"wrote {out_dir}/mosquitto.conf, passwd, acl, credentials.yaml ({len(creds)} accounts)"
     )
+
+
+def _read_db(config: AggregatorConfig) -> sqlite3.Connection:
+    from aggregator import store
+
+    if not config.store.path.exists():
+        raise click.ClickException(f"no store at {config.store.path}")
+    store.migrate(config.store.path)  # an older store gets the lineage tables (backfilled)
+    return store.connect(config.store.path, readonly=True)
+
+
+@main.command()
+@config_option("aggregator")
+@click.argument("artifact")
+@click.option("--json", "as_json", is_flag=True, help="print the graph as JSON (nodes, edges)")
+@click.option(
+    "--downstream", is_flag=True, help="what came of the artifact instead of where it came from"
+)
+def explain(config_path: Path, artifact: str, as_json: bool, downstream: bool) -> None:
+    """Print the lineage of an event, notification or plot as a tree.
+
+    ARTIFACT is an artifact id (event:12, notification:3, plot:<sha256>, model:<sha256>,
+    frame:<sha256>, ...); a bare number means an event.
+    """
+    import json
+
+    from aggregator import lineage, provenance
+
+    config = _load(config_path)
+    artifact_id = f"event:{artifact}" if artifact.isdigit() else artifact
+    conn = _read_db(config)
+    try:
+        graph = lineage.graph(
+            conn, artifact_id, direction="downstream" if downstream else "upstream"
+        )
+    except provenance.ProvenanceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        conn.close()
+    click.echo(json.dumps(graph.as_dict(), indent=2) if as_json else lineage.render_tree(graph))
+
+
+@main.command()
+@config_option("aggregator")
+@click.argument("event_id", type=int)
+@click.option(
+    "--frames-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="folder holding the original stills or videos (looked up by file name)",
+)
+@click.option(
+    "--snapshots-only",
+    is_flag=True,
+    help="re-run on the stored snapshots even where the original video or file is here",
+)
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    default=["CPUExecutionProvider"],
+    show_default=True,
+    help="ONNX Runtime execution provider (repeat for a fallback order)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def reproduce(
+    config_path: Path,
+    event_id: int,
+    frames_dir: Path | None,
+    snapshots_only: bool,
+    providers: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Re-run the recorded model and rules on an event's frames and compare the detections.
+
+    Exit status 0 when every frame matches (exactly, or within the tolerance for re-encoded
+    frames), 1 when a frame differs or its model, rules or frame is missing.
+    """
+    import json
+
+    from agent.detect import DetectorError
+    from aggregator.reproduce import ReproduceError, format_report, reproduce_event
+
+    config = _load(config_path)
+    conn = _read_db(config)
+    try:
+        report = reproduce_event(
+            conn,
+            event_id,
+            config=config.reproduce,
+            snapshots_dir=config.store.snapshots_dir,
+            frames_dir=frames_dir,
+            use_originals=not snapshots_only,
+            providers=list(providers),
+        )
+    except (ReproduceError, DetectorError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        conn.close()
+    if as_json:
+        doc = {
+            "event_id": report.event_id,
+            "ok": report.ok,
+            "iou_min": report.iou_min,
+            "score_delta_max": report.score_delta_max,
+            "frames": [f.as_dict() for f in report.frames],
+            "notes": report.notes,
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(format_report(report))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@main.command()
+@config_option("aggregator")
+@click.argument("kind", type=click.Choice(["threats_per_hour", "events_by_label", "timeline"]))
+@click.option("--since", type=click.DateTime(), help="from this capture time (UTC)")
+@click.option("--until", type=click.DateTime(), help="before this capture time (UTC)")
+@click.option("--camera", help="only this camera")
+@click.option("--agent", "agent_id", help="only this agent")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="also copy the PNG here"
+)
+def plot(
+    config_path: Path,
+    kind: str,
+    since: object,
+    until: object,
+    camera: str | None,
+    agent_id: str | None,
+    out: Path | None,
+) -> None:
+    """Draw a plot of the stored data and record it with its provenance.
+
+    KIND: threats_per_hour (stacked by camera), events_by_label (stacked by severity) or
+    timeline. Prints the plot id (plot:<sha256 of the PNG>) and where the PNG is.
+    """
+    from aggregator import plots, store
+    from wire.version import code_version
+
+    config = _load(config_path)
+    if not config.store.path.exists():
+        raise click.ClickException(f"no store at {config.store.path}")
+    store.migrate(config.store.path)
+    conn = store.connect(config.store.path)
+    try:
+        query = plots.PlotQuery.model_validate(
+            {"kind": kind, "since": since, "until": until, "camera": camera, "agent_id": agent_id}
+        )
+        row = plots.make_plot(
+            conn, query, plots_dir=config.store.plots_dir, code_version=code_version()
+        )
+    except plots.PlotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        conn.close()
+    path = plots.plot_path(config.store.plots_dir, row["id"])
+    if out is not None:
+        out.write_bytes(path.read_bytes())
+    click.echo(f"plot:{row['id']} {path} ({len(row['event_ids'])} event(s))")

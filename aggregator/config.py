@@ -64,7 +64,19 @@ class StoreConfig(_Section):
         validate_default=True,
         description="folder of threat snapshots, stored by sha256",
     )
-    _resolve = field_validator("path", "snapshots_dir")(_relative_to_config)
+    snapshot_retention_days: float | None = Field(
+        None,
+        gt=0,
+        le=36500,
+        description="delete a snapshot once the newest threat that refers to it is this old "
+        "(days of capture time); null keeps snapshots forever",
+    )
+    plots_dir: Path = Field(
+        Path("plots"),
+        validate_default=True,
+        description="folder of rendered plots (PNG), stored by sha256",
+    )
+    _resolve = field_validator("path", "snapshots_dir", "plots_dir")(_relative_to_config)
 
 
 GroupKey = Literal["agent_id", "camera", "rule"]
@@ -149,6 +161,37 @@ class IngestConfig(_Section):
         le=1_000_000,
         description="messages received and not yet stored before MQTT reading pauses",
     )
+
+
+def _relative_list(value: list[Path], info: ValidationInfo) -> list[Path]:
+    return [resolve_path(v, (info.context or {}).get("base_dir")) for v in value]
+
+
+class ReproduceConfig(_Section):
+    model_paths: list[Path] = Field(
+        default_factory=list,
+        description="model manifests (YAML) or folders of them that `secagg reproduce` looks "
+        "recorded model sha256s up in; empty = the models/ folder of the secagent checkout",
+    )
+    rules_paths: list[Path] = Field(
+        default_factory=list,
+        description="rules files or folders of them (YAML) looked up by sha256; "
+        "empty = the rules/ folder of the secagent checkout",
+    )
+    iou_min: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="a re-run detection on a decoded video frame matches when its box overlaps "
+        "the recorded one at least this much (IoU)",
+    )
+    score_delta_max: float = Field(
+        0.03,
+        ge=0,
+        le=1,
+        description="... and its score differs from the recorded one by at most this much",
+    )
+    _resolve = field_validator("model_paths", "rules_paths")(_relative_list)
 
 
 class ApiConfig(_Section):
@@ -283,6 +326,11 @@ class AggregatorConfig(_Section):
         default_factory=dict,
         validate_default=True,
         description="notifications of threat events (email, webhook)",
+    )
+    reproduce: ReproduceConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="re-running recorded models and rules (`secagg reproduce`)",
     )
 
 

@@ -27,13 +27,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aggregator import events, notify, records, store
+from aggregator import events, notify, records, snapshots, store
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
 from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
 from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 3600.0
+"""How often snapshot retention runs (when ``store.snapshot_retention_days`` is set)."""
 
 
 def message_id_of(payload: bytes) -> str | None:
@@ -72,6 +75,7 @@ class Ingest:
         self._last_reject_log: dict[str, float] = {}
         self.grouping = events.Grouping.from_config(config.events)
         self.sender = notify.NotificationSender(config) if config.notify.notifiers else None
+        self._next_prune = 0.0
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         client = mqtt.Client(
@@ -288,6 +292,14 @@ class Ingest:
         if due and self.sender is not None:
             self.sender.wake()
         self._publish_changes(changes)
+        days = self.config.store.snapshot_retention_days
+        if days is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+            snapshots.prune_snapshots(
+                self._conn,
+                self.config.store.snapshots_dir,
+                older_than_ts=time.time() - days * 86400,
+            )
 
     def _publish_changes(self, changes: list[EventChange]) -> None:
         for change in changes:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aggregator import events, store
+from aggregator import events, provenance, store
 from aggregator.events import EventChange
 from wire.payloads import PayloadError, StatusMessage, ThreatMessage, parse_payload
 from wire.topics import TopicError, Topics
+from wire.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ def record_threat(
     )
     captured_ts = threat.frame.captured_at.timestamp()
     outcome = Outcome("stored", agent_id=threat.agent_id, message_id=threat.message_id)
+    provenance.record_message(
+        conn, provenance.MessageLineage.of_message(threat, snapshot_sha256=snapshot_sha)
+    )
+    event_ids: list[int] = []
     for t in threat.threats:
         event_id, changes = events.assign(
             conn,
@@ -105,6 +110,7 @@ def record_threat(
             message_id=threat.message_id,
         )
         outcome.changes += changes
+        event_ids.append(event_id)
         conn.execute(
             "INSERT INTO threats (message_id, event_id, agent_id, camera, rule, severity, label, "
             "class_id, score, x1, y1, x2, y2, captured_ts) "
@@ -123,6 +129,15 @@ def record_threat(
                 captured_ts,
             ),
         )
+    provenance.record_grouping(
+        conn,
+        message_id=threat.message_id,
+        event_ids=event_ids,
+        lineage_id=threat.lineage_id,
+        agent_id=threat.agent_id,
+        code_version=code_version(),
+        at_ts=now.timestamp(),
+    )
     log.debug(
         "agent=%s camera=%s frame=%s lineage=%s message=%s stored %d threat(s)",
         threat.agent_id,

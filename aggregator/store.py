@@ -161,6 +161,63 @@ def m004_notifications(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m005_provenance(db: sqlite_utils.Database) -> None:
+    """Lineage (W3C PROV on SQLite): content-addressed artifacts, the runs that used and
+    generated them, and the plots. Messages stored before this migration are backfilled.
+    (Numbered 5: m003/m004 are the event-grouping and notification migrations of the notify
+    branch; this one goes after them.)"""
+    db.executescript(
+        """
+        CREATE TABLE artifacts (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            created_ts REAL NOT NULL,
+            meta_json TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            lineage_id TEXT,
+            agent_id TEXT,
+            code_version TEXT NOT NULL,
+            at_ts REAL NOT NULL,
+            meta_json TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX runs_lineage ON runs (lineage_id);
+        CREATE TABLE used (
+            run_id INTEGER NOT NULL REFERENCES runs (id),
+            artifact_id TEXT NOT NULL REFERENCES artifacts (id),
+            role TEXT NOT NULL,
+            PRIMARY KEY (run_id, artifact_id)
+        );
+        CREATE INDEX used_artifact ON used (artifact_id);
+        CREATE TABLE generated (
+            run_id INTEGER NOT NULL REFERENCES runs (id),
+            artifact_id TEXT NOT NULL REFERENCES artifacts (id),
+            PRIMARY KEY (run_id, artifact_id)
+        );
+        CREATE INDEX generated_artifact ON generated (artifact_id);
+        CREATE TABLE plots (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            query_json TEXT NOT NULL,
+            data_json TEXT NOT NULL,
+            event_ids_json TEXT NOT NULL,
+            code_version TEXT NOT NULL,
+            created_ts REAL NOT NULL
+        );
+        """
+    )
+    from aggregator import provenance  # the backfill uses the same code as the ingest
+
+    conn = db.conn
+    conn.execute("SAVEPOINT backfill")  # one transaction, whether or not one is open
+    for row in conn.execute("SELECT * FROM messages ORDER BY received_at").fetchall():
+        provenance.backfill_message(conn, row)
+    conn.execute("RELEASE backfill")
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), rows as sqlite3.Row."""
     if readonly:

@@ -1,5 +1,5 @@
 """The REST API (FastAPI): health, threats, threat events with their provenance, agents,
-notifications."""
+notifications, lineage graphs, plots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from aggregator.api.routes import agents, events, health, notifications, threats
+from aggregator.api.routes import agents, events, health, notifications, plots, provenance, threats
 from aggregator.config import AggregatorConfig, get_settings
 from wire.version import code_version
 
@@ -24,7 +24,7 @@ def create_app(
     if config is not None:
         app.dependency_overrides[get_settings] = lambda: config
     app.state.broker_connected = broker_connected or (lambda: False)
-    for module in (health, threats, events, agents, notifications):
+    for module in (health, threats, events, agents, notifications, provenance, plots):
         app.include_router(module.router)
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -121,3 +122,29 @@ class NotificationPublic(BaseModel):
 class NotificationDetail(NotificationPublic):
     content: dict | None = Field(description="what was sent (secagent.notification/1)")
     attempt_log: list[NotificationAttemptPublic]
+
+
+class ProvenanceGraph(BaseModel):
+    """The lineage around one artifact: W3C PROV-style nodes and edges."""
+
+    root: str = Field(description="the artifact asked about, e.g. event:12")
+    direction: str = Field(description="upstream (where it came from) or downstream")
+    nodes: list[dict[str, Any]] = Field(
+        description="artifacts {id, type: artifact, kind, meta} and runs {id: run:N, type: run, "
+        "kind, lineage_id, agent_id, code_version, at_ts, meta}"
+    )
+    edges: list[dict[str, str]] = Field(
+        description="{from: run:N, to: artifact, type: used, role} and "
+        "{from: artifact, to: run:N, type: wasGeneratedBy}"
+    )
+
+
+class PlotPublic(BaseModel):
+    id: str = Field(description="sha256 of the PNG")
+    artifact_id: str = Field(description="plot:<sha256>, for /api/provenance")
+    kind: str
+    query: dict[str, Any] = Field(description="the recorded query (kind, since, until, filters)")
+    event_ids: list[int] = Field(description="the events the plot covers")
+    code_version: str
+    created_at: datetime
+    png_url: str

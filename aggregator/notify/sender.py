@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 
-from aggregator import store
+from aggregator import provenance, store
 from aggregator.config import AggregatorConfig, SmtpNotifier, WebhookNotifier
 from aggregator.notify.channels import DeliveryError, post_webhook, send_email
 from aggregator.notify.content import (
@@ -124,9 +124,19 @@ class NotificationSender:
             if row["content_json"] is None:
                 content = render(conn, row, self.config)
                 content_json = content.model_dump_json(by_alias=True)
+                content_sha = notification_content_sha256(content_json)
                 conn.execute(
                     "UPDATE notifications SET content_json = ?, content_sha256 = ? WHERE id = ?",
-                    (content_json, notification_content_sha256(content_json), notification_id),
+                    (content_json, content_sha, notification_id),
+                )
+                # Lineage: this notification was generated from its event (notify run).
+                provenance.record_notification(
+                    conn,
+                    notification_id=notification_id,
+                    event_id=row["event_id"],
+                    content_sha256=content_sha,
+                    code_version=row["code_version"],
+                    channel=row["channel"],
                 )
                 return row, content
         return row, NotificationContent.model_validate_json(row["content_json"])

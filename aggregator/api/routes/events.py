@@ -6,10 +6,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse
 
-from aggregator.api.deps import Db, Limit, dt, filters, where_sql
+from aggregator.api.deps import Db, Limit, Settings, dt, filters, where_sql
 from aggregator.api.routes.threats import THREAT_SQL, threat_public
 from aggregator.api.schemas import EventDetail, EventPublic
+from aggregator.snapshots import snapshot_path
 
 router = APIRouter(tags=["events"])
 
@@ -70,3 +72,31 @@ def get_event(conn: Db, event_id: int) -> EventDetail:
         )
     ]
     return EventDetail(**event_fields(row), threats=threats)
+
+
+@router.get(
+    "/api/events/{event_id}/snapshot.jpg",
+    response_class=FileResponse,
+    summary="The snapshot of the event's highest-scoring threat (JPEG, stored by sha256)",
+    responses={
+        404: {"description": "no such event, or its threat came without a snapshot"},
+        410: {"description": "the snapshot was deleted by retention"},
+    },
+)
+def get_event_snapshot(conn: Db, settings: Settings, event_id: int) -> FileResponse:
+    row = conn.execute(
+        "SELECT m.snapshot_sha256 FROM events e JOIN messages m ON m.message_id = e.top_message_id "
+        "WHERE e.id = ?",
+        (event_id,),
+    ).fetchone()
+    if row is None:
+        raise HTTPException(404, f"event {event_id} not found")
+    sha = row["snapshot_sha256"]
+    if sha is None:
+        raise HTTPException(404, f"event {event_id}: its top threat came without a snapshot")
+    path = snapshot_path(settings.store.snapshots_dir, sha)
+    if not path.is_file():
+        raise HTTPException(410, f"event {event_id}: snapshot {sha} was deleted by retention")
+    return FileResponse(
+        path, media_type="image/jpeg", headers={"X-Snapshot-SHA256": sha, "ETag": f'"{sha}"'}
+    )

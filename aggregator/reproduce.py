@@ -1,0 +1,436 @@
+"""``secagg reproduce``: run the recorded model and rules again on an event's frames and compare
+with what the agent recorded.
+
+- The model is looked up by its recorded sha256 among the manifests the aggregator knows
+  (``reproduce.model_paths``; each manifest's sha256 is verified against its file), the rules
+  file by its sha256 among ``reproduce.rules_paths``.
+- The frame: a still whose snapshot *is* the original file (the agent sends a JPEG still as it
+  is when it is small enough: snapshot sha256 == frame sha256), or the file itself found under
+  ``--frames-dir``, is re-run **exactly**. A video frame is decoded again from the original video
+  when its path (``path#index``) exists here and the decoded pixels have the recorded sha256:
+  exact too. Otherwise the stored snapshot, a re-encoded JPEG, is re-run and the detections
+  must match **within tolerance** (IoU >= ``iou_min``, score difference <= ``score_delta_max``).
+- "Exact" means equal up to the wire's rounding (scores to 1e-6, boxes to 0.01 px).
+
+This is the one aggregator module that runs agent code (``agent.detect``, ``agent.rules``):
+reproducing a result means running the same code path that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from aggregator.config import ReproduceConfig
+from aggregator.snapshots import snapshot_path
+
+if TYPE_CHECKING:
+    from agent.detect import Detector, ModelManifest
+    from agent.rules import RuleSet
+
+log = logging.getLogger(__name__)
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+EXACT_SCORE = 1e-6
+EXACT_BOX_PX = 0.01
+
+
+class ReproduceError(RuntimeError):
+    """The event is not in the store."""
+
+
+def _files(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in (".yaml", ".yml"))
+        elif path.is_file():
+            yield path
+
+
+def known_models(paths: list[Path]) -> tuple[dict[str, tuple[Path, ModelManifest]], list[str]]:
+    """sha256 -> (manifest path, manifest) of every usable manifest, and notes on the rest."""
+    from agent.detect import ManifestError, load_manifest
+    from agent.detect.manifest import file_sha256
+
+    found: dict[str, tuple[Path, ModelManifest]] = {}
+    notes: list[str] = []
+    for path in _files(paths or [CHECKOUT / "models"]):
+        try:
+            manifest = load_manifest(path)
+            actual = file_sha256(manifest.resolve_file())
+        except (ManifestError, OSError) as exc:
+            notes.append(f"{path}: skipped: {exc}")
+            continue
+        if actual != manifest.sha256:
+            notes.append(f"{path}: skipped: file sha256 {actual} != manifest {manifest.sha256}")
+            continue
+        found.setdefault(actual, (path, manifest))
+    return found, notes
+
+
+def known_rules(paths: list[Path]) -> dict[str, RuleSet]:
+    """sha256 -> rules of every valid rules file."""
+    from agent.rules import RulesError, load_rules
+
+    found: dict[str, RuleSet] = {}
+    for path in _files(paths or [CHECKOUT / "rules"]):
+        try:
+            rules = load_rules(path)
+        except RulesError:
+            continue
+        found.setdefault(rules.sha256, rules)
+    return found
+
+
+@dataclass
+class FrameResult:
+    """How one recorded frame's detections compare with a re-run."""
+
+    message_id: str
+    frame_id: str
+    frame_kind: str
+    frame_source: str
+    frame_sha256: str
+    status: str = "missing"  # match / mismatch / missing
+    mode: str = ""  # exact / tolerance
+    input: str = ""
+    missing: list[str] = field(default_factory=list)
+    recorded: int = 0
+    rerun: int = 0
+    matched: int = 0
+    iou_min: float | None = None
+    score_delta_max: float | None = None
+    box_delta_max_px: float | None = None
+    threats_recorded: list[str] = field(default_factory=list)
+    threats_rerun: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class EventReport:
+    event_id: int
+    event: dict[str, Any]
+    model_paths: dict[str, str]
+    rules_paths: dict[str, str]
+    iou_min: float
+    score_delta_max: float
+    frames: list[FrameResult]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.frames) and all(f.status == "match" for f in self.frames)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two xyxy boxes (4,)."""
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def compare(
+    recorded: list[dict[str, Any]], rerun: list[dict[str, Any]]
+) -> tuple[list[tuple[int, int, float]], float | None, float | None, float | None]:
+    """Pair recorded and re-run detections of the same label by IoU (greedy, best first);
+    return the pairs and the worst IoU, score difference and box corner difference."""
+    candidates = []
+    for i, r in enumerate(recorded):
+        for j, n in enumerate(rerun):
+            if r["label"] == n["label"]:
+                overlap = iou(np.array(r["xyxy"], float), np.array(n["xyxy"], float))
+                if overlap > 0:
+                    candidates.append((overlap, i, j))
+    pairs: list[tuple[int, int, float]] = []
+    used_r: set[int] = set()
+    used_n: set[int] = set()
+    for overlap, i, j in sorted(candidates, reverse=True):
+        if i not in used_r and j not in used_n:
+            pairs.append((i, j, overlap))
+            used_r.add(i)
+            used_n.add(j)
+    if not pairs:
+        return pairs, None, None, None
+    worst_iou = min(p[2] for p in pairs)
+    score_delta = max(abs(recorded[i]["score"] - rerun[j]["score"]) for i, j, _ in pairs)
+    box_delta = max(
+        float(np.max(np.abs(np.array(recorded[i]["xyxy"]) - np.array(rerun[j]["xyxy"]))))
+        for i, j, _ in pairs
+    )
+    return pairs, worst_iou, score_delta, box_delta
+
+
+def _video_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
+    """Decode the frames at ``indices`` of a video, reading it once from the start (as the
+    agent's video source does, so the pixels are the ones it saw)."""
+    out: dict[int, np.ndarray] = {}
+    cap = cv2.VideoCapture(str(path))
+    try:
+        index = 0
+        last = max(indices)
+        while index <= last and cap.grab():
+            if index in indices:
+                ok, image = cap.retrieve()
+                if ok and image is not None:
+                    out[index] = image
+            index += 1
+    finally:
+        cap.release()
+    return out
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+class _Frames:
+    """Finds the best available input for a recorded frame."""
+
+    def __init__(
+        self, *, snapshots_dir: Path, frames_dir: Path | None, use_originals: bool
+    ) -> None:
+        self.snapshots_dir = snapshots_dir
+        self.frames_dir = frames_dir
+        self.use_originals = use_originals
+        self._videos: dict[Path, dict[int, np.ndarray]] = {}
+
+    def prefetch_videos(self, rows: list[sqlite3.Row]) -> None:
+        if not self.use_originals:
+            return
+        wanted: dict[Path, set[int]] = {}
+        for row in rows:
+            if row["frame_kind"] == "video" and "#" in row["frame_source"]:
+                path_s, _, index = row["frame_source"].rpartition("#")
+                path = self._locate(Path(path_s))
+                if path is not None and index.isdigit():
+                    wanted.setdefault(path, set()).add(int(index))
+        for path, indices in wanted.items():
+            self._videos[path] = _video_frames(path, indices)
+
+    def _locate(self, original: Path) -> Path | None:
+        if self.frames_dir is not None and (self.frames_dir / original.name).is_file():
+            return self.frames_dir / original.name
+        if self.use_originals and original.is_file():
+            return original
+        return None
+
+    def image_of(self, row: sqlite3.Row) -> tuple[np.ndarray | None, str, str]:
+        """(BGR image, mode 'exact'/'tolerance', what it is); image None when missing."""
+        sha = row["frame_sha256"]
+        if row["frame_kind"] == "file":
+            original = self._locate(Path(row["frame_source"]))
+            if original is not None:
+                data = original.read_bytes()
+                if hashlib.sha256(data).hexdigest() == sha:
+                    return _decode(data), "exact", f"original file {original} (sha256 verified)"
+            snap = row["snapshot_sha256"]
+            path = snapshot_path(self.snapshots_dir, snap) if snap else None
+            if snap == sha and path is not None and path.is_file():
+                return (
+                    _decode(path.read_bytes()),
+                    "exact",
+                    "stored snapshot = original file bytes (sha256 verified)",
+                )
+        else:
+            path_s, _, index = row["frame_source"].rpartition("#")
+            located = self._locate(Path(path_s))
+            image = self._videos.get(located, {}).get(int(index)) if located else None
+            if image is not None:
+                pixels_sha = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+                if pixels_sha == sha:
+                    return image, "exact", f"frame decoded from {located} (pixel sha256 verified)"
+        snap = row["snapshot_sha256"]
+        path = snapshot_path(self.snapshots_dir, snap) if snap else None
+        if path is not None and path.is_file():
+            return _decode(path.read_bytes()), "tolerance", "stored snapshot (re-encoded JPEG)"
+        return None, "", ""
+
+
+def _detections_out(detector: Detector, image: np.ndarray, *, width: int, height: int) -> list:
+    """Detections on ``image`` with boxes in the recorded frame's pixels, rounded as on the wire."""
+    dets = detector.detect(image)
+    sx, sy = width / image.shape[1], height / image.shape[0]
+    out = []
+    for i in range(len(dets)):
+        x1, y1, x2, y2 = (float(v) for v in dets.xyxy[i])
+        out.append(
+            {
+                "label": dets.labels[i],
+                "class_id": int(dets.class_id[i]),
+                "score": round(float(dets.score[i]), 6),
+                "xyxy": [
+                    round(x1 * sx, 2),
+                    round(y1 * sy, 2),
+                    round(x2 * sx, 2),
+                    round(y2 * sy, 2),
+                ],
+            }
+        )
+    return out
+
+
+def _threat_keys(rules: RuleSet, camera: str, detections: list[dict[str, Any]]) -> list[str]:
+    from agent.detect import Detections
+
+    dets = Detections(
+        xyxy=np.array([d["xyxy"] for d in detections], np.float32).reshape(-1, 4),
+        score=np.array([d["score"] for d in detections], np.float32),
+        class_id=np.array([d["class_id"] for d in detections], np.int64),
+        labels=tuple(d["label"] for d in detections),
+    )
+    return sorted(
+        f"{t.rule}/{t.severity}/{detections[t.index]['label']}" for t in rules.apply(camera, dets)
+    )
+
+
+def reproduce_event(
+    conn: sqlite3.Connection,
+    event_id: int,
+    *,
+    config: ReproduceConfig,
+    snapshots_dir: Path,
+    frames_dir: Path | None = None,
+    use_originals: bool = True,
+    providers: list[str] | None = None,
+) -> EventReport:
+    """Re-run the recorded model and rules on every frame of one event and compare."""
+    from agent.detect import Detector
+
+    event = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
+    if event is None:
+        raise ReproduceError(f"event {event_id} not found")
+    rows = conn.execute(
+        "SELECT m.* FROM messages m WHERE m.message_id IN "
+        "(SELECT message_id FROM threats WHERE event_id = ?) ORDER BY m.captured_ts, m.message_id",
+        (event_id,),
+    ).fetchall()
+    models, notes = known_models(config.model_paths)
+    rules_known = known_rules(config.rules_paths)
+    frames = _Frames(
+        snapshots_dir=snapshots_dir, frames_dir=frames_dir, use_originals=use_originals
+    )
+    frames.prefetch_videos(rows)
+    detectors: dict[str, Detector] = {}
+    results: list[FrameResult] = []
+    for row in rows:
+        res = FrameResult(
+            message_id=row["message_id"],
+            frame_id=row["frame_id"],
+            frame_kind=row["frame_kind"],
+            frame_source=row["frame_source"],
+            frame_sha256=row["frame_sha256"],
+        )
+        results.append(res)
+        recorded = json.loads(row["detections_json"])
+        res.recorded = len(recorded)
+        res.threats_recorded = sorted(
+            f"{t['rule']}/{t['severity']}/{t['label']}"
+            for t in conn.execute(
+                "SELECT rule, severity, label FROM threats WHERE message_id = ?",
+                (row["message_id"],),
+            )
+        )
+        model_sha, rules_sha = row["model_sha256"], row["rules_sha256"]
+        if model_sha not in models:
+            res.missing.append(f"model {model_sha} (not among the {len(models)} known model(s))")
+        if rules_sha not in rules_known:
+            res.missing.append(f"rules {rules_sha} (not among the {len(rules_known)} known rules)")
+        image, mode, what = frames.image_of(row)
+        if image is None:
+            res.missing.append(
+                f"frame {row['frame_sha256']} ({row['frame_source']}: no original here, "
+                "no stored snapshot)"
+            )
+        if res.missing or image is None:
+            continue
+        res.mode, res.input = mode, what
+        if model_sha not in detectors:
+            detectors[model_sha] = Detector(
+                models[model_sha][1], providers=providers or ["CPUExecutionProvider"]
+            )
+        rerun = _detections_out(
+            detectors[model_sha], image, width=row["frame_width"], height=row["frame_height"]
+        )
+        res.rerun = len(rerun)
+        pairs, res.iou_min, res.score_delta_max, res.box_delta_max_px = compare(recorded, rerun)
+        res.matched = len(pairs)
+        res.threats_rerun = _threat_keys(rules_known[rules_sha], row["camera"], rerun)
+        same_count = res.matched == res.recorded == res.rerun
+        if mode == "exact":
+            close = (res.score_delta_max or 0) <= EXACT_SCORE and (
+                res.box_delta_max_px or 0
+            ) <= EXACT_BOX_PX
+        else:
+            close = (res.iou_min is None or res.iou_min >= config.iou_min) and (
+                res.score_delta_max or 0
+            ) <= config.score_delta_max
+        threats_same = res.threats_recorded == res.threats_rerun
+        res.status = "match" if same_count and close and threats_same else "mismatch"
+    return EventReport(
+        event_id=event_id,
+        event=dict(event),
+        model_paths={sha: str(p) for sha, (p, _) in models.items()},
+        rules_paths={sha: str(r.path) for sha, r in rules_known.items()},
+        iou_min=config.iou_min,
+        score_delta_max=config.score_delta_max,
+        frames=results,
+        notes=notes,
+    )
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(report: EventReport) -> str:
+    """The report as the CLI prints it: one line per frame, then a summary."""
+    e = report.event
+    lines = [
+        f"event {report.event_id}: {e['agent_id']}/{e['camera']} {e['rule']} {e['severity']}, "
+        f"{e['threat_count']} threat(s) in {len(report.frames)} frame(s)",
+        f"tolerance for re-encoded frames: IoU >= {report.iou_min}, "
+        f"|score delta| <= {report.score_delta_max}; exact = scores within {EXACT_SCORE}, "
+        f"boxes within {EXACT_BOX_PX} px",
+    ]
+    for f in report.frames:
+        head = f"frame {f.frame_id} ({f.frame_kind} {f.frame_source}, sha256 {f.frame_sha256})"
+        if f.status == "missing":
+            lines += [head, "    MISSING " + "; ".join(f.missing)]
+            continue
+        verdict = "MATCH" if f.status == "match" else "MISMATCH"
+        how = "exact" if f.mode == "exact" else "within tolerance"
+        lines.append(head)
+        lines.append(
+            f"    {verdict} {how} [{f.input}]: {f.matched} of {f.recorded} recorded / "
+            f"{f.rerun} re-run detections paired, IoU min {_fmt(f.iou_min, 4)}, "
+            f"|score delta| max {_fmt(f.score_delta_max, 6)}, "
+            f"box delta max {_fmt(f.box_delta_max_px, 2)} px; threats "
+            + ("match" if f.threats_recorded == f.threats_rerun else "DIFFER")
+            + f" ({', '.join(f.threats_rerun) or 'none'})"
+        )
+    counts = {s: sum(1 for f in report.frames if f.status == s) for s in ("match", "mismatch")}
+    missing = sum(1 for f in report.frames if f.status == "missing")
+    exact = sum(1 for f in report.frames if f.status == "match" and f.mode == "exact")
+    ious = [f.iou_min for f in report.frames if f.iou_min is not None]
+    deltas = [f.score_delta_max for f in report.frames if f.score_delta_max is not None]
+    lines.append(
+        f"summary: {len(report.frames)} frame(s): {counts['match']} match ({exact} exact, "
+        f"{counts['match'] - exact} within tolerance), {counts['mismatch']} mismatch, "
+        f"{missing} missing; worst IoU {_fmt(min(ious) if ious else None, 4)}, "
+        f"worst |score delta| {_fmt(max(deltas) if deltas else None, 6)}"
+    )
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""Lineage: what the real ingest records for each threat message, the recursive queries, the
+provenance API, notifications, the backfill of older stores and snapshot retention."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import cv2
+import pytest
+import sqlite_utils
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from aggregator import events, lineage, provenance, records, snapshots, store
+from aggregator.api import create_app
+from aggregator.cli import main as secagg
+from aggregator.config import AggregatorConfig, MqttConfig
+from aggregator.ingest import Ingest
+from demo.broker import Mosquitto
+from demo.footage import sample_still
+from tests.conftest import wait_for
+from tests.test_ingest import SHA, Harness, harness, threat_payload  # noqa: F401
+
+JPEG = cv2.imencode(".jpg", sample_still("person"), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+JPEG_SHA = hashlib.sha256(JPEG).hexdigest()
+MODEL_SHA, RULES_SHA, CONFIG_SHA = "a1" * 32, "b2" * 32, "c3" * 32
+
+
+def payload(*, at_s: float = 0.0, camera: str = "yard") -> dict:
+    p = threat_payload(at_s=at_s, camera=camera)
+    p["versions"] = {
+        "code": "0.1.0+gtest",
+        "model_sha256": MODEL_SHA,
+        "rules_sha256": RULES_SHA,
+        "config_sha256": CONFIG_SHA,
+    }
+    p["frame"]["sha256"] = JPEG_SHA
+    p["snapshot_jpeg_b64"] = base64.b64encode(JPEG).decode()
+    return p
+
+
+def store_payloads(config: AggregatorConfig, payloads: list[dict]) -> None:
+    """What the ingest writer does with each message, in one transaction (no broker needed)."""
+    store.migrate(config.store.path)
+    conn = store.connect(config.store.path)
+    try:
+        with store.transaction(conn):
+            for p in payloads:
+                records.record_threat(
+                    conn,
+                    f"secagent/v1/{p['agent_id']}/threats",
+                    json.dumps(p).encode(),
+                    snapshots_dir=config.store.snapshots_dir,
+                    grouping=events.Grouping.from_config(config.events),
+                )
+    finally:
+        conn.close()
+
+
+def make_config(tmp_path: Path) -> AggregatorConfig:
+    return AggregatorConfig.model_validate(
+        {
+            "store": {
+                "path": str(tmp_path / "secagg.sqlite"),
+                "snapshots_dir": str(tmp_path / "snapshots"),
+                "plots_dir": str(tmp_path / "plots"),
+            },
+            "events": {"cutoff_s": 10},
+        }
+    )
+
+
+def read(config: AggregatorConfig) -> sqlite3.Connection:
+    return store.connect(config.store.path, readonly=True)
+
+
+def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None:  # noqa: F811
+    sent = [payload(at_s=0), payload(at_s=2)]
+    for p in sent:
+        harness.send(p)
+    wait_for(lambda: harness.ingest.stats.stored == 2, what="two stored")
+    conn = store.connect(harness.db_path, readonly=True)
+    try:
+        graph = lineage.graph(conn, "event:1")
+        inputs = lineage.inputs_of(graph)
+        assert inputs["model"] == [f"model:{MODEL_SHA}"]
+        assert inputs["rules"] == [f"rules:{RULES_SHA}"]
+        assert inputs["config"] == [f"config:{CONFIG_SHA}"]
+        assert "code:0.1.0+gtest" in inputs["code"]  # the agent's; the aggregator's is there too
+        assert inputs["frame"] == [f"frame:{JPEG_SHA}"]
+        assert inputs["snapshot"] == [f"snapshot:{JPEG_SHA}"]
+        assert sorted(inputs["message"]) == sorted(f"message:{p['message_id']}" for p in sent)
+        runs = [n for n in graph.nodes if n["type"] == "run"]
+        assert sorted(r["kind"] for r in runs) == sorted(
+            ["validate", "detect", "rules", "group"] * 2
+        )
+        # The runs that one frame triggered share its lineage id.
+        for p in sent:
+            kinds = {r["kind"] for r in runs if r["lineage_id"] == p["lineage_id"]}
+            assert kinds == {"validate", "detect", "rules", "group"}
+        # Downstream: which events did this model version contribute to?
+        down = lineage.graph(conn, f"model:{MODEL_SHA}", direction="downstream")
+        assert "event:1" in {n["id"] for n in down.nodes}
+    finally:
+        conn.close()
+
+
+def test_the_provenance_api_and_the_event_snapshot(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    store_payloads(config, [payload(at_s=0), payload(at_s=1)])
+    client = TestClient(create_app(config))
+    r = client.get("/api/provenance/event:1")
+    assert r.status_code == 200
+    doc = r.json()
+    ids = {n["id"] for n in doc["nodes"]}
+    assert {f"model:{MODEL_SHA}", f"rules:{RULES_SHA}", f"frame:{JPEG_SHA}"} <= ids
+    event = next(n for n in doc["nodes"] if n["id"] == "event:1")
+    assert event["meta"]["threat_count"] == 2 and event["meta"]["camera"] == "yard"
+    assert {"used", "wasGeneratedBy"} == {e["type"] for e in doc["edges"]}
+    detect_runs = [n["id"] for n in doc["nodes"] if n.get("kind") == "detect"]
+    assert all(
+        {"from": run, "to": f"model:{MODEL_SHA}", "type": "used", "role": "model"} in doc["edges"]
+        for run in detect_runs
+    )
+    assert client.get("/api/provenance/event:99").status_code == 404
+    assert client.get("/api/provenance/nonsense").status_code == 422
+    down = client.get(f"/api/provenance/frame:{JPEG_SHA}", params={"direction": "downstream"})
+    assert "event:1" in {n["id"] for n in down.json()["nodes"]}
+
+    snap = client.get("/api/events/1/snapshot.jpg")
+    assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg"
+    assert snap.content == JPEG and snap.headers["x-snapshot-sha256"] == JPEG_SHA
+    assert client.get("/api/events/99/snapshot.jpg").status_code == 404
+
+
+def test_a_notification_has_the_lineage_of_its_event(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    store_payloads(config, [payload(at_s=0)])
+    conn = store.connect(config.store.path)
+    with store.transaction(conn):
+        nid = provenance.record_notification(
+            conn,
+            notification_id=7,
+            event_id=1,
+            content_sha256="d4" * 32,
+            code_version="0.1.0+gnotify",
+            channel="email",
+        )
+    conn.close()
+    assert nid == "notification:7"
+    conn = read(config)
+    graph = lineage.graph(conn, "notification:7")
+    conn.close()
+    inputs = lineage.inputs_of(graph)
+    assert inputs["event"] == ["event:1"]
+    assert {f"model:{MODEL_SHA}", f"rules:{RULES_SHA}", f"frame:{JPEG_SHA}"} <= {
+        a for ids in inputs.values() for a in ids
+    }
+    assert "code:0.1.0+gnotify" in inputs["code"] and "code:0.1.0+gtest" in inputs["code"]
+
+    cfg_file = tmp_path / "secagg.yaml"
+    cfg_file.write_text(
+        f"store: {{path: {config.store.path}, snapshots_dir: {config.store.snapshots_dir}}}\n"
+    )
+    result = CliRunner().invoke(secagg, ["explain", "notification:7", "--config", str(cfg_file)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.startswith("notification:7 (email, content sha256 " + "d4" * 32)
+    for needle in (MODEL_SHA, RULES_SHA, JPEG_SHA, "notify run", "group run", "detect run"):
+        assert needle in out
+    bad = CliRunner().invoke(secagg, ["explain", "notification:8", "--config", str(cfg_file)])
+    assert bad.exit_code == 1 and "not known" in bad.output
+
+
+def test_an_older_store_is_backfilled_by_the_migration(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    # A store as it was before the lineage tables: messages, threats and events only.
+    conn = store.connect(config.store.path)
+    store.migrations.apply(sqlite_utils.Database(conn), stop_before="m005_provenance")
+    conn.close()
+    p = payload(at_s=0)
+    conn = store.connect(config.store.path)
+    with store.transaction(conn):
+        snap = records.save_snapshot(config.store.snapshots_dir, p["snapshot_jpeg_b64"])
+        msg = records.parse_payload(json.dumps(p).encode(), records.ThreatMessage)
+        store.insert_message(
+            conn, msg, received_at="2026-11-28T12:00:00+00:00", snapshot_sha256=snap
+        )
+        conn.execute(
+            "INSERT INTO events (agent_id, camera, rule, label, severity, started_ts, "
+            "last_seen_ts, threat_count, top_score, top_message_id) "
+            "VALUES ('cam-host', 'yard', 'person_on_premises', 'person', 'high', 0, 0, 1, 0.8, ?)",
+            (p["message_id"],),
+        )
+        conn.execute(
+            "INSERT INTO threats (message_id, event_id, agent_id, camera, rule, severity, label, "
+            "class_id, score, x1, y1, x2, y2, captured_ts) VALUES "
+            "(?, 1, 'cam-host', 'yard', 'person_on_premises', 'high', 'person', 0, 0.8, "
+            "10, 20, 110, 220, 0)",
+            (p["message_id"],),
+        )
+    conn.close()
+    store.migrate(config.store.path)
+    conn = read(config)
+    inputs = lineage.inputs_of(lineage.graph(conn, "event:1"))
+    conn.close()
+    assert inputs["model"] == [f"model:{MODEL_SHA}"] and inputs["frame"] == [f"frame:{JPEG_SHA}"]
+    assert "code:unknown (backfilled)" in inputs["code"]
+
+
+def test_snapshot_retention_deletes_old_snapshots_and_keeps_the_lineage(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    store_payloads(config, [payload(at_s=0)])
+    path = snapshots.snapshot_path(config.store.snapshots_dir, JPEG_SHA)
+    assert path.read_bytes() == JPEG
+    conn = read(config)
+    t0 = conn.execute("SELECT captured_ts FROM messages").fetchone()[0]
+    assert snapshots.prune_snapshots(conn, config.store.snapshots_dir, older_than_ts=t0) == []
+    assert path.exists()
+    deleted = snapshots.prune_snapshots(conn, config.store.snapshots_dir, older_than_ts=t0 + 1)
+    assert deleted == [JPEG_SHA] and not path.exists()
+    assert lineage.inputs_of(lineage.graph(conn, "event:1"))["snapshot"] == [f"snapshot:{JPEG_SHA}"]
+    conn.close()
+    r = TestClient(create_app(config)).get("/api/events/1/snapshot.jpg")
+    assert r.status_code == 410 and "retention" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"store": {"snapshot_retention_days": 0}}, "store.snapshot_retention_days"),
+        ({"reproduce": {"iou_min": 1.5}}, "reproduce.iou_min"),
+        ({"reproduce": {"score_delta_max": -0.1}}, "reproduce.score_delta_max"),
+        ({"reproduce": {"model_dirs": ["models"]}}, "reproduce.model_dirs"),
+    ],
+)
+def test_bad_provenance_settings_are_refused(config: dict, error: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        AggregatorConfig.model_validate(config)
+    assert error in ".".join(str(p) for p in info.value.errors()[0]["loc"])
+
+
+def test_the_ingest_applies_snapshot_retention(broker: Mosquitto, tmp_path: Path) -> None:
+    def ingest_with(retention_days: float | None) -> Ingest:
+        config = make_config(tmp_path).model_copy(
+            update={
+                "mqtt": MqttConfig(
+                    host=broker.host,
+                    port=broker.port,
+                    client_id=f"secagg-{uuid.uuid4().hex[:8]}",
+                    session_expiry_s=0,
+                ),
+                "store": make_config(tmp_path).store.model_copy(
+                    update={"snapshot_retention_days": retention_days}
+                ),
+            }
+        )
+        ingest = Ingest(config)
+        ingest.start()
+        wait_for(ingest.connected.is_set, what="ingest connected")
+        return ingest
+
+    ingest = ingest_with(None)
+    h = Harness(ingest, broker, ingest.config.store.path)
+    try:
+        h.send(payload(at_s=-3 * 86400))  # captured three days before the others
+        wait_for(lambda: ingest.stats.stored == 1, what="stored")
+    finally:
+        h.pub.loop_stop()
+        h.pub.disconnect()
+        ingest.stop()
+    path = snapshots.snapshot_path(ingest.config.store.snapshots_dir, JPEG_SHA)
+    assert path.exists()  # no retention: kept
+    ingest = ingest_with(1.0)
+    try:
+        wait_for(lambda: not path.exists(), what="the ingest's sweep to apply retention")
+    finally:
+        ingest.stop()
