@@ -76,6 +76,7 @@ def check_config(config_path: Path) -> None:
         config, sha = load_agent_config(config_path)
         load_manifest(config.detect.model)
         rules = load_rules(config.rules)
+        rules.check_zones({c.name: c.zones.keys() for c in config.cameras})
     except (ConfigError, ManifestError, RulesError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

@@ -196,6 +196,12 @@ class CameraConfig(_Section):
     motion: MotionConfig = Field(
         default_factory=dict, validate_default=True, description="the motion gate of this camera"
     )
+    zones: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], Polygon] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="named areas of the view (polygons of [x, y] fractions) that rules can be "
+        "limited to: a detection is in a zone when the bottom centre of its box is",
+    )
     queue_size: int = Field(
         1, ge=1, le=64, description="frames of this camera waiting for the model, at most"
     )

@@ -64,6 +64,7 @@ class Agent:
             spin_wait=config.detect.spin_wait,
         )
         self.rules: RuleSet = load_rules(config.rules)
+        self.rules.check_zones({c.name: c.zones.keys() for c in config.cameras})
         self.versions = Versions(
             code=code_version(),
             model_sha256=self.detector.sha256,
@@ -167,7 +168,12 @@ class Agent:
         camera, frame, image = admitted.camera, admitted.frame, admitted.image
         counters = camera.counters
         ids = f"agent={self.agent_id} camera={camera.name} frame={frame.frame_id}"
-        threats = self.rules.apply(camera.name, detections)
+        threats = self.rules.apply(
+            camera.name,
+            detections,
+            zones=camera.config.zones,
+            frame_wh=(image.shape[1], image.shape[0]),
+        )
         log.info(
             "%s lineage=%s detections=%d threats=%d infer_ms=%.1f",
             ids,
