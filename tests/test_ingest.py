@@ -15,10 +15,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from aggregator import store
-from aggregator.config import AggregatorConfig
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from tests.conftest import wait_for
+from tests.helpers import ingest_config
 
 SHA = "ab" * 32
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -84,21 +84,7 @@ class Harness:
 
 @pytest.fixture
 def harness(broker: Mosquitto, tmp_path: Path) -> Iterator[Harness]:
-    config = AggregatorConfig.model_validate(
-        {
-            "mqtt": {
-                "host": broker.host,
-                "port": broker.port,
-                "client_id": f"secagg-{uuid.uuid4().hex[:8]}",
-                "session_expiry_s": 0,
-            },
-            "store": {
-                "path": str(tmp_path / "secagg.sqlite"),
-                "snapshots_dir": str(tmp_path / "snapshots"),
-            },
-            "events": {"cutoff_s": 10},
-        }
-    )
+    config = ingest_config(broker, tmp_path)
     ingest = Ingest(config)
     ingest.start()
     wait_for(ingest.connected.is_set, what="ingest connected")

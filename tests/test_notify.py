@@ -9,7 +9,6 @@ import itertools
 import json
 import ssl
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from aggregator.ingest import Ingest
 from aggregator.notify import notification_content_sha256
 from demo.broker import Mosquitto, free_port
 from tests.conftest import wait_for
+from tests.helpers import ingest_config
 from tests.notify_servers import SmtpServer, WebhookServer
 from tests.test_ingest import T0, Harness, threat_payload
 
@@ -77,22 +77,12 @@ def make_ingest(broker: Mosquitto, tmp_path: Path) -> Iterator[Callable[..., Not
     started: list[NotifyHarness] = []
 
     def make(*, notifiers: list[dict], events: dict | None = None) -> NotifyHarness:
-        config = AggregatorConfig.model_validate(
-            {
-                "mqtt": {
-                    "host": broker.host,
-                    "port": broker.port,
-                    "client_id": f"secagg-{uuid.uuid4().hex[:8]}",
-                    "session_expiry_s": 0,
-                },
-                "store": {
-                    "path": str(tmp_path / "secagg.sqlite"),
-                    "snapshots_dir": str(tmp_path / "snapshots"),
-                },
-                "events": {"cutoff_s": 10, "sweep_interval_s": 0.2, **(events or {})},
-                "api": {"public_url": "https://secagg.example.org"},
-                "notify": {"notifiers": notifiers},
-            }
+        config = ingest_config(
+            broker,
+            tmp_path,
+            events={"sweep_interval_s": 0.2, **(events or {})},
+            api={"public_url": "https://secagg.example.org"},
+            notify={"notifiers": notifiers},
         )
         ingest = Ingest(config)
         ingest.start()
