@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from aggregator.config import AggregatorConfig
 from demo.broker import Mosquitto, free_port
@@ -219,3 +221,17 @@ def ingest_config(broker: Mosquitto, work: Path, **sections: dict) -> Aggregator
     for name, values in sections.items():
         doc[name] = {**doc.get(name, {}), **values}
     return AggregatorConfig.model_validate(doc)
+
+
+def subscribe_json(broker: Mosquitto, topic: str) -> tuple[mqtt.Client, list[dict]]:
+    """A subscriber on ``topic`` that decodes each message as JSON; returned once subscribed."""
+    seen: list[dict] = []
+    subscribed: list[int] = []
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.append(mid)
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    wait_for(lambda: subscribed, what=f"subscribed to {topic}")
+    return sub, seen

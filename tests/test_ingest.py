@@ -18,7 +18,7 @@ from aggregator import store
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from tests.conftest import wait_for
-from tests.helpers import ingest_config
+from tests.helpers import ingest_config, subscribe_json
 
 SHA = "ab" * 32
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -195,16 +195,8 @@ def test_threats_group_into_events_by_cutoff_and_escalate(harness: Harness) -> N
 
 
 def test_event_lifecycle_is_published(harness: Harness, broker: Mosquitto) -> None:
-    seen: list[dict] = []
-    subscribed: list[int] = []
-    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("secagent/v1/events", qos=1)
-    sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.append(mid)
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
+    sub, seen = subscribe_json(broker, "secagent/v1/events")
     try:
-        wait_for(lambda: subscribed, what="subscriber subscribed")
         # Old capture times: the wall-clock sweep ends the event right after it starts.
         harness.send(threat_payload(at_s=0))
         wait_for(lambda: [m["type"] for m in seen] == ["new", "end"], what="new then end")

@@ -23,7 +23,7 @@ from aggregator.ingest import Ingest
 from aggregator.notify import notification_content_sha256
 from demo.broker import Mosquitto, free_port
 from tests.conftest import wait_for
-from tests.helpers import ingest_config
+from tests.helpers import ingest_config, subscribe_json
 from tests.notify_servers import SmtpServer, WebhookServer
 from tests.test_ingest import T0, Harness, threat_payload
 
@@ -467,19 +467,9 @@ def test_the_lifecycle_of_a_site_event_is_published_with_a_summary(
     make_ingest,  # type: ignore[no-untyped-def]
     broker: Mosquitto,
 ) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
-    seen: list[dict] = []
-    subscribed: list[int] = []
-    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("secagent/v1/events", qos=1)
-    sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.append(mid)
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
+    sub, seen = subscribe_json(broker, "secagent/v1/events")
     try:
-        wait_for(lambda: subscribed, what="subscriber subscribed")
         h = make_ingest(notifiers=[], events={"sites": {"yard": "home", "door": "home"}})
         h.send_all([threat(at_s=0), threat(at_s=1, camera="door", severity="critical")])
         wait_for(lambda: [m["type"] for m in seen][-1:] == ["end"], what="the end")
