@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SERVE ?= 0
+SRC := agent aggregator modelrt appcommon wire demo tests bench
 
 .PHONY: setup demo test lint format bench clean mosquitto
 
@@ -36,13 +37,13 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check agent aggregator wire demo tests bench
-	$(VENV)/bin/ruff format --check agent aggregator wire demo tests bench
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
 
 format: setup
-	$(VENV)/bin/ruff format agent aggregator wire demo tests bench
-	$(VENV)/bin/ruff check --fix agent aggregator wire demo tests bench
+	$(VENV)/bin/ruff format $(SRC)
+	$(VENV)/bin/ruff check --fix $(SRC)
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -1,5 +1,5 @@
 """secagent: the edge daemon (capture, validate, motion gate, detect, rules, outbox, MQTT)."""
 
-from wire.version import code_version
+from appcommon.version import code_version
 
 __all__ = ["code_version"]

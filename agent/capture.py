@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol
 
-import cv2
 import numpy as np
 
 from agent.config import (
@@ -28,6 +27,7 @@ from agent.config import (
     UsbSourceConfig,
     VideoSourceConfig,
 )
+from modelrt.frames import VideoError, VideoReader
 
 log = logging.getLogger(__name__)
 
@@ -211,45 +211,41 @@ class VideoFileSource:
                 return
 
     def _read_once(self) -> Iterator[Frame]:
-        cap = cv2.VideoCapture(str(self.config.path))
-        if not cap.isOpened():
-            raise SourceError(f"camera {self.camera}: OpenCV cannot open {self.config.path}")
         try:
-            video_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-            if video_fps <= 0 or video_fps > 1000:
-                raise SourceError(f"camera {self.camera}: {self.config.path} has no usable fps")
+            reader = VideoReader(self.config.path)
+        except VideoError as exc:
+            raise SourceError(f"camera {self.camera}: {exc}") from exc
+        with reader:
             opened = datetime.now(UTC)
             opened_mono = time.monotonic()
             step_s = 1.0 / self.config.fps
             next_t = 0.0
-            index = 0
-            while True:
-                ok = cap.grab()
-                if not ok:
-                    return
-                t = index / video_fps
-                index += 1
-                if t + 1e-9 < next_t:
-                    continue
-                while next_t <= t + 1e-9:
+
+            def sampled(_index: int, t_s: float) -> bool:
+                nonlocal next_t
+                if t_s + 1e-9 < next_t:
+                    return False
+                while next_t <= t_s + 1e-9:
                     next_t += step_s
-                ok, image = cap.retrieve()
-                if not ok or image is None:
-                    log.warning("camera=%s video frame %d could not be decoded", self.camera, index)
+                return True
+
+            for item in reader.frames(sampled):
+                if item.image is None:
+                    log.warning(
+                        "camera=%s video frame %d could not be decoded", self.camera, item.index
+                    )
                     continue
                 if self.config.realtime:
-                    delay = opened_mono + t - time.monotonic()
+                    delay = opened_mono + item.t_s - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)  # pacing to the video clock, not a sync
                 yield Frame(
                     camera=self.camera,
                     kind="video",
-                    source=f"{self.config.path}#{index - 1}",
-                    captured_at=opened + timedelta(seconds=t),
-                    image=image,
+                    source=f"{self.config.path}#{item.index}",
+                    captured_at=opened + timedelta(seconds=item.t_s),
+                    image=item.image,
                 )
-        finally:
-            cap.release()
 
 
 def open_source(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import signal
@@ -16,17 +15,18 @@ import numpy as np
 
 from agent.capture import Frame
 from agent.config import ValidateConfig
-from agent.detect import (
+from agent.validate import FrameRejected, validate_frame
+from appcommon.cli import config_option, log_level_option, setup_logging
+from appcommon.configfile import ConfigError
+from modelrt import (
     Detector,
     DetectorError,
     ManifestError,
     load_manifest,
     load_model_argument,
 )
-from agent.rules import RulesError
-from agent.validate import FrameRejected, validate_frame
-from wire.cli import config_option, log_level_option, setup_logging
-from wire.configfile import ConfigError
+from modelrt.frames import still_sha256
+from modelrt.rules import RulesError
 
 log = logging.getLogger("agent")
 
@@ -70,7 +70,7 @@ def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
 def check_config(config_path: Path) -> None:
     """Validate a config file and the model manifest and rules it names; load nothing else."""
     from agent.config import load_agent_config
-    from agent.rules import load_rules
+    from modelrt.rules import load_rules
 
     try:
         config, sha = load_agent_config(config_path)
@@ -131,7 +131,7 @@ def detect(
         record: dict[str, object] = {"path": str(path)}
         try:
             data = path.read_bytes()
-            record["sha256"] = hashlib.sha256(data).hexdigest()
+            record["sha256"] = still_sha256(data)
             frame = Frame(
                 camera="cli", kind="file", source=str(path), captured_at=_mtime(path), data=data
             )
@@ -145,15 +145,7 @@ def detect(
                     "provider": detector.provider,
                     "layout": detector.layout,
                     "inference_ms": round(detector.last_inference_ms, 2),
-                    "detections": [
-                        {
-                            "label": found.labels[i],
-                            "class_id": int(found.class_id[i]),
-                            "score": round(float(found.score[i]), 4),
-                            "xyxy": [round(float(v), 1) for v in found.xyxy[i]],
-                        }
-                        for i in range(len(found))
-                    ],
+                    "detections": [d.model_dump(mode="json") for d in found.to_wire()],
                 }
             )
         except OSError as exc:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from wire.configfile import ConfigError, load_yaml_model, resolve_path
+from appcommon.configfile import ConfigError, load_yaml_model, resolve_path
 from wire.topics import AGENT_ID_PATTERN
 
 __all__ = ["AgentConfig", "ConfigError", "load_agent_config"]

@@ -22,10 +22,10 @@ import numpy as np
 
 from agent.capture import Frame, FrameSource, SourceError, open_source
 from agent.config import CameraConfig, ValidateConfig
-from agent.detect import Detections, Detector, DetectorError
-from agent.detect.detector import Letterbox
 from agent.motion import MotionGate
 from agent.validate import FrameRejected, validate_frame
+from modelrt import Detections, Detector, DetectorError
+from modelrt.detector import Letterbox
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import threading
 import time
@@ -19,14 +18,15 @@ import numpy as np
 
 from agent.capture import Frame
 from agent.config import AgentConfig
-from agent.detect import Detections, Detector, load_manifest
 from agent.engine import Admitted, Camera, CameraCounters, DetectionEngine
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
-from agent.rules import RuleSet, Threat, load_rules
+from appcommon.version import code_version
+from modelrt import Detections, Detector, load_manifest
+from modelrt.frames import pixels_sha256, still_sha256
+from modelrt.rules import RuleSet, Threat, load_rules
 from wire.payloads import (
     CameraStatus,
-    DetectionOut,
     FrameRef,
     StatusMessage,
     ThreatMessage,
@@ -34,7 +34,6 @@ from wire.payloads import (
     Versions,
     dump_payload,
 )
-from wire.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,7 @@ __all__ = ["Agent", "Camera", "CameraCounters", "build_agent", "frame_sha256"]
 
 def frame_sha256(frame: Frame, image: np.ndarray) -> str:
     """sha256 of a still's file bytes, or of a video frame's raw BGR pixels."""
-    if frame.data is not None:
-        return hashlib.sha256(frame.data).hexdigest()
-    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+    return still_sha256(frame.data) if frame.data is not None else pixels_sha256(image)
 
 
 class Agent:
@@ -198,15 +195,7 @@ class Agent:
     def build_message(
         self, frame: Frame, image: np.ndarray, detections: Detections, threats: list[Threat]
     ) -> ThreatMessage:
-        dets = [
-            DetectionOut(
-                label=detections.labels[i],
-                class_id=int(detections.class_id[i]),
-                score=round(float(detections.score[i]), 6),
-                xyxy=tuple(round(float(v), 2) for v in detections.xyxy[i]),  # type: ignore[arg-type]
-            )
-            for i in range(len(detections))
-        ]
+        dets = detections.to_wire()
         threat_out = [
             ThreatOut(**dets[t.index].model_dump(), rule=t.rule, severity=t.severity)  # type: ignore[arg-type]
             for t in threats

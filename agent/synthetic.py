@@ -15,12 +15,12 @@ import uuid
 from datetime import UTC, datetime
 
 from agent.config import AgentConfig
-from agent.detect.manifest import load_manifest
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
-from agent.rules import load_rules
+from appcommon.version import code_version
+from modelrt.manifest import load_manifest
+from modelrt.rules import load_rules
 from wire.payloads import StatusMessage, ThreatMessage, Versions, dump_payload
-from wire.version import code_version
 
 log = logging.getLogger(__name__)
 

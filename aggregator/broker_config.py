@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from wire.configfile import load_yaml_model
+from appcommon.configfile import load_yaml_model
 from wire.topics import AGENT_ID_PATTERN, PREFIX, Topics
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from aggregator.config import AggregatorConfig, load_aggregator_config
-from wire.cli import config_option, log_level_option, setup_logging
-from wire.configfile import ConfigError
+from appcommon.cli import config_option, log_level_option, setup_logging
+from appcommon.configfile import ConfigError
 
 log = logging.getLogger("aggregator")
 
@@ -214,8 +214,8 @@ def reproduce(
     """
     import json
 
-    from agent.detect import DetectorError
     from aggregator.reproduce import ReproduceError, format_report, reproduce_event
+    from modelrt import DetectorError
 
     config = _load(config_path)
     conn = _read_db(config)
@@ -274,7 +274,7 @@ def plot(
     timeline. Prints the plot id (plot:<sha256 of the PNG>) and where the PNG is.
     """
     from aggregator import plots, store
-    from wire.version import code_version
+    from appcommon.version import code_version
 
     config = _load(config_path)
     if not config.store.path.exists():

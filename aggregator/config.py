@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from wire.configfile import ConfigError, load_yaml_model, resolve_path
+from appcommon.configfile import ConfigError, load_yaml_model, resolve_path
 
 __all__ = ["AggregatorConfig", "ConfigError", "get_settings", "load_aggregator_config"]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from aggregator import events, provenance, store
 from aggregator.events import EventChange
+from appcommon.version import code_version
 from wire.payloads import PayloadError, StatusMessage, ThreatMessage, parse_payload
 from wire.topics import TopicError, Topics
-from wire.version import code_version
 
 log = logging.getLogger(__name__)
 

@@ -12,36 +12,37 @@ with what the agent recorded.
   must match **within tolerance** (IoU >= ``iou_min``, score difference <= ``score_delta_max``).
 - "Exact" means equal up to the wire's rounding (scores to 1e-6, boxes to 0.01 px).
 
-This is the one aggregator module that runs agent code (``agent.detect``, ``agent.rules``):
-reproducing a result means running the same code path that produced it.
+It runs the model runtime the agent runs (:mod:`modelrt`: the detector, the rules, the frame
+hashing and video reading, the conversion to the wire form), so a re-run is the same code path
+that produced the result.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import cv2
 import numpy as np
 
 from aggregator.config import ReproduceConfig
 from aggregator.snapshots import snapshot_path
-
-if TYPE_CHECKING:
-    from agent.detect import Detector, ModelManifest
-    from agent.rules import RuleSet
+from modelrt import Detections, Detector, ManifestError, ModelManifest, load_manifest
+from modelrt.detections import BOX_DECIMALS, SCORE_DECIMALS
+from modelrt.frames import VideoError, VideoReader, decode_image, pixels_sha256, still_sha256
+from modelrt.manifest import file_sha256
+from modelrt.rules import RulesError, RuleSet, load_rules
+from wire.payloads import DetectionOut
 
 log = logging.getLogger(__name__)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-EXACT_SCORE = 1e-6
-EXACT_BOX_PX = 0.01
+EXACT_SCORE = 10.0**-SCORE_DECIMALS
+EXACT_BOX_PX = 10.0**-BOX_DECIMALS
 
 
 class ReproduceError(RuntimeError):
@@ -58,9 +59,6 @@ def _files(paths: list[Path]) -> Iterator[Path]:
 
 def known_models(paths: list[Path]) -> tuple[dict[str, tuple[Path, ModelManifest]], list[str]]:
     """sha256 -> (manifest path, manifest) of every usable manifest, and notes on the rest."""
-    from agent.detect import ManifestError, load_manifest
-    from agent.detect.manifest import file_sha256
-
     found: dict[str, tuple[Path, ModelManifest]] = {}
     notes: list[str] = []
     for path in _files(paths or [CHECKOUT / "models"]):
@@ -79,8 +77,6 @@ def known_models(paths: list[Path]) -> tuple[dict[str, tuple[Path, ModelManifest
 
 def known_rules(paths: list[Path]) -> dict[str, RuleSet]:
     """sha256 -> rules of every valid rules file."""
-    from agent.rules import RulesError, load_rules
-
     found: dict[str, RuleSet] = {}
     for path in _files(paths or [CHECKOUT / "rules"]):
         try:
@@ -143,15 +139,15 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(
-    recorded: list[dict[str, Any]], rerun: list[dict[str, Any]]
+    recorded: list[DetectionOut], rerun: list[DetectionOut]
 ) -> tuple[list[tuple[int, int, float]], float | None, float | None, float | None]:
     """Pair recorded and re-run detections of the same label by IoU (greedy, best first);
     return the pairs and the worst IoU, score difference and box corner difference."""
     candidates = []
     for i, r in enumerate(recorded):
         for j, n in enumerate(rerun):
-            if r["label"] == n["label"]:
-                overlap = iou(np.array(r["xyxy"], float), np.array(n["xyxy"], float))
+            if r.label == n.label:
+                overlap = iou(np.array(r.xyxy, float), np.array(n.xyxy, float))
                 if overlap > 0:
                     candidates.append((overlap, i, j))
     pairs: list[tuple[int, int, float]] = []
@@ -165,35 +161,12 @@ def compare(
     if not pairs:
         return pairs, None, None, None
     worst_iou = min(p[2] for p in pairs)
-    score_delta = max(abs(recorded[i]["score"] - rerun[j]["score"]) for i, j, _ in pairs)
+    score_delta = max(abs(recorded[i].score - rerun[j].score) for i, j, _ in pairs)
     box_delta = max(
-        float(np.max(np.abs(np.array(recorded[i]["xyxy"]) - np.array(rerun[j]["xyxy"]))))
+        float(np.max(np.abs(np.array(recorded[i].xyxy) - np.array(rerun[j].xyxy))))
         for i, j, _ in pairs
     )
     return pairs, worst_iou, score_delta, box_delta
-
-
-def _video_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
-    """Decode the frames at ``indices`` of a video, reading it once from the start (as the
-    agent's video source does, so the pixels are the ones it saw)."""
-    out: dict[int, np.ndarray] = {}
-    cap = cv2.VideoCapture(str(path))
-    try:
-        index = 0
-        last = max(indices)
-        while index <= last and cap.grab():
-            if index in indices:
-                ok, image = cap.retrieve()
-                if ok and image is not None:
-                    out[index] = image
-            index += 1
-    finally:
-        cap.release()
-    return out
-
-
-def _decode(data: bytes) -> np.ndarray | None:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
 class _Frames:
@@ -218,7 +191,11 @@ class _Frames:
                 if path is not None and index.isdigit():
                     wanted.setdefault(path, set()).add(int(index))
         for path, indices in wanted.items():
-            self._videos[path] = _video_frames(path, indices)
+            try:
+                with VideoReader(path) as reader:
+                    self._videos[path] = reader.pick(indices)
+            except VideoError as exc:
+                log.warning("video %s cannot be read again: %s", path, exc)
 
     def _locate(self, original: Path) -> Path | None:
         if self.frames_dir is not None and (self.frames_dir / original.name).is_file():
@@ -234,13 +211,17 @@ class _Frames:
             original = self._locate(Path(row["frame_source"]))
             if original is not None:
                 data = original.read_bytes()
-                if hashlib.sha256(data).hexdigest() == sha:
-                    return _decode(data), "exact", f"original file {original} (sha256 verified)"
+                if still_sha256(data) == sha:
+                    return (
+                        decode_image(data),
+                        "exact",
+                        f"original file {original} (sha256 verified)",
+                    )
             snap = row["snapshot_sha256"]
             path = snapshot_path(self.snapshots_dir, snap) if snap else None
             if snap == sha and path is not None and path.is_file():
                 return (
-                    _decode(path.read_bytes()),
+                    decode_image(path.read_bytes()),
                     "exact",
                     "stored snapshot = original file bytes (sha256 verified)",
                 )
@@ -248,51 +229,27 @@ class _Frames:
             path_s, _, index = row["frame_source"].rpartition("#")
             located = self._locate(Path(path_s))
             image = self._videos.get(located, {}).get(int(index)) if located else None
-            if image is not None:
-                pixels_sha = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
-                if pixels_sha == sha:
-                    return image, "exact", f"frame decoded from {located} (pixel sha256 verified)"
+            if image is not None and pixels_sha256(image) == sha:
+                return image, "exact", f"frame decoded from {located} (pixel sha256 verified)"
         snap = row["snapshot_sha256"]
         path = snapshot_path(self.snapshots_dir, snap) if snap else None
         if path is not None and path.is_file():
-            return _decode(path.read_bytes()), "tolerance", "stored snapshot (re-encoded JPEG)"
+            return decode_image(path.read_bytes()), "tolerance", "stored snapshot (re-encoded JPEG)"
         return None, "", ""
 
 
-def _detections_out(detector: Detector, image: np.ndarray, *, width: int, height: int) -> list:
-    """Detections on ``image`` with boxes in the recorded frame's pixels, rounded as on the wire."""
-    dets = detector.detect(image)
-    sx, sy = width / image.shape[1], height / image.shape[0]
-    out = []
-    for i in range(len(dets)):
-        x1, y1, x2, y2 = (float(v) for v in dets.xyxy[i])
-        out.append(
-            {
-                "label": dets.labels[i],
-                "class_id": int(dets.class_id[i]),
-                "score": round(float(dets.score[i]), 6),
-                "xyxy": [
-                    round(x1 * sx, 2),
-                    round(y1 * sy, 2),
-                    round(x2 * sx, 2),
-                    round(y2 * sy, 2),
-                ],
-            }
-        )
-    return out
+def _detections_out(
+    detector: Detector, image: np.ndarray, *, width: int, height: int
+) -> list[DetectionOut]:
+    """Detections on ``image`` with boxes in the recorded frame's pixels, in the wire form."""
+    found = detector.detect(image)
+    return found.scaled(width / image.shape[1], height / image.shape[0]).to_wire()
 
 
-def _threat_keys(rules: RuleSet, camera: str, detections: list[dict[str, Any]]) -> list[str]:
-    from agent.detect import Detections
-
-    dets = Detections(
-        xyxy=np.array([d["xyxy"] for d in detections], np.float32).reshape(-1, 4),
-        score=np.array([d["score"] for d in detections], np.float32),
-        class_id=np.array([d["class_id"] for d in detections], np.int64),
-        labels=tuple(d["label"] for d in detections),
-    )
+def _threat_keys(rules: RuleSet, camera: str, detections: list[DetectionOut]) -> list[str]:
+    dets = Detections.from_wire(detections)
     return sorted(
-        f"{t.rule}/{t.severity}/{detections[t.index]['label']}" for t in rules.apply(camera, dets)
+        f"{t.rule}/{t.severity}/{detections[t.index].label}" for t in rules.apply(camera, dets)
     )
 
 
@@ -307,8 +264,6 @@ def reproduce_event(
     providers: list[str] | None = None,
 ) -> EventReport:
     """Re-run the recorded model and rules on every frame of one event and compare."""
-    from agent.detect import Detector
-
     event = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
     if event is None:
         raise ReproduceError(f"event {event_id} not found")
@@ -334,7 +289,7 @@ def reproduce_event(
             frame_sha256=row["frame_sha256"],
         )
         results.append(res)
-        recorded = json.loads(row["detections_json"])
+        recorded = [DetectionOut.model_validate(d) for d in json.loads(row["detections_json"])]
         res.recorded = len(recorded)
         res.threats_recorded = sorted(
             f"{t['rule']}/{t['severity']}/{t['label']}"

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import CameraConfig, ValidateConfig  # noqa: E402
-from agent.detect import Detections, Detector, load_manifest  # noqa: E402
 from agent.engine import Admitted, Camera, DetectionEngine  # noqa: E402
-from agent.rules import load_rules  # noqa: E402
 from demo.footage import WIDTH, scene  # noqa: E402
+from modelrt import Detections, Detector, load_manifest  # noqa: E402
+from modelrt.rules import load_rules  # noqa: E402
 
 
 def write_stills(folder: Path, frames: int) -> list[Path]:

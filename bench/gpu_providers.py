@@ -26,9 +26,9 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.detect import Detector, DetectorError, load_manifest  # noqa: E402
-from agent.detect.manifest import ModelFile  # noqa: E402
 from demo.footage import sample_still  # noqa: E402
+from modelrt import Detector, DetectorError, load_manifest  # noqa: E402
+from modelrt.manifest import ModelFile  # noqa: E402
 
 CONFIGS = {
     "cpu": ["CPUExecutionProvider"],

@@ -18,10 +18,10 @@ from pydantic_core import PydanticUndefined
 
 from agent.cli import main as secagent_cli
 from agent.config import AgentConfig
-from agent.detect.manifest import ModelManifest
-from agent.rules import RulesFile
 from aggregator.cli import main as secagg_cli
 from aggregator.config import AggregatorConfig
+from modelrt.manifest import ModelManifest
+from modelrt.rules import RulesFile
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DOC = ROOT / "docs" / "configuration.md"

@@ -46,6 +46,6 @@ def clip_path() -> Path:
 @pytest.fixture(scope="session")
 def sample_detector():  # type: ignore[no-untyped-def]
     """The real sample model in a real ONNX Runtime session (loaded once)."""
-    from agent.detect import Detector, load_manifest
+    from modelrt import Detector, load_manifest
 
     return Detector(load_manifest(MODEL_MANIFEST), providers=["CPUExecutionProvider"])

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from agent.config import load_agent_config
-from agent.detect import ManifestError, load_manifest
-from agent.rules import RulesError, load_rules
 from aggregator.config import load_aggregator_config
+from appcommon.configfile import ConfigError
+from modelrt import ManifestError, load_manifest
+from modelrt.rules import RulesError, load_rules
 from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, ROOT
-from wire.configfile import ConfigError
 
 BIN = Path(sys.executable).parent
 EXAMPLES = sorted([*(ROOT / "config").glob("*.yaml"), *(ROOT / "config").glob("*.yml")])

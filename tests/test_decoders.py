@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from agent.detect import DECODERS, DecodeError, Detector, DetectorError, load_manifest
-from agent.detect.decoders import nms_per_class
-from agent.detect.detector import Letterbox, labels_from_metadata, letterbox
 from demo.footage import sample_still
+from modelrt import DECODERS, DecodeError, Detector, DetectorError, load_manifest
+from modelrt.decoders import nms_per_class
+from modelrt.detector import Letterbox, labels_from_metadata, letterbox
 from tests.tiny_models import constant_model
 
 SUPPORTED = "supported layouts: yolov8 (1, 4+C, N), yolov5 (1, N, 5+C), end2end (1, K, 6)"

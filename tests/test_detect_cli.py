@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import pytest
 
-from agent.detect import load_manifest
 from demo.footage import sample_still
+from modelrt import load_manifest
 from tests.conftest import MODEL_MANIFEST
 
 SECAGENT = Path(sys.executable).parent / "secagent"

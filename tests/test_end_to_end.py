@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.detect import load_manifest
 from aggregator import plots, store
 from demo.broker import Mosquitto, free_port
+from modelrt import load_manifest
 from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, wait_for
 from tests.helpers import (
     BIN,

@@ -16,11 +16,11 @@ import yaml
 
 from agent.capture import Frame
 from agent.config import CameraConfig, ValidateConfig
-from agent.detect import Detections, Detector, load_manifest
 from agent.engine import Admitted, Camera, DetectionEngine, FrameQueues
 from agent.pipeline import build_agent
 from demo.broker import Mosquitto, free_port
 from demo.footage import sample_still
+from modelrt import Detections, Detector, load_manifest
 from tests.conftest import wait_for
 from tests.helpers import write_agent_config
 from tests.tiny_models import shifting_model

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.detect import Detector, DetectorError, load_manifest, manifest_for_onnx
-from agent.detect.recognise import (
+from modelrt import Detector, DetectorError, load_manifest, manifest_for_onnx
+from modelrt.recognise import (
     LabelError,
     LayoutError,
     MetadataHints,

@@ -12,9 +12,9 @@ import cv2
 import httpx
 import pytest
 
-from agent.detect import load_manifest
 from demo.broker import Mosquitto
 from demo.footage import sample_still
+from modelrt import load_manifest
 from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, wait_for
 from tests.helpers import (
     BIN,

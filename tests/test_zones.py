@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.detect import Detections
-from agent.rules import RulesError, foot_points, load_rules
+from modelrt import Detections
+from modelrt.rules import RulesError, foot_points, load_rules
 from tests.conftest import MODEL_MANIFEST
 from tests.helpers import BIN
 

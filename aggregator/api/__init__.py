@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from aggregator.api.routes import agents, events, health, notifications, plots, provenance, threats
 from aggregator.config import AggregatorConfig, get_settings
-from wire.version import code_version
+from appcommon.version import code_version
 
 
 def create_app(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aggregator import events
 from aggregator.config import AggregatorConfig, SmtpNotifier
-from wire.version import code_version
+from appcommon.version import code_version
 
 SCHEMA_NOTIFICATION = "secagent.notification/1"
 _KIND_SUFFIX = {"new": "", "update": " (severity rose)", "repeat": " (still going on)"}

@@ -23,7 +23,7 @@ import sqlite3
 
 from aggregator.config import AggregatorConfig, SmtpNotifier, WebhookNotifier
 from aggregator.events import EventChange
-from wire.version import code_version
+from appcommon.version import code_version
 
 log = logging.getLogger(__name__)
 

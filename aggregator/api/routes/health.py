@@ -5,7 +5,7 @@ from fastapi import APIRouter, Request
 from aggregator import store
 from aggregator.api.deps import Db
 from aggregator.api.schemas import Health
-from wire.version import code_version
+from appcommon.version import code_version
 
 router = APIRouter(tags=["health"])
 

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse
 from aggregator import plots, store
 from aggregator.api.deps import Db, Settings
 from aggregator.api.schemas import PlotPublic
-from wire.version import code_version
+from appcommon.version import code_version
 
 router = APIRouter(tags=["plots"])
 

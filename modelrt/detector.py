@@ -1,6 +1,6 @@
 """The ONNX Runtime session: letterbox preprocessing, (batched) inference, decoding, boxes back to
 frame pixels. The layout, input size, input dtype, batch dimension and class names come from the
-manifest where it says so, else from the model itself (see :mod:`agent.detect.recognise`).
+manifest where it says so, else from the model itself (see :mod:`modelrt.recognise`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from agent.detect.decoders import DECODERS, DecodeError
-from agent.detect.detections import Detections
-from agent.detect.manifest import InputSize, ManifestError, ModelManifest, file_sha256
-from agent.detect.recognise import (
+from modelrt.decoders import DECODERS, DecodeError
+from modelrt.detections import Detections
+from modelrt.manifest import InputSize, ManifestError, ModelManifest, file_sha256
+from modelrt.recognise import (
     SUPPORTED_LAYOUTS,
     LabelError,
     LayoutError,

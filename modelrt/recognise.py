@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from agent.detect.manifest import LAYOUTS
+from modelrt.manifest import LAYOUTS
 
 
 class LayoutError(ValueError):

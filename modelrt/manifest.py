@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from wire.configfile import ConfigError, load_yaml_model, resolve_path
+from appcommon.configfile import ConfigError, load_yaml_model, resolve_path
 
 LAYOUTS = ("yolov8", "yolov5", "end2end")
 """The output layouts a decoder exists for (``auto`` picks one of them at load)."""

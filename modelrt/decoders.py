@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agent.detect.detections import Detections
+from modelrt.detections import Detections
 
 
 class DecodeError(ValueError):

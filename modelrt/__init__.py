@@ -1,9 +1,9 @@
 """Object detection with ONNX Runtime: manifests, preprocessing, output decoders, the session."""
 
-from agent.detect.decoders import DECODERS, DecodeError
-from agent.detect.detections import Detections
-from agent.detect.detector import Detector, DetectorError
-from agent.detect.manifest import (
+from modelrt.decoders import DECODERS, DecodeError
+from modelrt.detections import Detections
+from modelrt.detector import Detector, DetectorError
+from modelrt.manifest import (
     ManifestError,
     ModelManifest,
     load_manifest,

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.detect.detections import Detections
-from wire.configfile import ConfigError, load_yaml_model
+from appcommon.configfile import ConfigError, load_yaml_model
+from modelrt.detections import Detections
 
 
 class RulesError(ConfigError):
