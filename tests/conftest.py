@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
+from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from demo.footage import sample_clip
-
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_MANIFEST = ROOT / "models" / "fall-detection-yolov8.yaml"
-DEFAULT_RULES = ROOT / "rules" / "default.yaml"
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], *, timeout_s: float = 30.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)  # poll interval of a deadline wait, not a synchronisation
+from tests.support import MODEL_MANIFEST, ROOT, wait_for
+from tests.support.ingest import Harness, ingest_config
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +33,18 @@ def sample_detector():  # type: ignore[no-untyped-def]
     from modelrt import Detector, load_manifest
 
     return Detector(load_manifest(MODEL_MANIFEST), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def harness(broker: Mosquitto, tmp_path: Path) -> Iterator[Harness]:
+    config = ingest_config(broker, tmp_path)
+    ingest = Ingest(config)
+    ingest.start()
+    wait_for(ingest.connected.is_set, what="ingest connected")
+    h = Harness(ingest, broker, config.store.path)
+    try:
+        yield h
+    finally:
+        h.pub.loop_stop()
+        h.pub.disconnect()
+        ingest.stop()

@@ -18,7 +18,7 @@ from demo.footage import sample_still
 from modelrt import DECODERS, DecodeError, Detector, DetectorError, load_manifest
 from modelrt.decoders import nms_per_class
 from modelrt.detector import Letterbox, labels_from_metadata, letterbox
-from tests.tiny_models import constant_model
+from tests.support.models import constant_model
 
 SUPPORTED = "supported layouts: yolov8 (1, 4+C, N), yolov5 (1, N, 5+C), end2end (1, K, 6)"
 

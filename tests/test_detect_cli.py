@@ -17,7 +17,7 @@ import pytest
 
 from demo.footage import sample_still
 from modelrt import load_manifest
-from tests.conftest import MODEL_MANIFEST
+from tests.support import MODEL_MANIFEST
 
 SECAGENT = Path(sys.executable).parent / "secagent"
 
@@ -193,7 +193,7 @@ def test_without_images_it_prints_what_it_recognised_in_the_model() -> None:
 def test_a_bare_onnx_file_with_a_labels_file(tmp_path: Path, stills: dict[str, Path]) -> None:
     import numpy as np
 
-    from tests.tiny_models import constant_model
+    from tests.support.models import constant_model
 
     # YOLOv5 layout, 10 anchors, one box at the centre of the 640x640 input, class 1
     rows = np.zeros((1, 10, 7), np.float32)
@@ -213,7 +213,7 @@ def test_a_bare_onnx_file_with_a_labels_file(tmp_path: Path, stills: dict[str, P
 def test_a_model_of_no_known_layout_is_refused(tmp_path: Path) -> None:
     import numpy as np
 
-    from tests.tiny_models import constant_model
+    from tests.support.models import constant_model
 
     model = constant_model(tmp_path / "odd.onnx", np.zeros((1, 8400, 4), np.float32))
     labels = tmp_path / "labels.txt"

@@ -14,15 +14,15 @@ import pytest
 from aggregator import plots, store
 from demo.broker import Mosquitto, free_port
 from modelrt import load_manifest
-from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, wait_for
-from tests.helpers import (
+from tests.support import DEFAULT_RULES, MODEL_MANIFEST, wait_for
+from tests.support.processes import (
     BIN,
     run_agent_to_completion,
     running_aggregator,
     write_agent_config,
     write_aggregator_config,
 )
-from tests.notify_servers import SmtpServer
+from tests.support.servers import SmtpServer
 
 CUTOFF_S = 10
 

@@ -21,9 +21,9 @@ from agent.pipeline import build_agent
 from demo.broker import Mosquitto, free_port
 from demo.footage import sample_still
 from modelrt import Detections, Detector, load_manifest
-from tests.conftest import wait_for
-from tests.helpers import write_agent_config
-from tests.tiny_models import shifting_model
+from tests.support import wait_for
+from tests.support.models import shifting_model
+from tests.support.processes import write_agent_config
 
 ROWS = np.asarray([[10, 10, 20, 30, 0.9, 0]], np.float32)  # end2end; x moves 100 px x grey/255
 

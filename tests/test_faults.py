@@ -20,8 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.synthetic import serial_of
 from demo.broker import Mosquitto
-from tests.conftest import wait_for
-from tests.helpers import (
+from tests.support import wait_for
+from tests.support.processes import (
     AggregatorProcess,
     finish,
     start_test_threats,

@@ -4,97 +4,13 @@ refused, counted by reason, and never stop the service."""
 from __future__ import annotations
 
 import json
-import sqlite3
-import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from aggregator import store
-from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
-from tests.conftest import wait_for
-from tests.helpers import ingest_config, subscribe_json
-
-SHA = "ab" * 32
-T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
-
-
-def threat_payload(
-    *,
-    agent_id: str = "cam-host",
-    camera: str = "yard",
-    at_s: float = 0.0,
-    message_id: str | None = None,
-    severity: str = "high",
-    score: float = 0.8,
-) -> dict:
-    """A valid secagent.threat/1 payload as an agent would send it."""
-    box = {"label": "person", "class_id": 0, "score": score, "xyxy": [10.0, 20.0, 110.0, 220.0]}
-    return {
-        "schema": "secagent.threat/1",
-        "message_id": message_id or uuid.uuid4().hex,
-        "agent_id": agent_id,
-        "camera": camera,
-        "lineage_id": uuid.uuid4().hex,
-        "frame": {
-            "frame_id": uuid.uuid4().hex,
-            "sha256": SHA,
-            "kind": "file",
-            "source": "/incoming/x.jpg",
-            "captured_at": (T0 + timedelta(seconds=at_s)).isoformat(),
-            "width": 1280,
-            "height": 720,
-        },
-        "detections": [box],
-        "threats": [{**box, "rule": "person_on_premises", "severity": severity}],
-        "versions": {
-            "code": "test",
-            "model_sha256": SHA,
-            "rules_sha256": SHA,
-            "config_sha256": SHA,
-        },
-        "sent_at": T0.isoformat(),
-    }
-
-
-class Harness:
-    def __init__(self, ingest: Ingest, broker: Mosquitto, db_path: Path) -> None:
-        self.ingest = ingest
-        self.db_path = db_path
-        self.pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-        self.pub.connect(broker.host, broker.port)
-        self.pub.loop_start()
-
-    def send(self, payload: bytes | dict, *, topic: str = "secagent/v1/cam-host/threats") -> None:
-        raw = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        self.pub.publish(topic, raw, qos=1).wait_for_publish(10)
-
-    def rows(self, sql: str) -> list[sqlite3.Row]:
-        conn = store.connect(self.db_path, readonly=True)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-
-
-@pytest.fixture
-def harness(broker: Mosquitto, tmp_path: Path) -> Iterator[Harness]:
-    config = ingest_config(broker, tmp_path)
-    ingest = Ingest(config)
-    ingest.start()
-    wait_for(ingest.connected.is_set, what="ingest connected")
-    h = Harness(ingest, broker, config.store.path)
-    try:
-        yield h
-    finally:
-        h.pub.loop_stop()
-        h.pub.disconnect()
-        ingest.stop()
+from tests.support import wait_for
+from tests.support.ingest import SHA, T0, Harness, subscribe_json, threat_payload
 
 
 def test_a_threat_is_stored_with_its_provenance(harness: Harness) -> None:

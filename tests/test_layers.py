@@ -68,3 +68,16 @@ def test_installed_packages_are_the_layers_and_nothing_generic() -> None:
     assert sorted(name.rstrip("*") for name in include) == sorted(ALLOWED)
     scripts = project["project"]["scripts"]
     assert scripts == {"secagent": "agent.cli:main", "secagg": "aggregator.cli:main"}
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support/; test modules and conftest import only from there."""
+    wrong: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                module = node.module
+                if module.startswith("tests.") and not module.startswith("tests.support"):
+                    wrong.setdefault(str(path.relative_to(ROOT)), []).append(module)
+    assert not wrong, f"test modules import other test modules: {wrong}"

@@ -19,7 +19,7 @@ from modelrt.recognise import (
     recognise_layout,
     resolve_labels,
 )
-from tests.tiny_models import constant_model, shifting_model
+from tests.support.models import constant_model, shifting_model
 
 # One person box, in every layout: model-input xyxy (270, 290, 370, 350), class 1, score 0.9.
 # YOLO outputs have many anchors; the other 9 here score nothing.

@@ -22,10 +22,9 @@ from aggregator.config import AggregatorConfig
 from aggregator.ingest import Ingest
 from aggregator.notify import notification_content_sha256
 from demo.broker import Mosquitto, free_port
-from tests.conftest import wait_for
-from tests.helpers import ingest_config, subscribe_json
-from tests.notify_servers import SmtpServer, WebhookServer
-from tests.test_ingest import T0, Harness, threat_payload
+from tests.support import wait_for
+from tests.support.ingest import T0, Harness, ingest_config, subscribe_json, threat_payload
+from tests.support.servers import SmtpServer, WebhookServer
 
 JPEG = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
 

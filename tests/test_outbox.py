@@ -12,7 +12,7 @@ from agent.config import MqttConfig
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from demo.broker import Mosquitto
-from tests.conftest import wait_for
+from tests.support import wait_for
 from wire.payloads import ReceiptMessage, StatusMessage, dump_payload
 
 

@@ -15,7 +15,7 @@ from aggregator import lineage, plots, store
 from aggregator.api import create_app
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig
-from tests.test_provenance import MODEL_SHA, make_config, payload, store_payloads
+from tests.support.ingest import MODEL_SHA, make_config, payload, store_payloads
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

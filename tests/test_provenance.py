@@ -3,83 +3,37 @@ provenance API, notifications, the backfill of older stores and snapshot retenti
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import sqlite3
 import uuid
 from pathlib import Path
 
-import cv2
 import pytest
 import sqlite_utils
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from aggregator import events, lineage, provenance, records, snapshots, store
+from aggregator import lineage, provenance, records, snapshots, store
 from aggregator.api import create_app
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig, MqttConfig
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
-from demo.footage import sample_still
-from tests.conftest import wait_for
-from tests.test_ingest import SHA, Harness, harness, threat_payload  # noqa: F401
-
-JPEG = cv2.imencode(".jpg", sample_still("person"), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
-JPEG_SHA = hashlib.sha256(JPEG).hexdigest()
-MODEL_SHA, RULES_SHA, CONFIG_SHA = "a1" * 32, "b2" * 32, "c3" * 32
-
-
-def payload(*, at_s: float = 0.0, camera: str = "yard") -> dict:
-    p = threat_payload(at_s=at_s, camera=camera)
-    p["versions"] = {
-        "code": "0.1.0+gtest",
-        "model_sha256": MODEL_SHA,
-        "rules_sha256": RULES_SHA,
-        "config_sha256": CONFIG_SHA,
-    }
-    p["frame"]["sha256"] = JPEG_SHA
-    p["snapshot_jpeg_b64"] = base64.b64encode(JPEG).decode()
-    return p
+from tests.support import wait_for
+from tests.support.ingest import (
+    CONFIG_SHA,
+    JPEG,
+    JPEG_SHA,
+    MODEL_SHA,
+    RULES_SHA,
+    Harness,
+    make_config,
+    payload,
+    read,
+    store_payloads,
+)
 
 
-def store_payloads(config: AggregatorConfig, payloads: list[dict]) -> None:
-    """What the ingest writer does with each message, in one transaction (no broker needed)."""
-    store.migrate(config.store.path)
-    conn = store.connect(config.store.path)
-    try:
-        with store.transaction(conn):
-            for p in payloads:
-                records.record_threat(
-                    conn,
-                    f"secagent/v1/{p['agent_id']}/threats",
-                    json.dumps(p).encode(),
-                    snapshots_dir=config.store.snapshots_dir,
-                    grouping=events.Grouping.from_config(config.events),
-                )
-    finally:
-        conn.close()
-
-
-def make_config(tmp_path: Path) -> AggregatorConfig:
-    return AggregatorConfig.model_validate(
-        {
-            "store": {
-                "path": str(tmp_path / "secagg.sqlite"),
-                "snapshots_dir": str(tmp_path / "snapshots"),
-                "plots_dir": str(tmp_path / "plots"),
-            },
-            "events": {"cutoff_s": 10},
-        }
-    )
-
-
-def read(config: AggregatorConfig) -> sqlite3.Connection:
-    return store.connect(config.store.path, readonly=True)
-
-
-def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None:  # noqa: F811
+def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None:
     sent = [payload(at_s=0), payload(at_s=2)]
     for p in sent:
         harness.send(p)

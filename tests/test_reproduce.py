@@ -15,8 +15,8 @@ import pytest
 from demo.broker import Mosquitto
 from demo.footage import sample_still
 from modelrt import load_manifest
-from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, wait_for
-from tests.helpers import (
+from tests.support import DEFAULT_RULES, MODEL_MANIFEST, wait_for
+from tests.support.processes import (
     BIN,
     run_agent_to_completion,
     running_aggregator,

@@ -20,9 +20,9 @@ from aggregator.broker_config import DeploymentSpec, acl_text, write_broker_conf
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto, free_port
-from tests.conftest import wait_for
-from tests.helpers import BIN
-from tests.test_ingest import threat_payload
+from tests.support import wait_for
+from tests.support.ingest import threat_payload
+from tests.support.processes import BIN
 
 
 @pytest.fixture(scope="module")

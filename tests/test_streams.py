@@ -15,7 +15,7 @@ import pytest
 from agent.capture import Frame
 from agent.streams import StreamSource, redact_url
 from demo.broker import free_port
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 
 def write_clip(path: Path, frames: int = 10) -> Path:

@@ -18,8 +18,8 @@ from aggregator.broker_config import DeploymentSpec, write_broker_config
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto, free_port
-from tests.conftest import wait_for
-from tests.helpers import finish, start_test_threats, write_agent_config
+from tests.support import wait_for
+from tests.support.processes import finish, start_test_threats, write_agent_config
 
 
 def make_certs(folder: Path) -> dict[str, Path]:

@@ -10,8 +10,8 @@ import pytest
 
 from modelrt import Detections
 from modelrt.rules import RulesError, foot_points, load_rules
-from tests.conftest import MODEL_MANIFEST
-from tests.helpers import BIN
+from tests.support import MODEL_MANIFEST
+from tests.support.processes import BIN
 
 # The left half of a 1280x720 view, and a small square bottom right.
 ZONES = {

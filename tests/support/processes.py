@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from aggregator.config import AggregatorConfig
 from demo.broker import Mosquitto, free_port
-from tests.conftest import DEFAULT_RULES, MODEL_MANIFEST, wait_for
+from tests.support import DEFAULT_RULES, MODEL_MANIFEST, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -203,35 +199,3 @@ def finish(proc: subprocess.Popen[str], *, timeout_s: float = 180) -> dict:
     out, err = proc.communicate(timeout=timeout_s)
     assert proc.returncode == 0, f"send-test-threats exited {proc.returncode}:\n{err[-3000:]}"
     return json.loads(out.strip().splitlines()[-1])["summary"]
-
-
-def ingest_config(broker: Mosquitto, work: Path, **sections: dict) -> AggregatorConfig:
-    """An in-process aggregator config: a fresh session on ``broker``, a store under ``work``,
-    events with a 10 s cutoff; ``sections`` are merged over that (e.g. ``notify={...}``)."""
-    doc: dict = {
-        "mqtt": {
-            "host": broker.host,
-            "port": broker.port,
-            "client_id": f"secagg-{uuid.uuid4().hex[:8]}",
-            "session_expiry_s": 0,
-        },
-        "store": {"path": str(work / "secagg.sqlite"), "snapshots_dir": str(work / "snapshots")},
-        "events": {"cutoff_s": 10},
-    }
-    for name, values in sections.items():
-        doc[name] = {**doc.get(name, {}), **values}
-    return AggregatorConfig.model_validate(doc)
-
-
-def subscribe_json(broker: Mosquitto, topic: str) -> tuple[mqtt.Client, list[dict]]:
-    """A subscriber on ``topic`` that decodes each message as JSON; returned once subscribed."""
-    seen: list[dict] = []
-    subscribed: list[int] = []
-    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-    sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.append(mid)
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
-    wait_for(lambda: subscribed, what=f"subscribed to {topic}")
-    return sub, seen
