@@ -81,3 +81,10 @@ def test_no_test_module_imports_another() -> None:
                 if module.startswith("tests.") and not module.startswith("tests.support"):
                     wrong.setdefault(str(path.relative_to(ROOT)), []).append(module)
     assert not wrong, f"test modules import other test modules: {wrong}"
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_each_layer_is_a_regular_package(package: str) -> None:
+    """A folder without ``__init__.py`` is a namespace package that setuptools' find leaves out
+    of the wheel."""
+    assert (ROOT / package / "__init__.py").is_file()
