@@ -243,10 +243,9 @@ def send_test_threats_command(
 
     setup_logging(log_level)
     try:
-        config, sha = load_agent_config(config_path)
+        config, _ = load_agent_config(config_path)
         result = send_test_threats(
             config,
-            config_sha256=sha,
             count=count,
             start=start,
             cameras=cameras,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from appcommon.configfile import ConfigError, load_yaml_model, resolve_path
 from wire.topics import AGENT_ID_PATTERN
 
-__all__ = ["AgentConfig", "ConfigError", "load_agent_config"]
+__all__ = ["AgentConfig", "ConfigError", "in_force", "load_agent_config"]
 
 
 class _Section(BaseModel):
@@ -299,6 +300,28 @@ class AgentConfig(_Section):
         if dupes:
             raise ValueError(f"camera names must be unique, repeated: {', '.join(dupes)}")
         return self
+
+
+def in_force(config: AgentConfig) -> dict[str, Any]:
+    """The config as the agent applies it: every default filled in, paths resolved, and no
+    secret (the MQTT password and credentials in stream URLs are left out). Its canonical JSON's
+    sha256 is the config version recorded on every result; the status message carries it, so
+    ``secagg reproduce`` applies the same camera zones the agent did."""
+    doc = config.model_dump(mode="json", by_alias=True)
+    doc["mqtt"].pop("password", None)
+    for camera in doc["cameras"]:
+        source = camera["source"]
+        if isinstance(source.get("url"), str):
+            source["url"] = redact_url(source["url"])
+    return doc
+
+
+_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``rtsp://user:secret@host/x`` -> ``rtsp://***@host/x``: URLs go into logs and messages."""
+    return _CREDENTIALS.sub(r"\1***@", url)
 
 
 def load_agent_config(path: Path) -> tuple[AgentConfig, str]:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from agent.capture import Frame
-from agent.config import AgentConfig
+from agent.config import AgentConfig, in_force
 from agent.engine import Admitted, Camera, CameraCounters, DetectionEngine
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
@@ -32,6 +32,7 @@ from wire.payloads import (
     ThreatMessage,
     ThreatOut,
     Versions,
+    canonical_sha256,
     dump_payload,
 )
 
@@ -48,8 +49,9 @@ def frame_sha256(frame: Frame, image: np.ndarray) -> str:
 class Agent:
     """Everything one camera host runs (``secagent run``)."""
 
-    def __init__(self, config: AgentConfig, *, config_sha256: str) -> None:
+    def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.config_in_force = in_force(config)
         self.agent_id = config.agent_id
         manifest = load_manifest(config.detect.model)
         self.detector = Detector(
@@ -66,7 +68,7 @@ class Agent:
             code=code_version(),
             model_sha256=self.detector.sha256,
             rules_sha256=self.rules.sha256,
-            config_sha256=config_sha256,
+            config_sha256=canonical_sha256(self.config_in_force),
         )
         self._stop = threading.Event()
         self.cameras = [Camera(c, stop=self._stop) for c in config.cameras]
@@ -109,6 +111,7 @@ class Agent:
                 "outbox_depth": self.outbox.depth(),
                 "outbox_dropped": self.outbox.dropped(),
                 "outbox_oldest_age_s": round(self.outbox.oldest_age_s(), 3),
+                "config": self.config_in_force,
                 "sent_at": datetime.now(UTC),
             }
         )
@@ -298,5 +301,5 @@ def build_agent(config_path: Path) -> Agent:
     """Load the config and everything it names; errors say which file and field is wrong."""
     from agent.config import load_agent_config
 
-    config, sha = load_agent_config(config_path)
-    return Agent(config, config_sha256=sha)
+    config, _ = load_agent_config(config_path)
+    return Agent(config)

@@ -14,13 +14,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, in_force
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from appcommon.version import code_version
 from modelrt.manifest import load_manifest
 from modelrt.rules import load_rules
-from wire.payloads import StatusMessage, ThreatMessage, Versions, dump_payload
+from wire.payloads import StatusMessage, ThreatMessage, Versions, canonical_sha256, dump_payload
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ def synthetic_threat(
 def send_test_threats(
     config: AgentConfig,
     *,
-    config_sha256: str,
     count: int,
     start: int,
     cameras: int,
@@ -70,11 +69,12 @@ def send_test_threats(
 ) -> dict[str, int]:
     """Commit ``count`` numbered threats to the outbox (at ``rate_hz``, 0 = as fast as
     possible), publish everything in the outbox, return once it is drained or the time is up."""
+    config_doc = in_force(config)
     versions = Versions(
         code=code_version(),
         model_sha256=load_manifest(config.detect.model).sha256,
         rules_sha256=load_rules(config.rules).sha256,
-        config_sha256=config_sha256,
+        config_sha256=canonical_sha256(config_doc),
     )
     outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
 
@@ -87,6 +87,7 @@ def send_test_threats(
                 "outbox_depth": outbox.depth(),
                 "outbox_dropped": outbox.dropped(),
                 "outbox_oldest_age_s": outbox.oldest_age_s(),
+                "config": config_doc,
                 "sent_at": datetime.now(UTC),
             }
         )

@@ -7,6 +7,7 @@ is a :class:`PayloadError` with a short machine-readable ``reason`` that receive
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -31,6 +32,8 @@ MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 """Largest payload a receiver parses; a bigger one is rejected as ``oversize``."""
 
 MAX_SNAPSHOT_B64_CHARS = 3 * 1024 * 1024
+MAX_CONFIG_JSON_BYTES = 256 * 1024
+"""Largest agent config (canonical JSON) a status message may carry."""
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256")]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -45,6 +48,17 @@ def _iso_only(value: object) -> object:
 
 WireTime = Annotated[datetime, BeforeValidator(_iso_only)]
 SEVERITY_RANK: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+def canonical_json(value: object) -> bytes:
+    """``value`` as canonical JSON: sorted keys, no spaces, ASCII."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def canonical_sha256(value: object) -> str:
+    """sha256 of the canonical JSON of ``value``: the version of an agent's config in force
+    (``Versions.config_sha256``), which the aggregator can check against the config itself."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
 
 
 class PayloadError(ValueError):
@@ -135,7 +149,22 @@ class StatusMessage(_Wire):
     outbox_depth: int = Field(0, ge=0)
     outbox_dropped: int = Field(0, ge=0, description="messages dropped to keep the bound")
     outbox_oldest_age_s: float = Field(0.0, ge=0, description="age of the oldest unsent message")
+    config: dict[str, Any] | None = Field(
+        None,
+        description="the agent config in force (defaults filled in, secrets left out); its "
+        "canonical JSON's sha256 is versions.config_sha256",
+    )
     sent_at: WireTime
+
+    @model_validator(mode="after")
+    def _config_is_the_versioned_one(self) -> StatusMessage:
+        if self.config is None:
+            return self
+        if len(canonical_json(self.config)) > MAX_CONFIG_JSON_BYTES:
+            raise ValueError(f"config is larger than {MAX_CONFIG_JSON_BYTES} bytes")
+        if self.versions is None or canonical_sha256(self.config) != self.versions.config_sha256:
+            raise ValueError("config does not have the sha256 of versions.config_sha256")
+        return self
 
 
 class EventMessage(_Wire):
