@@ -88,3 +88,20 @@ def test_each_layer_is_a_regular_package(package: str) -> None:
     """A folder without ``__init__.py`` is a namespace package that setuptools' find leaves out
     of the wheel."""
     assert (ROOT / package / "__init__.py").is_file()
+
+
+def test_the_readme_draws_the_same_layers() -> None:
+    """The README's table "Packages and who may import whom" says what ALLOWED enforces."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Packages and who may import whom", 1)[1].split("\n\n", 3)
+    rows = [line for line in "\n\n".join(section[:3]).splitlines() if line.startswith("| `")]
+    drawn: dict[str, set[str]] = {}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        package = cells[0].strip("`/")
+        drawn[package] = (
+            set()
+            if cells[-1] == "nothing of ours"
+            else {name.strip(" `") for name in cells[-1].split(",")}
+        )
+    assert drawn == ALLOWED
