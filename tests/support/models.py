@@ -4,6 +4,8 @@
   the input, so the input is used), in any layout, with any input dtype, size and batch.
 - :func:`shifting_model`: a dynamic-batch model whose boxes move right by 100 px x the mean of
   each batch item's input, so each frame of a batch gets its own, predictable boxes.
+- :func:`dynamic_rows_model`: an end-to-end model whose number of detections is dynamic (declared
+  ``[batch, 'detections', 6]``), chosen by how bright the frames are: none for a black frame.
 """
 
 from __future__ import annotations
@@ -108,3 +110,75 @@ def shifting_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     return _save(model, path, {"names": names} if names else None)
+
+
+def dynamic_rows_model(
+    path: Path,
+    rows: np.ndarray,
+    *,
+    thresholds: tuple[float, ...],
+    width: int = 256,
+    height: int = 256,
+    names: str | None = None,
+    metadata: dict[str, str] | None = None,
+    fixed_batch: int | None = None,
+) -> Path:
+    """An end-to-end model, output declared ``[batch, 'detections', 6]``, whose row count K is
+    known only at run time, as with NMS inside a model.
+
+    ``rows`` (N, 6) are x1, y1, x2, y2, score, class; row i is output when the brightest frame
+    of the batch has a mean input above ``thresholds[i]`` (``Compress``), so an all-black batch
+    (the warm-up frame) gives (B, 0, 6). In a batch, a frame darker than a row's threshold gets
+    that row with score 0, as real end-to-end models pad their rows.
+    """
+    rows = np.asarray(rows, np.float32)
+    limits = np.asarray(thresholds, np.float32)
+    if rows.ndim != 2 or rows.shape[1] != 6 or limits.shape != (rows.shape[0],):
+        raise ValueError(f"rows must be (N, 6) with N thresholds, got {rows.shape}, {limits.shape}")
+    score_column = np.zeros((1, 1, 6), np.float32)
+    score_column[..., 4] = 1.0
+
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant", [], [name], value=numpy_helper.from_array(value, name + "_value")
+        )
+
+    nodes = [
+        const("rows", rows),
+        const("limits", limits),
+        const("score_column", score_column),
+        const("other_columns", 1.0 - score_column),
+        const("shape_b1", np.array([-1, 1], np.int64)),
+        const("axis0", np.array([0], np.int64)),
+        const("axis2", np.array([2], np.int64)),
+        # mean[b] (B, 1) and the brightest frame's mean (a scalar)
+        helper.make_node("ReduceMean", ["images"], ["mean4"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean4", "shape_b1"], ["mean"]),
+        helper.make_node("ReduceMax", ["mean"], ["brightest"], keepdims=0),
+        # the K rows (and their thresholds) the brightest frame passes
+        helper.make_node("Less", ["limits", "brightest"], ["passed"]),
+        helper.make_node("Compress", ["rows", "passed"], ["kept"], axis=0),
+        helper.make_node("Compress", ["limits", "passed"], ["kept_limits"], axis=0),
+        # per frame: 1 where that frame passes the row's threshold, else 0 -> (B, K, 1)
+        helper.make_node("Unsqueeze", ["kept_limits", "axis0"], ["kept_limits_1k"]),
+        helper.make_node("Less", ["kept_limits_1k", "mean"], ["frame_passes"]),
+        helper.make_node("Cast", ["frame_passes"], ["frame_passes01"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["frame_passes01", "axis2"], ["keep_score"]),
+        # scale = keep_score on the score column, 1 elsewhere -> (B, K, 6)
+        helper.make_node("Mul", ["keep_score", "score_column"], ["score_scale"]),
+        helper.make_node("Add", ["score_scale", "other_columns"], ["scale"]),
+        helper.make_node("Unsqueeze", ["kept", "axis0"], ["kept_1k6"]),
+        helper.make_node("Mul", ["kept_1k6", "scale"], ["output0"]),
+    ]
+    batch: int | str = fixed_batch or "batch"
+    graph = helper.make_graph(
+        nodes,
+        "dynamic_rows",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, "detections", 6])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    meta = dict(metadata or {})
+    if names is not None:
+        meta["names"] = names
+    return _save(model, path, meta)
