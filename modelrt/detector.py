@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from modelrt.decoders import DECODERS, DecodeError
 from modelrt.detections import Detections
@@ -27,6 +26,7 @@ from modelrt.recognise import (
     recognise_layout,
     resolve_labels,
 )
+from modelrt.runtime import RuntimeInstallError, load_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,10 @@ class Detector:
                 f"model {manifest.name}: {self.path} has sha256 {self.sha256}, "
                 f"manifest says {manifest.sha256}"
             )
+        try:
+            ort = load_onnxruntime()
+        except RuntimeInstallError as exc:
+            raise DetectorError(f"model {manifest.name}: {exc}") from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
