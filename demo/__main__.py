@@ -56,9 +56,9 @@ def write_configs(
     agg.write_text(
         f"mqtt: {{host: {broker.host}, port: {broker.port}, client_id: secagg-demo}}\n"
         f"store: {{path: secagg.sqlite, snapshots_dir: snapshots}}\n"
-        f"events: {{cutoff_s: {CUTOFF_S}, group_wait_s: {GROUP_WAIT_S}}}\n"
+        f"events: {{cutoff_s: {CUTOFF_S}}}\n"
         f"api: {{host: 127.0.0.1, port: {api_port}}}\n"
-        "notify:\n  notifiers:\n"
+        f"notify:\n  group_wait_s: {GROUP_WAIT_S}\n  notifiers:\n"
         f"    - {{name: guard, type: smtp, host: 127.0.0.1, port: {smtp_port}, "
         "from_addr: secagg@demo.invalid, to: [guard@demo.invalid]}\n"
     )
