@@ -5,6 +5,7 @@ so that ``code_version()`` knows it outside a checkout. Everything else is in py
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -28,12 +29,19 @@ VERSION: str = _version_module().build_version(ROOT)
 
 
 class BuildPyWithVersion(build_py):  # type: ignore[misc]  # setuptools is untyped here
-    """``build_py`` that also writes ``appcommon/_build_info.py`` with :data:`VERSION` (not in
-    editable mode: a checkout reports its live commit)."""
+    """``build_py`` that starts from an empty build folder for our packages and writes
+    ``appcommon/_build_info.py`` with :data:`VERSION` (not in editable mode: a checkout reports
+    its live commit)."""
 
     def run(self) -> None:
+        editable = getattr(self, "editable_mode", False)
+        if not editable:
+            # pip builds in the checkout: drop what an earlier build left in build/lib, so a
+            # module deleted since is not shipped again
+            for package in {name.split(".")[0] for name in self.packages or ()}:
+                shutil.rmtree(Path(self.build_lib) / package, ignore_errors=True)
         super().run()
-        if getattr(self, "editable_mode", False):
+        if editable:
             return
         target = Path(self.build_lib) / "appcommon" / "_build_info.py"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from modelrt.runtime import INSTALL_HINT, runtime_problem
 from tests.support import ROOT
 
 SECAGENT = Path(sys.executable).parent / "secagent"
+STALE = ROOT / "build" / "lib" / "appcommon" / "_removed_module.py"
 
 
 def pip(*args: str | Path) -> None:
@@ -34,6 +35,9 @@ def pip(*args: str | Path) -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built from this checkout, as ``pip wheel`` builds it (setup.py's hook included)."""
     out = tmp_path_factory.mktemp("wheel")
+    # what an earlier build of a module deleted since left in the checkout's build folder
+    STALE.parent.mkdir(parents=True, exist_ok=True)
+    STALE.write_text("LEFT_OVER = True\n")
     pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", out, ROOT)
     (built,) = out.glob("secagent-*.whl")
     return built
@@ -79,6 +83,21 @@ def test_an_installed_wheel_knows_the_commit_it_was_built_from(
     where, version, dist_version = result.stdout.split()
     assert Path(where).is_relative_to(installed)
     assert version == dist_version == live
+
+
+def test_the_wheel_holds_the_tracked_modules_and_the_build_info(wheel: Path) -> None:
+    """Nothing stale from an earlier build (pip builds in the checkout's build/ folder)."""
+    assert not STALE.exists()
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "--", "agent", "aggregator", "modelrt", "appcommon"]
+        + ["wire"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {n for n in zf.namelist() if ".dist-info/" not in n}
+    assert shipped == {*tracked, "appcommon/_build_info.py"}
 
 
 def test_an_editable_checkout_reports_its_live_commit() -> None:
