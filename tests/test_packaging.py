@@ -18,6 +18,7 @@ from modelrt.runtime import INSTALL_HINT, runtime_problem
 from tests.support import ROOT
 
 SECAGENT = Path(sys.executable).parent / "secagent"
+PACKAGES = ("agent", "aggregator", "modelrt", "appcommon", "wire")
 STALE = ROOT / "build" / "lib" / "appcommon" / "_removed_module.py"
 
 
@@ -89,8 +90,7 @@ def test_the_wheel_holds_the_tracked_modules_and_the_build_info(wheel: Path) -> 
     """Nothing stale from an earlier build (pip builds in the checkout's build/ folder)."""
     assert not STALE.exists()
     tracked = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-files", "--", "agent", "aggregator", "modelrt", "appcommon"]
-        + ["wire"],
+        ["git", "-C", str(ROOT), "ls-files", "--", *PACKAGES],
         capture_output=True,
         text=True,
         check=True,
