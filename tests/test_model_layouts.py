@@ -20,7 +20,12 @@ from modelrt.recognise import (
     recognise_layout,
     resolve_labels,
 )
-from tests.support.models import constant_model, dynamic_rows_model, shifting_model
+from tests.support.models import (
+    constant_model,
+    dynamic_rows_model,
+    shifting_model,
+    unranked_model,
+)
 
 # One person box, in every layout: model-input xyxy (270, 290, 370, 350), class 1, score 0.9.
 # YOLO outputs have many anchors; the other 9 here score nothing.
@@ -183,6 +188,17 @@ def test_auto_layout_decodes_the_same_box(
     assert found.labels == ("person",)
     np.testing.assert_allclose(found.xyxy, [[540, 300, 740, 420]], atol=1e-4)
     np.testing.assert_allclose(found.score, [0.9], rtol=1e-6)
+
+
+def test_an_output_of_undeclared_rank_is_recognised_from_the_warm_up_output(
+    tmp_path: Path,
+) -> None:
+    model = unranked_model(tmp_path / "m.onnx", V8, names="{0: 'cat', 1: 'person'}")
+    detector = load(tmp_path, model)
+    assert detector.session.get_outputs()[0].shape == []  # nothing declared
+    assert (detector.layout, detector.num_classes) == ("yolov8", 2)
+    found = detector.detect(np.zeros((640, 640, 3), np.uint8))
+    np.testing.assert_allclose(found.xyxy, [[270, 290, 370, 350]], atol=1e-4)
 
 
 def test_an_unrecognised_layout_is_refused_with_what_was_found(tmp_path: Path) -> None:

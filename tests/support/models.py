@@ -4,6 +4,8 @@
   the input, so the input is used), in any layout, with any input dtype, size and batch.
 - :func:`shifting_model`: a dynamic-batch model whose boxes move right by 100 px x the mean of
   each batch item's input, so each frame of a batch gets its own, predictable boxes.
+- :func:`unranked_model`: a constant output whose rank the graph does not declare (nor can ONNX
+  Runtime infer it).
 - :func:`dynamic_rows_model`: an end-to-end model whose number of detections is dynamic (declared
   ``[batch, 'detections', 6]``), chosen by how bright the frames are: none for a black frame.
 """
@@ -182,3 +184,43 @@ def dynamic_rows_model(
     if names is not None:
         meta["names"] = names
     return _save(model, path, meta)
+
+
+def unranked_model(
+    path: Path, output: np.ndarray, *, width: int = 640, height: int = 640, names: str | None = None
+) -> Path:
+    """An ONNX model whose output is ``output``, reshaped to a shape chosen at run time (it
+    depends on the input), so neither the graph nor ONNX Runtime knows its rank beforehand."""
+    value = np.asarray(output, np.float32)
+
+    def const(name: str, array: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant", [], [name], value=numpy_helper.from_array(array, name + "_value")
+        )
+
+    nodes = [
+        const("flat", value.reshape(-1)),
+        const("dims", np.array(value.shape, np.int64)),
+        const("minus_one", np.array(-1, np.float32)),
+        const("rank", np.array([value.ndim], np.int64)),
+        helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "minus_one"], ["always"]),  # true, but not constant
+        helper.make_node("Expand", ["always", "rank"], ["keep"]),
+        helper.make_node("Compress", ["dims", "keep"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["flat", "shape"], ["output0"]),
+    ]
+    out = onnx.ValueInfoProto()
+    out.name = "output0"
+    out.type.tensor_type.elem_type = TensorProto.FLOAT  # no shape at all
+    graph = helper.make_graph(
+        nodes,
+        "unranked",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
+        [out],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if names is not None:
+        helper.set_model_props(model, {"names": names})
+    onnx.save(model, str(path))  # the checker wants a declared shape: that is the point
+    return path
