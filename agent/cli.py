@@ -27,6 +27,7 @@ from modelrt import (
 )
 from modelrt.frames import still_sha256
 from modelrt.rules import RulesError
+from modelrt.runtime import RuntimeInstallError, load_onnxruntime
 
 log = logging.getLogger("agent")
 
@@ -51,8 +52,9 @@ def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
 
     setup_logging(log_level)
     try:
+        load_onnxruntime()  # exactly one ONNX Runtime, before anything starts
         agent = build_agent(config_path)
-    except (ConfigError, DetectorError, OSError) as exc:
+    except (RuntimeInstallError, ConfigError, DetectorError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -19,7 +19,13 @@ from pydantic import (
 
 from appcommon.configfile import ConfigError, load_yaml_model, resolve_path
 
-__all__ = ["AggregatorConfig", "ConfigError", "get_settings", "load_aggregator_config"]
+__all__ = [
+    "MOVED_SETTINGS",
+    "AggregatorConfig",
+    "ConfigError",
+    "get_settings",
+    "load_aggregator_config",
+]
 
 
 class _Section(BaseModel):
@@ -100,26 +106,6 @@ class EventsConfig(_Section):
         max_length=3,
         description="threats that share these keys group into one event "
         "(agent_id, camera, rule; a camera of a site groups by its site instead)",
-    )
-    group_wait_s: float = Field(
-        0.0,
-        ge=0,
-        le=3600,
-        description="wait this long after an event starts before its first notification, "
-        "so it carries the first burst and its highest severity",
-    )
-    repeat_interval_s: float | None = Field(
-        None,
-        gt=0,
-        le=7 * 86400,
-        description="notify again every this many seconds while an event stays open (null: never)",
-    )
-    cooldown_s: float = Field(
-        0.0,
-        ge=0,
-        le=7 * 86400,
-        description="a new event of a camera starting within this many seconds of the end "
-        "of its last notified event is not notified",
     )
     sites: dict[str, str] = Field(
         default_factory=dict,
@@ -296,6 +282,26 @@ class NotifyConfig(_Section):
         max_length=32,
         description="where notifications go; every event is notified on each of them",
     )
+    group_wait_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="wait this long after an event starts before its first notification, "
+        "so it carries the first burst and its highest severity",
+    )
+    repeat_interval_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="notify again every this many seconds while an event stays open (null: never)",
+    )
+    cooldown_s: float = Field(
+        0.0,
+        ge=0,
+        le=7 * 86400,
+        description="a new event of a camera starting within this many seconds of the end "
+        "of its last notified event is not notified",
+    )
 
     @field_validator("notifiers")
     @classmethod
@@ -334,9 +340,17 @@ class AggregatorConfig(_Section):
     )
 
 
+MOVED_SETTINGS: dict[str, str] = {
+    f"events.{name}": f"notify.{name}"
+    for name in ("group_wait_s", "repeat_interval_s", "cooldown_s")
+}
+"""Settings that moved, old path -> new path: a file that still has one is refused with where it
+went. (Notification timing lives with the code that reads it, ``aggregator/notify/decide.py``.)"""
+
+
 def load_aggregator_config(path: Path) -> tuple[AggregatorConfig, str]:
     """Load and validate an aggregator config file; return it with the file's sha256."""
-    return load_yaml_model(path, AggregatorConfig)
+    return load_yaml_model(path, AggregatorConfig, moved=MOVED_SETTINGS)
 
 
 @functools.cache

@@ -6,6 +6,7 @@ Shared by the agent's and the aggregator's config loaders.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,8 +20,13 @@ class ConfigError(ValueError):
     """A config file is missing, unreadable, not YAML, or fails validation."""
 
 
-def load_yaml_model(path: Path, model: type[M]) -> tuple[M, str]:
-    """Parse ``path`` as ``model``; return it with the sha256 of the file bytes."""
+def load_yaml_model(
+    path: Path, model: type[M], *, moved: Mapping[str, str] | None = None
+) -> tuple[M, str]:
+    """Parse ``path`` as ``model``; return it with the sha256 of the file bytes.
+
+    ``moved``: settings that moved, old path -> new path (``events.x`` -> ``notify.x``); a file
+    that still has one is refused with where it went instead of "not permitted"."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -34,7 +40,8 @@ def load_yaml_model(path: Path, model: type[M]) -> tuple[M, str]:
     try:
         parsed = model.model_validate(doc, context={"base_dir": path.parent.resolve()})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid config:\n{format_errors(exc, doc)}") from exc
+        errors = format_errors(exc, doc, moved=moved)
+        raise ConfigError(f"{path}: invalid config:\n{errors}") from exc
     return parsed, hashlib.sha256(raw).hexdigest()
 
 
@@ -56,9 +63,19 @@ def yaml_path(loc: tuple[int | str, ...], doc: object) -> str:
     return ".".join(parts) or "<root>"
 
 
-def format_errors(exc: ValidationError, doc: object = None) -> str:
-    """One line per error: ``  field.path: reason``."""
-    return "\n".join(f"  {yaml_path(tuple(err['loc']), doc)}: {err['msg']}" for err in exc.errors())
+def format_errors(
+    exc: ValidationError, doc: object = None, *, moved: Mapping[str, str] | None = None
+) -> str:
+    """One line per error: ``  field.path: reason``; a key that is not permitted because it
+    moved (``moved``: old path -> new path) says ``moved to new.path``."""
+    lines = []
+    for err in exc.errors():
+        where = yaml_path(tuple(err["loc"]), doc)
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden" and moved and where in moved:
+            reason = f"moved to {moved[where]}"
+        lines.append(f"  {where}: {reason}")
+    return "\n".join(lines)
 
 
 def resolve_path(value: Path, base_dir: Path | None) -> Path:

@@ -2,7 +2,8 @@
 ``auto`` (TensorRT -> CUDA -> CPU), through secagent's Detector and through ONNX Runtime alone.
 
 Run on any host: providers that are not installed are reported as such. On a GPU host install
-``onnxruntime-gpu`` instead of ``onnxruntime`` first (see README, "GPU hosts").
+the ``gpu`` extra (``onnxruntime-gpu``) instead of ``cpu`` first (``make setup ORT=gpu``; see
+README, "GPU hosts").
 
     python bench/gpu_providers.py [--model-file PATH] [--runs 100]
 

@@ -28,6 +28,8 @@ from demo.mailbox import Mailbox
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFF_S = 10
 GROUP_WAIT_S = 5  # the first email of an event waits this long and sums up the burst
+MARKER = ".secagent-demo"
+"""A file in every work folder the demo made: only such a folder is emptied by the next run."""
 T = TypeVar("T")
 
 
@@ -54,9 +56,9 @@ def write_configs(
     agg.write_text(
         f"mqtt: {{host: {broker.host}, port: {broker.port}, client_id: secagg-demo}}\n"
         f"store: {{path: secagg.sqlite, snapshots_dir: snapshots}}\n"
-        f"events: {{cutoff_s: {CUTOFF_S}, group_wait_s: {GROUP_WAIT_S}}}\n"
+        f"events: {{cutoff_s: {CUTOFF_S}}}\n"
         f"api: {{host: 127.0.0.1, port: {api_port}}}\n"
-        "notify:\n  notifiers:\n"
+        f"notify:\n  group_wait_s: {GROUP_WAIT_S}\n  notifiers:\n"
         f"    - {{name: guard, type: smtp, host: 127.0.0.1, port: {smtp_port}, "
         "from_addr: secagg@demo.invalid, to: [guard@demo.invalid]}\n"
     )
@@ -74,21 +76,54 @@ def write_configs(
     return agg, agent
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
-    parser.add_argument("--serve", action="store_true", help="keep the API up until Ctrl-C")
-    parser.add_argument("--workdir", type=Path, default=ROOT / "var/demo")
-    args = parser.parse_args()
-    work: Path = args.workdir
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    bindir = Path(sys.executable).parent
+def shown(path: Path) -> str:
+    """``path`` relative to the checkout when it lies inside it, else as it is."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
+
+def fresh_workdir(work: Path) -> Path:
+    """Empty ``work`` (absolute from here on) for a new run. Only a folder an earlier demo made
+    (it holds :data:`MARKER`), one under the checkout's ``var/``, or an empty one is emptied:
+    ``--workdir ~`` must not wipe a home folder."""
+    work = work.expanduser().resolve()
+    if work.exists() and not work.is_dir():
+        raise SystemExit(f"demo: --workdir {work} is not a folder")
+    if work.is_dir() and any(work.iterdir()):
+        if not (work / MARKER).is_file() and not work.is_relative_to(ROOT / "var"):
+            raise SystemExit(
+                f"demo: --workdir {work} is not empty and no demo made it; "
+                "give an empty or new folder"
+            )
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text("made by python -m demo; emptied by its next run\n")
+    return work
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    """Step 1: the sample clip (cached in the checkout) and the door's stills under ``work``."""
     say("[1/5] sample footage: compositing the clip from photos shipped by installed packages")
     clip = sample_clip(ROOT / "var/cache")
     door = work / "incoming/door"
     expected = write_door_stills(door)
-    say(f"      clip {clip.relative_to(ROOT)}; {len(expected)} stills in {door.relative_to(ROOT)}")
+    say(f"      clip {shown(clip)}; {len(expected)} stills in {shown(door)}")
+    return clip, door
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
+    parser.add_argument("--serve", action="store_true", help="keep the API up until Ctrl-C")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=ROOT / "var/demo",
+        help="folder for the run's databases, logs and mail (emptied first; default var/demo)",
+    )
+    args = parser.parse_args()
+    work = fresh_workdir(args.workdir)
+    bindir = Path(sys.executable).parent
+
+    clip, door = prepare(work)
 
     say("[2/5] starting a private Mosquitto")
     broker = Mosquitto(work / "broker").start()

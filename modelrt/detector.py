@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from modelrt.decoders import DECODERS, DecodeError
 from modelrt.detections import Detections
 from modelrt.manifest import InputSize, ManifestError, ModelManifest, file_sha256
 from modelrt.recognise import (
     SUPPORTED_LAYOUTS,
+    Dim,
     LabelError,
     LayoutError,
     MetadataHints,
@@ -26,6 +26,7 @@ from modelrt.recognise import (
     recognise_layout,
     resolve_labels,
 )
+from modelrt.runtime import RuntimeInstallError, load_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,10 @@ class Detector:
                 f"model {manifest.name}: {self.path} has sha256 {self.sha256}, "
                 f"manifest says {manifest.sha256}"
             )
+        try:
+            ort = load_onnxruntime()
+        except RuntimeInstallError as exc:
+            raise DetectorError(f"model {manifest.name}: {exc}") from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
@@ -218,16 +223,27 @@ class Detector:
             f"outputs found: {outputs}; {SUPPORTED_LAYOUTS}"
         )
 
+    def _output_shape(self, warm_up_output: np.ndarray) -> tuple[Dim, ...]:
+        """The first output's shape as the graph declares it, open dimensions as names or None.
+        Only a graph that declares no shape at all falls back to the warm-up output's shape, an
+        empty dimension in it counted as open."""
+        declared = tuple(self.session.get_outputs()[0].shape or ())
+        if declared:
+            return declared
+        return tuple(int(d) if d > 0 else None for d in warm_up_output.shape)
+
     def _warm_up_and_check_layout(self, hints: MetadataHints) -> None:
-        """One inference on a blank frame: it warms the session up, and its real output shape
-        decides (``auto``) or checks the layout. A model that fits no layout is refused here."""
+        """One inference on a blank frame warms the session up. Then the layout is recognised
+        (``auto``) or checked from the output shape the graph declares, and the warm-up output
+        must decode. What the blank frame happens to produce (no rows at all, for a model with
+        NMS inside) never decides the layout. A model that fits no layout is refused here."""
         blank = np.zeros((self.input_size.height, self.input_size.width, 3), np.uint8)
         tensor, lb = self.preprocess(blank)
         try:
             output = self.infer(tensor)
         except DetectorError as exc:
             raise DetectorError(f"model {self.manifest.name}: warm-up failed: {exc}") from exc
-        shape = tuple(int(d) for d in output.shape)
+        shape = self._output_shape(output)
         named = hints.names if self.manifest.labels_file is None else None
         full = self.manifest.read_labels_file() or named
         known_classes = max(full) + 1 if full else None
@@ -240,7 +256,7 @@ class Detector:
                 raise self._layout_error("auto", str(exc)) from exc
         else:
             self.layout = self.manifest.layout
-        declared = classes_in_output(self.layout, shape) if len(shape) == 3 else None
+        declared = classes_in_output(self.layout, shape)
         if declared is not None and declared < 1:
             raise self._layout_error(self.layout, f"output shape {shape} leaves no class scores")
         self.num_classes = declared or max(self.labels) + 1

@@ -1,14 +1,20 @@
 """What a model is, read from its graph and metadata: the output layout, the input size and the
 class names. Pure functions of shapes and strings, so each rule is tested with known values.
 
-Layout rules for the first output, shape ``(B, d1, d2)``:
+Layout rules for the first output, shape ``(B, d1, d2)`` as the graph **declares** it, so the
+result never depends on what an inference happens to return (an end-to-end model returns no rows
+at all for an empty frame). A dimension the graph leaves open (a symbolic name such as
+``'batch'`` or ``'detections'``, or None) is unknown; it can only ever be a batch or a row count:
 
 - ``end2end`` ``(B, K, 6)``: rows x1, y1, x2, y2, score, class. Chosen when the Ultralytics
   metadata says ``end2end`` or ``nms=True``, or when ``d2 == 6`` and the model does not have
   exactly one class (a one-class YOLOv5 output is ``(B, N, 6)`` too: that case is refused as
   ambiguous unless the metadata or the manifest decides).
-- ``yolov8`` ``(B, 4 + C, N)``: fewer rows than anchors (``d1 < d2``), ``C = d1 - 4``.
-- ``yolov5`` ``(B, N, 5 + C)``: more anchors than columns (``d1 > d2``), ``C = d2 - 5``.
+- ``yolov8`` ``(B, 4 + C, N)``: fewer rows than anchors (``d1 < d2``), ``C = d1 - 4``; ``d1``
+  must be known, an unknown ``N`` counts as many.
+- ``yolov5`` ``(B, N, 5 + C)``: more anchors than columns (``d1 > d2``), ``C = d2 - 5``; ``d2``
+  must be known, an unknown ``N`` counts as many.
+- ``end2end`` needs ``d2 == 6`` known; ``K`` may be unknown (a dynamic number of detections).
 
 When the class names are known (metadata or labels file), the class count must match too.
 """
@@ -78,19 +84,35 @@ class MetadataHints:
 
 SUPPORTED_LAYOUTS = "supported layouts: yolov8 (1, 4+C, N), yolov5 (1, N, 5+C), end2end (1, K, 6)"
 
+Dim = int | str | None
+"""One dimension of a declared shape: a size, or a symbolic name / None when the graph leaves it
+open (ONNX Runtime's ``NodeArg.shape`` gives exactly these)."""
+
+
+def known(dim: Dim) -> int | None:
+    """The size of a declared dimension, or None when it is open."""
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
+
+
+def _fewer(small: int | None, large: int | None) -> bool:
+    """``small < large``, where an open ``large`` (a row or anchor count) counts as many."""
+    return small is not None and (large is None or small < large)
+
 
 def recognise_layout(
-    shape: tuple[int, ...], *, num_classes: int | None, end2end: bool | None = None
+    shape: tuple[Dim, ...], *, num_classes: int | None, end2end: bool | None = None
 ) -> str:
-    """The layout of an output of ``shape``; ``num_classes`` when the class names are known.
+    """The layout of an output whose declared shape is ``shape``; ``num_classes`` when the class
+    names are known.
 
     ``end2end`` is the metadata's word on NMS inside the model (None when it says nothing).
     Without a class count, a YOLOv8 output has fewer rows than anchors and a YOLOv5 output
-    more anchors than columns.
+    more anchors than columns. Open dimensions are row or anchor counts (see the module doc).
     """
-    if len(shape) != 3 or min(shape) < 1:
+    sizes = [known(d) for d in shape]
+    if len(shape) != 3 or any(s is not None and s < 1 for s in sizes):
         raise LayoutError(f"output shape {shape} is not (batch, rows, columns)")
-    _, d1, d2 = shape
+    _, d1, d2 = sizes
     if end2end:
         if d2 != 6:
             raise LayoutError(
@@ -101,9 +123,17 @@ def recognise_layout(
     candidates = []
     if d2 == 6 and end2end is None:
         candidates.append("end2end")
-    if d1 > 4 and (d1 - 4 == num_classes if num_classes is not None else d1 < d2):
+    if (
+        d1 is not None
+        and d1 > 4
+        and (d1 - 4 == num_classes if num_classes is not None else _fewer(d1, d2))
+    ):
         candidates.append("yolov8")
-    if d2 > 5 and (d2 - 5 == num_classes if num_classes is not None else d1 > d2):
+    if (
+        d2 is not None
+        and d2 > 5
+        and (d2 - 5 == num_classes if num_classes is not None else _fewer(d2, d1))
+    ):
         candidates.append("yolov5")
     if len(candidates) == 1:
         return candidates[0]
@@ -117,12 +147,17 @@ def recognise_layout(
     )
 
 
-def classes_in_output(layout: str, shape: tuple[int, ...]) -> int | None:
-    """The class count an output of ``shape`` declares in ``layout`` (None for end2end)."""
+def classes_in_output(layout: str, shape: tuple[Dim, ...]) -> int | None:
+    """The class count a declared output ``shape`` gives in ``layout`` (None for end2end, or
+    when that dimension is open or the shape is not 3-D)."""
+    if len(shape) != 3:
+        return None
     if layout == "yolov8":
-        return shape[1] - 4
+        columns = known(shape[1])
+        return None if columns is None else columns - 4
     if layout == "yolov5":
-        return shape[2] - 5
+        columns = known(shape[2])
+        return None if columns is None else columns - 5
     return None
 
 
@@ -161,10 +196,12 @@ def resolve_labels(
 __all__ = [
     "LAYOUTS",
     "SUPPORTED_LAYOUTS",
+    "Dim",
     "LabelError",
     "LayoutError",
     "MetadataHints",
     "classes_in_output",
+    "known",
     "labels_from_metadata",
     "recognise_layout",
     "resolve_labels",

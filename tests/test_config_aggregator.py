@@ -43,6 +43,16 @@ def test_aggregator_config_loads_with_defaults_and_relative_paths(tmp_path: Path
     assert config.api.port == 8080
 
 
+def test_notification_timing_is_set_under_notify(tmp_path: Path) -> None:
+    text = edited(
+        AGGREGATOR,
+        {"notify.group_wait_s": 10, "notify.repeat_interval_s": 3600, "notify.cooldown_s": 300},
+    )
+    config, _ = load_aggregator_config(write(tmp_path, "secagg.yaml", text))
+    timing = (config.notify.group_wait_s, config.notify.repeat_interval_s, config.notify.cooldown_s)
+    assert timing == (10, 3600, 300)
+
+
 def test_aggregator_config_may_be_empty_mapping(tmp_path: Path) -> None:
     config, _ = load_aggregator_config(write(tmp_path, "secagg.yaml", "store: {}\n"))
     assert config.api.port == 8080
@@ -84,6 +94,23 @@ BAD_AGGREGATOR_CONFIGS = [
         ConfigError,
         ["events.cutoff_s: Input should be greater than 0"],
         id="agg-cutoff-0",
+    ),
+    pytest.param(
+        load_aggregator_config,
+        edited(AGGREGATOR, {"events.group_wait_s": 10}),
+        ConfigError,
+        ["events.group_wait_s: moved to notify.group_wait_s"],
+        id="agg-group-wait-moved-to-notify",
+    ),
+    pytest.param(
+        load_aggregator_config,
+        edited(AGGREGATOR, {"events.repeat_interval_s": 3600, "events.cooldown_s": 300}),
+        ConfigError,
+        [
+            "events.repeat_interval_s: moved to notify.repeat_interval_s",
+            "events.cooldown_s: moved to notify.cooldown_s",
+        ],
+        id="agg-repeat-and-cooldown-moved-to-notify",
     ),
     pytest.param(
         load_aggregator_config,
@@ -151,6 +178,10 @@ def test_secagg_check_config_prints_settings_without_the_password(tmp_path: Path
             "api.port: Input should be less than or equal to 65535",
         ),
         (edited(AGGREGATOR, {"events.cutoff_s": -1}), "events.cutoff_s: Input should be greater"),
+        (
+            edited(AGGREGATOR, {"events.cooldown_s": 300}),
+            "events.cooldown_s: moved to notify.cooldown_s",
+        ),
         ("mqtt: [\n", "not valid YAML"),
     ],
 )

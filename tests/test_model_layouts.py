@@ -13,13 +13,19 @@ import yaml
 
 from modelrt import Detector, DetectorError, load_manifest, manifest_for_onnx
 from modelrt.recognise import (
+    Dim,
     LabelError,
     LayoutError,
     MetadataHints,
     recognise_layout,
     resolve_labels,
 )
-from tests.support.models import constant_model, shifting_model
+from tests.support.models import (
+    constant_model,
+    dynamic_rows_model,
+    shifting_model,
+    unranked_model,
+)
 
 # One person box, in every layout: model-input xyxy (270, 290, 370, 350), class 1, score 0.9.
 # YOLO outputs have many anchors; the other 9 here score nothing.
@@ -71,10 +77,20 @@ def load(folder: Path, model: Path, **fields: object) -> Detector:
         ((1, 300, 7), None, True, None, "the metadata says NMS is inside the model"),
         ((1, 1000), None, None, None, "is not (batch, rows, columns)"),
         ((1, 2, 3, 4), None, None, None, "is not (batch, rows, columns)"),
+        # declared shapes with open dimensions (symbolic names or None)
+        (("batch", "detections", 6), 2, None, "end2end", None),
+        ((1, None, 6), None, True, "end2end", None),
+        ((4, "detections", 6), 1, True, "end2end", None),
+        (("batch", 84, "anchors"), None, None, "yolov8", None),
+        (("batch", 6, None), 2, None, "yolov8", None),
+        (("batch", "anchors", 85), None, None, "yolov5", None),
+        ((1, "detections", 6), None, None, None, "is ambiguous: it fits end2end and yolov5"),
+        ((1, "rows", "columns"), None, None, None, "fits no supported layout"),
+        ((1, 0, 6), 2, None, None, "output shape (1, 0, 6) is not (batch, rows, columns)"),
     ],
 )
 def test_recognise_layout(
-    shape: tuple[int, ...],
+    shape: tuple[Dim, ...],
     num_classes: int | None,
     end2end: bool | None,
     expected: str | None,
@@ -172,6 +188,17 @@ def test_auto_layout_decodes_the_same_box(
     assert found.labels == ("person",)
     np.testing.assert_allclose(found.xyxy, [[540, 300, 740, 420]], atol=1e-4)
     np.testing.assert_allclose(found.score, [0.9], rtol=1e-6)
+
+
+def test_an_output_of_undeclared_rank_is_recognised_from_the_warm_up_output(
+    tmp_path: Path,
+) -> None:
+    model = unranked_model(tmp_path / "m.onnx", V8, names="{0: 'cat', 1: 'person'}")
+    detector = load(tmp_path, model)
+    assert detector.session.get_outputs()[0].shape == []  # nothing declared
+    assert (detector.layout, detector.num_classes) == ("yolov8", 2)
+    found = detector.detect(np.zeros((640, 640, 3), np.uint8))
+    np.testing.assert_allclose(found.xyxy, [[270, 290, 370, 350]], atol=1e-4)
 
 
 def test_an_unrecognised_layout_is_refused_with_what_was_found(tmp_path: Path) -> None:
@@ -319,6 +346,55 @@ def test_a_fixed_batch_is_padded_and_cut(tmp_path: Path) -> None:
     np.testing.assert_allclose(found[1].xyxy, [[10, 10, 20, 30]], atol=1e-3)
     with pytest.raises(DetectorError, match="batch of 5 frames; this model takes at most 4"):
         detector.infer(np.zeros((5, 3, 256, 256), np.float32))
+
+
+# ---------------------------------------------------------------- a dynamic number of detections
+
+
+# end2end rows (x1, y1, x2, y2, score, class); row i comes out when the brightest frame's mean
+# input is above DYNAMIC_THRESHOLDS[i]: none for black, the first for grey 51 (0.2), both for 204.
+DYNAMIC_ROWS = np.asarray([[10, 10, 50, 60, 0.9, 1], [100, 100, 150, 160, 0.8, 0]], np.float32)
+DYNAMIC_THRESHOLDS = (0.1, 0.5)
+
+
+@pytest.mark.parametrize("fixed_batch", [None, 1, 4])
+@pytest.mark.parametrize(
+    ("names", "metadata"),
+    [
+        ("['cat', 'person']", {}),  # two classes: (B, K, 6) can only be end2end
+        ("['person']", {"args": "{'nms': True}"}),  # one class: the metadata decides
+    ],
+)
+def test_a_dynamic_number_of_detections_loads_warms_up_and_decodes(
+    tmp_path: Path, fixed_batch: int | None, names: str, metadata: dict[str, str]
+) -> None:
+    rows = DYNAMIC_ROWS.copy()
+    rows[:, 5] = rows[:, 5].clip(max=len(yaml.safe_load(names)) - 1)
+    model = dynamic_rows_model(
+        tmp_path / "m.onnx",
+        rows,
+        thresholds=DYNAMIC_THRESHOLDS,
+        names=names,
+        metadata=metadata,
+        fixed_batch=fixed_batch,
+    )
+    detector = load(tmp_path, model)  # the warm-up frame is black: its output is (B, 0, 6)
+    assert detector.layout == "end2end"
+    assert detector.inferences == 1
+    assert detector.batch_size == fixed_batch
+    assert detector.infer(detector.preprocess(grey(0))[0]).shape == (1, 0, 6)
+
+    assert len(detector.detect(grey(0))) == 0
+    one = detector.detect(grey(51))
+    np.testing.assert_allclose(one.xyxy, [[10, 10, 50, 60]], atol=1e-4)
+    np.testing.assert_allclose(one.score, [0.9], rtol=1e-6)
+    two = detector.detect(grey(204))
+    np.testing.assert_allclose(two.xyxy, [[10, 10, 50, 60], [100, 100, 150, 160]], atol=1e-4)
+
+    # in a batch, K follows the brightest frame; the darker frames' extra rows score 0
+    found = detector.detect_batch([grey(0), grey(51), grey(204), grey(0)])
+    assert [len(d) for d in found] == [0, 1, 2, 0]
+    np.testing.assert_allclose(found[2].score, [0.9, 0.8], rtol=1e-6)
 
 
 # ---------------------------------------------------------------- labels

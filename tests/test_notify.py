@@ -75,13 +75,15 @@ class NotifyHarness(Harness):
 def make_ingest(broker: Mosquitto, tmp_path: Path) -> Iterator[Callable[..., NotifyHarness]]:
     started: list[NotifyHarness] = []
 
-    def make(*, notifiers: list[dict], events: dict | None = None) -> NotifyHarness:
+    def make(
+        *, notifiers: list[dict], events: dict | None = None, notify: dict | None = None
+    ) -> NotifyHarness:
         config = ingest_config(
             broker,
             tmp_path,
             events={"sweep_interval_s": 0.2, **(events or {})},
             api={"public_url": "https://secagg.example.org"},
-            notify={"notifiers": notifiers},
+            notify={"notifiers": notifiers, **(notify or {})},
         )
         ingest = Ingest(config)
         ingest.start()
@@ -106,7 +108,7 @@ def smtp() -> Iterator[SmtpServer]:
 
 def test_a_burst_of_threat_frames_sends_one_email(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     # group_wait_s: the first (and only) email waits for the burst and sums it up
-    h = make_ingest(notifiers=[smtp_notifier(smtp.port)], events={"group_wait_s": 3})
+    h = make_ingest(notifiers=[smtp_notifier(smtp.port)], notify={"group_wait_s": 3})
     h.send_all([threat(at_s=i * 0.25, score=0.5 + i / 200) for i in range(40)])
     wait_for(lambda: smtp.messages, what="an email")
     wait_for(h.settled, what="no notification pending")
@@ -198,7 +200,7 @@ def test_a_higher_severity_notifies_once_more(make_ingest, smtp: SmtpServer) -> 
 def test_group_wait_folds_an_early_escalation_into_the_first_email(
     make_ingest, smtp: SmtpServer
 ) -> None:  # type: ignore[no-untyped-def]
-    h = make_ingest(notifiers=[smtp_notifier(smtp.port)], events={"group_wait_s": 1.0})
+    h = make_ingest(notifiers=[smtp_notifier(smtp.port)], notify={"group_wait_s": 1.0})
     h.send_all([threat(at_s=0), threat(at_s=1, severity="critical")])
     wait_for(lambda: smtp.messages, what="the email")
     wait_for(h.settled, what="no notification pending")
@@ -213,7 +215,8 @@ def test_a_long_event_is_notified_again_every_repeat_interval(
 ) -> None:  # type: ignore[no-untyped-def]
     h = make_ingest(
         notifiers=[smtp_notifier(smtp.port)],
-        events={"cutoff_s": 60, "repeat_interval_s": 0.5},
+        events={"cutoff_s": 60},
+        notify={"repeat_interval_s": 0.5},
     )
     h.send_all([threat(at_s=now_s())])  # captured now: the event stays open for 60 s
     wait_for(lambda: len(smtp.messages) >= 3, what="two repeats")
@@ -223,7 +226,7 @@ def test_a_long_event_is_notified_again_every_repeat_interval(
 
 
 def test_a_camera_cooling_down_is_not_notified(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
-    h = make_ingest(notifiers=[smtp_notifier(smtp.port)], events={"cooldown_s": 60})
+    h = make_ingest(notifiers=[smtp_notifier(smtp.port)], notify={"cooldown_s": 60})
     h.send_all([threat(at_s=0), threat(at_s=1)])
     h.send_all([threat(at_s=40), threat(at_s=41)])  # a new event, 39 s after: cooling down
     h.send_all([threat(at_s=40, camera="door")])  # another camera is not
@@ -244,7 +247,8 @@ def test_a_camera_cooling_down_is_not_notified(make_ingest, smtp: SmtpServer) ->
 def test_cameras_of_one_site_make_one_event(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
     h = make_ingest(
         notifiers=[smtp_notifier(smtp.port)],
-        events={"sites": {"yard": "home", "door": "home"}, "site_window_s": 5, "group_wait_s": 2},
+        events={"sites": {"yard": "home", "door": "home"}, "site_window_s": 5},
+        notify={"group_wait_s": 2},
     )
     h.send_all([threat(at_s=0), threat(at_s=1), threat(at_s=3, camera="door")])
     h.send_all([threat(at_s=20, camera="door")])  # beyond the site window: a new incident

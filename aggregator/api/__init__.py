@@ -1,25 +1,34 @@
 """The REST API (FastAPI): health, threats, threat events with their provenance, agents,
-notifications, lineage graphs, plots."""
+notifications, lineage graphs, plots. ``/docs`` (Swagger UI) and ``/redoc`` load their scripts
+and styles from this server (the pinned ``fastapi-offline`` package ships them), never from a
+CDN: an aggregator on a site network without internet still shows them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from aggregator.api.routes import agents, events, health, notifications, plots, provenance, threats
 from aggregator.config import AggregatorConfig, get_settings
 from appcommon.version import code_version
+
+DOCS_STATIC_URL = "/static/docs"
+"""Where the Swagger UI and ReDoc assets are served."""
 
 
 def create_app(
     config: AggregatorConfig | None = None, *, broker_connected: Callable[[], bool] | None = None
 ) -> FastAPI:
     """The API app. ``config`` overrides :func:`get_settings` (what ``secagg serve`` does)."""
-    app = FastAPI(
+    app = FastAPIOffline(
         title="secagg",
         version=code_version(),
         description="Threats and threat events from secagent edge agents, with provenance.",
+        static_url=DOCS_STATIC_URL,
+        # Swagger UI would otherwise ask validator.swagger.io about the schema
+        swagger_ui_parameters={"validatorUrl": None},
     )
     if config is not None:
         app.dependency_overrides[get_settings] = lambda: config
@@ -29,4 +38,4 @@ def create_app(
     return app
 
 
-__all__ = ["create_app"]
+__all__ = ["DOCS_STATIC_URL", "create_app"]

@@ -106,7 +106,7 @@ def on_changes(
         for notifier in config.notify.notifiers:
             if change.type == "new":
                 cool = _cooling_down(
-                    conn, event=event, notifier=notifier.name, cooldown_s=config.events.cooldown_s
+                    conn, event=event, notifier=notifier.name, cooldown_s=config.notify.cooldown_s
                 )
                 decided += (
                     _insert(
@@ -117,7 +117,7 @@ def on_changes(
                         state_key="new",
                         state="suppressed" if cool else "pending",
                         now_ts=now_ts,
-                        due_ts=None if cool else now_ts + config.events.group_wait_s,
+                        due_ts=None if cool else now_ts + config.notify.group_wait_s,
                         reason=f"camera {event['camera']} cooling down" if cool else None,
                     )
                     and not cool
@@ -148,7 +148,7 @@ def on_changes(
 def schedule_repeats(conn: sqlite3.Connection, config: AggregatorConfig, *, now_ts: float) -> int:
     """One more notification for each open event whose last one is ``repeat_interval_s`` old
     and no longer pending."""
-    interval = config.events.repeat_interval_s
+    interval = config.notify.repeat_interval_s
     names = {n.name: n for n in config.notify.notifiers}
     if interval is None or not names:
         return 0

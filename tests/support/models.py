@@ -4,6 +4,10 @@
   the input, so the input is used), in any layout, with any input dtype, size and batch.
 - :func:`shifting_model`: a dynamic-batch model whose boxes move right by 100 px x the mean of
   each batch item's input, so each frame of a batch gets its own, predictable boxes.
+- :func:`unranked_model`: a constant output whose rank the graph does not declare (nor can ONNX
+  Runtime infer it).
+- :func:`dynamic_rows_model`: an end-to-end model whose number of detections is dynamic (declared
+  ``[batch, 'detections', 6]``), chosen by how bright the frames are: none for a black frame.
 """
 
 from __future__ import annotations
@@ -108,3 +112,115 @@ def shifting_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     return _save(model, path, {"names": names} if names else None)
+
+
+def dynamic_rows_model(
+    path: Path,
+    rows: np.ndarray,
+    *,
+    thresholds: tuple[float, ...],
+    width: int = 256,
+    height: int = 256,
+    names: str | None = None,
+    metadata: dict[str, str] | None = None,
+    fixed_batch: int | None = None,
+) -> Path:
+    """An end-to-end model, output declared ``[batch, 'detections', 6]``, whose row count K is
+    known only at run time, as with NMS inside a model.
+
+    ``rows`` (N, 6) are x1, y1, x2, y2, score, class; row i is output when the brightest frame
+    of the batch has a mean input above ``thresholds[i]`` (``Compress``), so an all-black batch
+    (the warm-up frame) gives (B, 0, 6). In a batch, a frame darker than a row's threshold gets
+    that row with score 0, as real end-to-end models pad their rows.
+    """
+    rows = np.asarray(rows, np.float32)
+    limits = np.asarray(thresholds, np.float32)
+    if rows.ndim != 2 or rows.shape[1] != 6 or limits.shape != (rows.shape[0],):
+        raise ValueError(f"rows must be (N, 6) with N thresholds, got {rows.shape}, {limits.shape}")
+    score_column = np.zeros((1, 1, 6), np.float32)
+    score_column[..., 4] = 1.0
+
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant", [], [name], value=numpy_helper.from_array(value, name + "_value")
+        )
+
+    nodes = [
+        const("rows", rows),
+        const("limits", limits),
+        const("score_column", score_column),
+        const("other_columns", 1.0 - score_column),
+        const("shape_b1", np.array([-1, 1], np.int64)),
+        const("axis0", np.array([0], np.int64)),
+        const("axis2", np.array([2], np.int64)),
+        # mean[b] (B, 1) and the brightest frame's mean (a scalar)
+        helper.make_node("ReduceMean", ["images"], ["mean4"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean4", "shape_b1"], ["mean"]),
+        helper.make_node("ReduceMax", ["mean"], ["brightest"], keepdims=0),
+        # the K rows (and their thresholds) the brightest frame passes
+        helper.make_node("Less", ["limits", "brightest"], ["passed"]),
+        helper.make_node("Compress", ["rows", "passed"], ["kept"], axis=0),
+        helper.make_node("Compress", ["limits", "passed"], ["kept_limits"], axis=0),
+        # per frame: 1 where that frame passes the row's threshold, else 0 -> (B, K, 1)
+        helper.make_node("Unsqueeze", ["kept_limits", "axis0"], ["kept_limits_1k"]),
+        helper.make_node("Less", ["kept_limits_1k", "mean"], ["frame_passes"]),
+        helper.make_node("Cast", ["frame_passes"], ["frame_passes01"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["frame_passes01", "axis2"], ["keep_score"]),
+        # scale = keep_score on the score column, 1 elsewhere -> (B, K, 6)
+        helper.make_node("Mul", ["keep_score", "score_column"], ["score_scale"]),
+        helper.make_node("Add", ["score_scale", "other_columns"], ["scale"]),
+        helper.make_node("Unsqueeze", ["kept", "axis0"], ["kept_1k6"]),
+        helper.make_node("Mul", ["kept_1k6", "scale"], ["output0"]),
+    ]
+    batch: int | str = fixed_batch or "batch"
+    graph = helper.make_graph(
+        nodes,
+        "dynamic_rows",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, "detections", 6])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    meta = dict(metadata or {})
+    if names is not None:
+        meta["names"] = names
+    return _save(model, path, meta)
+
+
+def unranked_model(
+    path: Path, output: np.ndarray, *, width: int = 640, height: int = 640, names: str | None = None
+) -> Path:
+    """An ONNX model whose output is ``output``, reshaped to a shape chosen at run time (it
+    depends on the input), so neither the graph nor ONNX Runtime knows its rank beforehand."""
+    value = np.asarray(output, np.float32)
+
+    def const(name: str, array: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant", [], [name], value=numpy_helper.from_array(array, name + "_value")
+        )
+
+    nodes = [
+        const("flat", value.reshape(-1)),
+        const("dims", np.array(value.shape, np.int64)),
+        const("minus_one", np.array(-1, np.float32)),
+        const("rank", np.array([value.ndim], np.int64)),
+        helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "minus_one"], ["always"]),  # true, but not constant
+        helper.make_node("Expand", ["always", "rank"], ["keep"]),
+        helper.make_node("Compress", ["dims", "keep"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["flat", "shape"], ["output0"]),
+    ]
+    out = onnx.ValueInfoProto()
+    out.name = "output0"
+    out.type.tensor_type.elem_type = TensorProto.FLOAT  # no shape at all
+    graph = helper.make_graph(
+        nodes,
+        "unranked",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
+        [out],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if names is not None:
+        helper.set_model_props(model, {"names": names})
+    onnx.save(model, str(path))  # the checker wants a declared shape: that is the point
+    return path
