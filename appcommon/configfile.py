@@ -106,7 +106,7 @@ def find_data_file(value: Path, *, base_dir: Path | None, data_dir: Path | None,
     if data_dir is not None and (data_dir / value).resolve() not in places:
         places.append((data_dir / value).resolve())
     for place in places:
-        if place.is_file():
+        if place.exists():  # a folder or an unreadable file: its loader says what is wrong
             return place
     raise ValueError(
         f"{what} {str(value)!r} not found; looked in: {', '.join(str(p) for p in places)}"
