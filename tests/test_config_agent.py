@@ -27,7 +27,6 @@ from tests.support.configs import (
     write,
 )
 
-
 EXAMPLE = ROOT / "config" / "secagent.example.yaml"
 
 

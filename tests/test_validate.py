@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from agent.capture import Frame, SourceError, looks_complete
-from agent.folder import DirectorySource
 from agent.config import DirectorySourceConfig, ValidateConfig
+from agent.folder import DirectorySource
 from agent.validate import REASONS, FrameRejected, header_size_wh, validate_frame
 from demo.footage import bomb_png
 
