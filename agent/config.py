@@ -184,7 +184,9 @@ class DirectorySourceConfig(_RetryConfig):
     )
     after: Literal["keep", "delete"] = Field("keep", description="what to do with a file once read")
     watch: bool = Field(
-        True, description="keep watching for new files; false reads what is there, then finishes"
+        True,
+        description="keep watching for new files; false reads what is there (and was not "
+        "processed before), then finishes",
     )
     _resolve = field_validator("path")(_relative_to_config)
 

@@ -31,77 +31,16 @@ import watchfiles
 
 from agent.capture import IGNORED_SUFFIXES, Frame, RetryingSource, SourceError, looks_complete
 from agent.config import DirectorySourceConfig
+from agent.filesystems import NETWORK_FILE_SYSTEMS, entry_kind, filesystem_type
 from agent.ledger import CHUNK, FileLedger, FileMark, MemoryLedger, Signature, all_rows
 
 log = logging.getLogger(__name__)
-
-NETWORK_FILE_SYSTEMS = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "9p",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "gpfs",
-        "ncpfs",
-        "davfs",
-        "fuse.sshfs",
-        "fuse.glusterfs",
-        "fuse.davfs2",
-        "fuse.rclone",
-        "fuse.s3fs",
-        "fuse.gcsfuse",
-    }
-)
-"""File systems whose remote writes inotify never sees: ``watch_mode: auto`` polls them."""
 
 NOT_A_FILE = "not_a_file"
 """The rejection reason of a matching entry that is no regular file."""
 
 WATCH_STEP_MS = 20
 WATCH_DEBOUNCE_MS = 100
-
-
-def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
-    """The file system type of the mount holding ``path``, from ``/proc/self/mountinfo``
-    (or the ``mountinfo`` text given); None when unknown."""
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return None
-    target = os.path.realpath(path)
-    best: tuple[int, str | None] = (-1, None)
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or not tail:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best[0]:
-            best = (len(point), tail[0])
-    return best[1]
-
-
-def entry_kind(mode: int) -> str:
-    """What a directory entry is, in words, from its ``st_mode``."""
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device"
 
 
 class DirectorySource(RetryingSource):
@@ -305,9 +244,12 @@ class DirectorySource(RetryingSource):
         """Consider every file not processed yet (at start, and every ``rescan_s``), then
         forget the processed files that are gone. Memory: one chunk of keys at a time."""
         for chunk in _chunks(self._scan()):
-            done = self.ledger.signatures(self.camera, [key for key, _ in chunk])
+            keys = [key for key, _ in chunk]
+            inflight = self._inflight_of(keys)  # before the ledger: done() records, then pops
+            done = self.ledger.signatures(self.camera, keys)
             for key, st in chunk:
-                if key not in self._pending and not self._taken(key, st, done.get(key)):
+                sig = (st.st_size, st.st_mtime_ns)
+                if key not in self._pending and sig not in (done.get(key), inflight.get(key)):
                     self._consider(key, st)
         gone: list[str] = []
         for key, _ in all_rows(self.ledger, self.camera):
@@ -346,14 +288,15 @@ class DirectorySource(RetryingSource):
     def _consider_one(self, key: str, st: os.stat_result) -> None:
         if key in self._pending:
             return  # looked at again in _take_ready
+        inflight = self._inflight_of([key]).get(key)  # before the ledger: done() records, then pops
         done = self.ledger.signatures(self.camera, [key]).get(key)
-        if not self._taken(key, st, done):
+        if (st.st_size, st.st_mtime_ns) not in (done, inflight):
             self._consider(key, st)
 
-    def _taken(self, key: str, st: os.stat_result, recorded: Signature | None) -> bool:
-        sig = (st.st_size, st.st_mtime_ns)
+    def _inflight_of(self, keys: list[str]) -> dict[str, Signature]:
+        """The signatures of ``keys`` taken and not yet through the pipeline."""
         with self._inflight_lock:
-            return sig in (recorded, self._inflight.get(key))
+            return {k: self._inflight[k] for k in keys if k in self._inflight}
 
     # shared ----------------------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import DirectorySourceConfig  # noqa: E402
-from agent.folder import DirectorySource, filesystem_type  # noqa: E402
+from agent.filesystems import filesystem_type  # noqa: E402
+from agent.folder import DirectorySource  # noqa: E402
 
 
 def source(folder: Path, mode: str) -> DirectorySource:

@@ -17,7 +17,8 @@ import pytest
 
 from agent.capture import Frame, VideoFileSource
 from agent.config import DirectorySourceConfig, VideoSourceConfig
-from agent.folder import DirectorySource, filesystem_type
+from agent.filesystems import filesystem_type
+from agent.folder import DirectorySource
 from agent.ledger import MemoryLedger, SqliteLedger, all_rows
 from agent.outbox import Outbox
 from demo.broker import Mosquitto
