@@ -5,10 +5,12 @@ and a real ``secagent run`` restarted (and killed) on the same folder."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +18,15 @@ import cv2
 import pytest
 
 from agent.capture import Frame, VideoFileSource
-from agent.config import DirectorySourceConfig, VideoSourceConfig
+from agent.config import CameraConfig, DirectorySourceConfig, ValidateConfig, VideoSourceConfig
+from agent.engine import Camera, DetectionEngine
 from agent.filesystems import filesystem_type
 from agent.folder import DirectorySource
 from agent.ledger import MemoryLedger, SqliteLedger, all_rows
 from agent.outbox import Outbox
 from demo.broker import Mosquitto
 from demo.footage import sample_still
+from modelrt import Detector
 from tests.support import wait_for
 from tests.support.processes import BIN, write_agent_config
 
@@ -305,3 +309,29 @@ def test_a_restarted_agent_processes_each_kept_still_once(
     assert summary is not None
     assert summary["frames_read"] == 1 and summary["threat_messages"] == 1
     assert outbox_rows(outbox, messages) == 4  # 4 threats for 4 stills, over two runs
+
+
+def test_a_pipe_is_counted_under_the_cameras_rejections_and_logged(
+    tmp_path: Path, sample_detector: Detector, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "door"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.jpg")
+    config = CameraConfig.model_validate(
+        {"name": "door", "source": {"type": "directory", "path": folder, "watch": False}}
+    )
+    camera = Camera(config)
+    engine = DetectionEngine(
+        sample_detector,
+        [camera],
+        validate=ValidateConfig(),  # type: ignore[call-arg]
+        on_detections=lambda admitted, detections: None,
+        stop=threading.Event(),
+        agent_id="host-1",
+    )
+    caplog.set_level(logging.WARNING, logger="agent.engine")
+    frames = [f for f in camera.source.frames() if f is not None]
+    assert [engine.admit(camera, f) for f in frames] == [None]
+    assert camera.counters.as_dict()["rejected_not_a_file"] == 1
+    assert f"source='{folder / 'pipe.jpg'}' rejected: not_a_file: a named pipe" in caplog.text
+    assert "agent=host-1 camera=door frame=" in caplog.text
