@@ -1,22 +1,19 @@
-"""Frame sources: a folder a motion-triggered camera drops stills into, and video files.
+"""Frame sources: the interface, video files, and the retry of a source that is missing.
 
 A source yields :class:`Frame` objects and says when it is finished. Stills come as encoded
-bytes (validated and decoded later); video frames come decoded. RTSP/USB cameras are in
-:mod:`agent.streams` and fit the same interface.
+bytes (validated and decoded later); video frames come decoded. The folder source is in
+:mod:`agent.folder`, RTSP/USB cameras in :mod:`agent.streams`; they fit the same interface.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -27,6 +24,7 @@ from agent.config import (
     UsbSourceConfig,
     VideoSourceConfig,
 )
+from agent.ledger import FileLedger, FileMark
 from modelrt.frames import VideoError, VideoReader
 
 log = logging.getLogger(__name__)
@@ -52,6 +50,12 @@ class Frame:
     image: np.ndarray | None = None
     frame_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     lineage_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    file: FileMark | None = None
+    """The file of a folder camera this still came from (remembered once processed)."""
+    rejected: tuple[str, str] | None = None
+    """(reason, detail) when the source already knows the entry is no still (a named pipe)."""
+    recorded: bool = False
+    """True once ``file`` is recorded as processed (with the frame's threat message)."""
 
 
 class FrameSource(Protocol):
@@ -68,6 +72,11 @@ class FrameSource(Protocol):
         """True once the source will never yield another frame (end of a video file)."""
         ...
 
+    def done(self, frame: Frame) -> None:
+        """The pipeline is through with ``frame`` (rejected, no motion, detected, dropped or
+        failed): a folder camera remembers its file as processed."""
+        ...
+
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 
@@ -81,140 +90,98 @@ def looks_complete(data: bytes) -> bool:
     return False
 
 
-class DirectorySource:
-    """Stills dropped into a folder, picked up in order of modification time.
+class RetryingSource:
+    """A source that may be missing for a while (a share mounted late, a recording not copied
+    yet): each failed attempt reports it ``down`` with the reason, and it is tried again after
+    ``retry_min_s``, doubling up to ``retry_max_s``, until ``stop``.
 
-    A file is taken when it is a complete JPEG/PNG, or once its size and mtime have not changed
-    for ``settle_s`` (then validation decides, e.g. "truncated"). Hidden files and temp names
-    (``*.tmp``, ``*.part``) are ignored, so writers that rename into place are safe.
+    Subclasses implement :meth:`_attempt`: yield frames (``None`` while waiting), return when
+    the source has ended, raise :class:`SourceError` when it cannot be read, and call
+    :meth:`_up` once it is open.
     """
 
-    def __init__(self, camera: str, config: DirectorySourceConfig) -> None:
+    def __init__(
+        self, camera: str, *, retry_min_s: float, retry_max_s: float, stop: threading.Event | None
+    ) -> None:
         self.camera = camera
-        self.config = config
-        if not config.path.is_dir():
-            raise SourceError(f"camera {camera}: folder {config.path} does not exist")
-        self._seen: dict[str, tuple[int, int]] = {}
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.stop = stop or threading.Event()
+        self.down_reason: str | None = None
+        self.failures = 0
+        self.next_attempt_in_s = 0.0
         self._finished = False
-        self._pending: dict[str, tuple[int, int, float]] = {}
-        if config.existing == "skip":
-            for path in self._candidates():
-                st = path.stat()
-                self._seen[path.name] = (st.st_size, st.st_mtime_ns)
 
     @property
     def finished(self) -> bool:
         return self._finished
 
-    def _candidates(self) -> list[Path]:
-        out = []
-        try:
-            entries = list(os.scandir(self.config.path))
-        except OSError as exc:
-            raise SourceError(
-                f"camera {self.camera}: cannot list {self.config.path}: {exc}"
-            ) from exc
-        for entry in entries:
-            name = entry.name
-            if name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES):
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            if any(fnmatch.fnmatch(name.lower(), p.lower()) for p in self.config.patterns):
-                out.append(Path(entry.path))
-        return out
+    def done(self, frame: Frame) -> None:
+        """The pipeline is through with ``frame`` (see :class:`FrameSource`)."""
 
-    def poll(self, *, take_all: bool = False) -> list[Frame]:
-        """Scan the folder once; return the frames of files that are ready, oldest first.
+    def _attempt(self) -> Iterator[Frame | None]:
+        raise NotImplementedError
 
-        ``take_all`` takes every file as it is now (a one-off read of a folder).
-        """
-        ready: list[tuple[int, Frame]] = []
-        now = time.monotonic()
-        for path in self._candidates():
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            sig = (st.st_size, st.st_mtime_ns)
-            if self._seen.get(path.name) == sig:
-                continue
-            first = self._pending.get(path.name)
-            if first is None or first[:2] != sig:
-                self._pending[path.name] = (*sig, now)
-                first = self._pending[path.name]
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                log.warning("camera=%s file=%s unreadable, will retry: %s", self.camera, path, exc)
-                continue
-            settled = take_all or now - first[2] >= self.config.settle_s
-            if not (looks_complete(data) or settled):
-                continue
-            self._pending.pop(path.name, None)
-            self._seen[path.name] = sig
-            captured = datetime.fromtimestamp(st.st_mtime, UTC)
-            ready.append(
-                (
-                    st.st_mtime_ns,
-                    Frame(
-                        camera=self.camera,
-                        kind="file",
-                        source=str(path),
-                        captured_at=captured,
-                        data=data,
-                    ),
-                )
-            )
-            if self.config.after == "delete":
-                path.unlink(missing_ok=True)
-        ready.sort(key=lambda item: item[0])
-        return [frame for _, frame in ready]
+    def _up(self) -> None:
+        if self.down_reason is not None and self.failures:
+            log.info("camera=%s source is up again", self.camera)
+        self.down_reason = None
+        self.failures = 0
+
+    def _went_down(self, reason: str) -> None:
+        self.failures += 1
+        self.down_reason = reason
+        self.next_attempt_in_s = min(
+            self.retry_max_s, self.retry_min_s * 2 ** min(self.failures - 1, 30)
+        )
+        log.warning(
+            "camera=%s down: %s; next try in %.1f s", self.camera, reason, self.next_attempt_in_s
+        )
 
     def frames(self) -> Iterator[Frame | None]:
-        if not self.config.watch:
-            yield from self.poll(take_all=True)
-            self._finished = True
-            return
-        while True:
-            batch = self.poll()
-            if not batch:
-                yield None
-                time.sleep(self.config.poll_s)  # polling interval of the folder, not a sync
-                continue
-            yield from batch
+        while not self.stop.is_set():
+            try:
+                yield from self._attempt()
+            except SourceError as exc:
+                self._went_down(str(exc))
+            else:
+                self._finished = True
+                return
+            yield None
+            if self.stop.wait(self.next_attempt_in_s):  # the backoff, woken at once by stop
+                return
 
 
-class VideoFileSource:
+class VideoFileSource(RetryingSource):
     """Frames sampled at ``fps`` from a video file, time-stamped on the video's own clock.
 
     ``captured_at`` = the moment the file was opened + the frame's position in the video, so
-    grouping by time behaves as it would have live, however fast the file is read.
+    grouping by time behaves as it would have live, however fast the file is read. A file that
+    is missing or cannot be opened is reported down and tried again.
     """
 
-    def __init__(self, camera: str, config: VideoSourceConfig) -> None:
-        self.camera = camera
+    def __init__(
+        self, camera: str, config: VideoSourceConfig, *, stop: threading.Event | None = None
+    ) -> None:
+        super().__init__(
+            camera, retry_min_s=config.retry_min_s, retry_max_s=config.retry_max_s, stop=stop
+        )
         self.config = config
-        if not config.path.is_file():
-            raise SourceError(f"camera {camera}: video {config.path} does not exist")
-        self._finished = False
 
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def frames(self) -> Iterator[Frame | None]:
+    def _attempt(self) -> Iterator[Frame | None]:
         while True:
             yield from self._read_once()
             if not self.config.loop:
-                self._finished = True
                 return
 
     def _read_once(self) -> Iterator[Frame]:
+        if not self.config.path.is_file():
+            raise SourceError(f"video {self.config.path} does not exist")
         try:
             reader = VideoReader(self.config.path)
         except VideoError as exc:
-            raise SourceError(f"camera {self.camera}: {exc}") from exc
+            raise SourceError(str(exc)) from exc
+        self._up()
         with reader:
             opened = datetime.now(UTC)
             opened_mono = time.monotonic()
@@ -230,6 +197,8 @@ class VideoFileSource:
                 return True
 
             for item in reader.frames(sampled):
+                if self.stop.is_set():
+                    return
                 if item.image is None:
                     log.warning(
                         "camera=%s video frame %d could not be decoded", self.camera, item.index
@@ -237,8 +206,8 @@ class VideoFileSource:
                     continue
                 if self.config.realtime:
                     delay = opened_mono + item.t_s - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)  # pacing to the video clock, not a sync
+                    if delay > 0 and self.stop.wait(delay):  # pacing to the video clock
+                        return
                 yield Frame(
                     camera=self.camera,
                     kind="video",
@@ -253,12 +222,16 @@ def open_source(
     config: DirectorySourceConfig | VideoSourceConfig | RtspSourceConfig | UsbSourceConfig,
     *,
     stop: threading.Event | None = None,
+    ledger: FileLedger | None = None,
 ) -> FrameSource:
-    """The source for one camera's config; ``stop`` ends live sources' reconnect waits."""
+    """The source for one camera's config; ``stop`` ends its retry and reconnect waits;
+    ``ledger`` is where a folder camera remembers what it processed (default: in memory)."""
     if isinstance(config, DirectorySourceConfig):
-        return DirectorySource(camera, config)
+        from agent.folder import DirectorySource
+
+        return DirectorySource(camera, config, stop=stop, ledger=ledger)
     if isinstance(config, VideoSourceConfig):
-        return VideoFileSource(camera, config)
+        return VideoFileSource(camera, config, stop=stop)
     from agent.streams import open_stream
 
     return open_stream(camera, config, stop=stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,6 @@ from modelrt import (
     Detector,
     DetectorError,
     ManifestError,
-    load_manifest,
     load_model_argument,
 )
 from modelrt.frames import still_sha256
@@ -54,7 +54,7 @@ def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
     try:
         load_onnxruntime()  # exactly one ONNX Runtime, before anything starts
         agent = build_agent(config_path)
-    except (RuntimeInstallError, ConfigError, DetectorError, OSError) as exc:
+    except (RuntimeInstallError, ConfigError, DetectorError, OSError, sqlite3.Error) as exc:
         raise click.ClickException(str(exc)) from exc
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -70,20 +70,31 @@ def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
 @main.command("check-config")
 @config_option("agent")
 def check_config(config_path: Path) -> None:
-    """Validate a config file and the model manifest and rules it names; load nothing else."""
-    from agent.config import load_agent_config
-    from modelrt.rules import load_rules
+    """Load a config as `run` does, without starting cameras or connecting to the broker.
 
+    The config, the model manifest, the model file (sha256) in ONNX Runtime, the rules file and
+    its zones, the cameras' folders and video files. A folder that does not exist (yet) is a
+    warning; a missing video file is an error. Exit 1 on any error.
+    """
+    from agent.loader import load_agent
+
+    setup_logging("error")
     try:
-        config, sha = load_agent_config(config_path)
-        load_manifest(config.detect.model)
-        rules = load_rules(config.rules)
-        rules.check_zones({c.name: c.zones.keys() for c in config.cameras})
-    except (ConfigError, ManifestError, RulesError) as exc:
+        loaded = load_agent(config_path)
+    except (ConfigError, DetectorError) as exc:
         raise click.ClickException(str(exc)) from exc
+    for problem in loaded.problems:
+        if not problem.fatal:
+            click.echo(f"warning: {problem}", err=True)
+    errors = [str(p) for p in loaded.problems if p.fatal]
+    if errors:
+        raise click.ClickException(f"{config_path}: " + "; ".join(errors))
+    config, rules = loaded.config, loaded.rules
     click.echo(
-        f"ok: {config_path} sha256={sha} cameras={len(config.cameras)} "
-        f"rules={len(rules.rules)} rules_sha256={rules.sha256}"
+        f"ok: {config_path} sha256={loaded.file_sha256} config_sha256={loaded.config_sha256} "
+        f"cameras={len(config.cameras)} "
+        f"model_sha256={loaded.detector.sha256} rules={len(rules.rules)} "
+        f"rules_sha256={rules.sha256}"
     )
 
 

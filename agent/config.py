@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from appcommon.configfile import ConfigError, load_yaml_model, resolve_path
+from appcommon.configfile import (
+    ConfigError,
+    find_data_file,
+    installation_data_dir,
+    load_yaml_model,
+    resolve_path,
+)
 from wire.topics import AGENT_ID_PATTERN
 
 __all__ = ["AgentConfig", "ConfigError", "in_force", "load_agent_config"]
@@ -22,6 +29,19 @@ def _relative_to_config(value: Path | None, info: ValidationInfo) -> Path | None
     if value is None:
         return None
     return resolve_path(value, (info.context or {}).get("base_dir"))
+
+
+def _installation_file(what: str) -> Callable[[Path, ValidationInfo], Path]:
+    """A validator: a relative path is looked up next to the config file, then in the
+    installation's data folder (``models/``, ``rules/`` of /opt/secagent)."""
+
+    def find(value: Path, info: ValidationInfo) -> Path:
+        context = info.context or {}
+        return find_data_file(
+            value, base_dir=context.get("base_dir"), data_dir=context.get("data_dir"), what=what
+        )
+
+    return find
 
 
 class MqttConfig(_Section):
@@ -100,10 +120,53 @@ class MotionConfig(_Section):
         return value
 
 
-class DirectorySourceConfig(_Section):
+class _RetryConfig(_Section):
+    retry_min_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="first wait before trying again a folder or file that is missing",
+    )
+    retry_max_s: float = Field(
+        60.0, gt=0, le=3600, description="the wait doubles after each failure, up to this"
+    )
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> _RetryConfig:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+
+class DirectorySourceConfig(_RetryConfig):
     type: Literal["directory"] = Field(description="stills dropped into a folder")
     path: Path = Field(description="folder the camera drops stills into")
-    poll_s: float = Field(0.2, gt=0, le=60, description="how often the folder is scanned")
+    watch_mode: Literal["auto", "inotify", "poll"] = Field(
+        "auto",
+        description="how new files are noticed: inotify (the kernel tells, cost independent of "
+        "the files kept), poll (scan every poll_s; for network shares, where inotify sees no "
+        "remote writes), auto = inotify, or poll on a network file system (NFS, SMB/CIFS, "
+        "sshfs, ...) or when inotify cannot watch",
+    )
+    recursive: bool = Field(
+        False,
+        description="take stills from subfolders too (cameras that write dated folders such "
+        "as YYYY/MM/DD/); hidden folders are skipped",
+    )
+    poll_s: float = Field(
+        0.2,
+        gt=0,
+        le=60,
+        description="how often the folder is scanned when polling; with inotify, how often "
+        "files still being written are looked at again",
+    )
+    rescan_s: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="with inotify, a full scan this often as well: catches what an overflowing "
+        "event queue lost, and forgets processed files that are gone",
+    )
     settle_s: float = Field(
         1.0,
         ge=0,
@@ -116,16 +179,20 @@ class DirectorySourceConfig(_Section):
         description="file name patterns picked up (hidden, *.tmp and *.part files never are)",
     )
     existing: Literal["process", "skip"] = Field(
-        "process", description="what to do with files already there at start"
+        "process",
+        description="files already there at start: process those not processed before (the "
+        "agent remembers processed files in its outbox database, across restarts), or skip them",
     )
     after: Literal["keep", "delete"] = Field("keep", description="what to do with a file once read")
     watch: bool = Field(
-        True, description="keep watching for new files; false reads what is there, then finishes"
+        True,
+        description="keep watching for new files; false reads what is there (and was not "
+        "processed before), then finishes",
     )
     _resolve = field_validator("path")(_relative_to_config)
 
 
-class VideoSourceConfig(_Section):
+class VideoSourceConfig(_RetryConfig):
     type: Literal["video"] = Field(description="a video file")
     path: Path = Field(description="video file (any container OpenCV reads)")
     fps: float = Field(2.0, gt=0, le=120, description="frames per second sampled from the video")
@@ -245,7 +312,10 @@ class SnapshotConfig(_Section):
 
 
 class DetectConfig(_Section):
-    model: Path = Field(description="model manifest (YAML) under models/")
+    model: Path = Field(
+        description="model manifest (YAML); a relative path is looked up next to this file, "
+        "then in the installation's data folder (models/ of /opt/secagent)"
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["auto"],
         description="ONNX Runtime execution providers in order; 'auto' = TensorRT, CUDA, CPU",
@@ -268,7 +338,7 @@ class DetectConfig(_Section):
         description="most frames (of different cameras) in one inference, when the model's "
         "batch dimension is dynamic",
     )
-    _resolve = field_validator("model")(_relative_to_config)
+    _resolve = field_validator("model")(_installation_file("model manifest"))
 
 
 class AgentConfig(_Section):
@@ -277,7 +347,10 @@ class AgentConfig(_Section):
         default_factory=dict, validate_default=True, description="broker connection"
     )
     detect: DetectConfig = Field(description="the model and how it runs")
-    rules: Path = Field(description="threat rules file (YAML); its sha256 is its version")
+    rules: Path = Field(
+        description="threat rules file (YAML), its sha256 is its version; a relative path is "
+        "looked up next to this file, then in the installation's data folder (rules/)"
+    )
     outbox: OutboxConfig = Field(
         default_factory=dict, validate_default=True, description="durable queue of unsent threats"
     )
@@ -291,7 +364,7 @@ class AgentConfig(_Section):
         default_factory=dict, validate_default=True, description="JPEG snapshot in each threat"
     )
     cameras: list[CameraConfig] = Field(min_length=1, description="the cameras this agent serves")
-    _resolve = field_validator("rules")(_relative_to_config)
+    _resolve = field_validator("rules")(_installation_file("rules file"))
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> AgentConfig:
@@ -324,6 +397,14 @@ def redact_url(url: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", url)
 
 
-def load_agent_config(path: Path) -> tuple[AgentConfig, str]:
-    """Load and validate an agent config file; return it with the file's sha256."""
-    return load_yaml_model(path, AgentConfig)
+def load_agent_config(path: Path, *, data_dir: Path | None = None) -> tuple[AgentConfig, str]:
+    """Load and validate an agent config file; return it with the file's sha256.
+
+    Relative paths are relative to the file's folder; the model manifest and the rules file are
+    looked up there first, then in ``data_dir`` (default: the installation's data folder)."""
+    return load_yaml_model(
+        path,
+        AgentConfig,
+        what="agent config",
+        context={"data_dir": data_dir or installation_data_dir()},
+    )

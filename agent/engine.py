@@ -22,6 +22,7 @@ import numpy as np
 
 from agent.capture import Frame, FrameSource, SourceError, open_source
 from agent.config import CameraConfig, ValidateConfig
+from agent.ledger import FileLedger
 from agent.motion import MotionGate
 from agent.validate import FrameRejected, validate_frame
 from modelrt import Detections, Detector, DetectorError
@@ -70,10 +71,16 @@ class CameraCounters:
 class Camera:
     """One camera's source, motion gate, queue policy and counters."""
 
-    def __init__(self, config: CameraConfig, *, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: CameraConfig,
+        *,
+        stop: threading.Event | None = None,
+        ledger: FileLedger | None = None,
+    ) -> None:
         self.config = config
         self.name = config.name
-        self.source: FrameSource = open_source(config.name, config.source, stop=stop)
+        self.source: FrameSource = open_source(config.name, config.source, stop=stop, ledger=ledger)
         self.gate = MotionGate(config.motion)
         self.counters = CameraCounters()
         self.drop_oldest = config.drops_when_busy()
@@ -93,6 +100,15 @@ class Camera:
     def detail(self) -> str | None:
         """Why the camera is down, when it is."""
         return self.error or getattr(self.source, "down_reason", None)
+
+    def release(self, frame: Frame) -> None:
+        """The pipeline is through with ``frame``: the source may remember or delete its file."""
+        try:
+            self.source.done(frame)
+        except Exception:
+            log.exception(
+                "camera=%s frame=%s could not be marked processed", self.name, frame.frame_id
+            )
 
 
 @dataclass
@@ -123,6 +139,7 @@ class FrameQueues:
                 if camera.drop_oldest:
                     dropped = waiting.popleft()
                     camera.counters.dropped += 1
+                    camera.release(dropped.frame)
                     log.debug(
                         "camera=%s frame=%s dropped: the model is busy",
                         camera.name,
@@ -194,17 +211,20 @@ class DetectionEngine:
         counters = camera.counters
         counters.captured += 1
         try:
+            if frame.rejected is not None:
+                raise FrameRejected(*frame.rejected)
             image = validate_frame(frame, self.validate)
         except FrameRejected as exc:
             counters.rejected[exc.reason] += 1
             log.warning(
-                "agent=%s camera=%s frame=%s source=%s rejected: %s",
+                "agent=%s camera=%s frame=%s source=%r rejected: %s",
                 self.agent_id,
                 camera.name,
                 frame.frame_id,
                 frame.source,
                 exc,
             )
+            camera.release(frame)
             return None
         motion = camera.gate.check(image)
         if not motion.moved:
@@ -219,6 +239,7 @@ class DetectionEngine:
                     frame.frame_id,
                     100 * motion.changed_fraction,
                 )
+            camera.release(frame)
             return None
         tensor, lb = self.detector.preprocess(image)
         return Admitted(camera=camera, frame=frame, image=image, tensor=tensor, letterbox=lb)
@@ -276,6 +297,7 @@ class DetectionEngine:
                         camera.name,
                         frame.frame_id,
                     )
+                    camera.release(frame)
                     continue
                 if admitted is not None and not self.queues.put(admitted, stop=self.stop):
                     return
@@ -302,6 +324,7 @@ class DetectionEngine:
                 for a in batch:
                     a.camera.counters.failed += 1
                     a.camera.counters.finished += 1
+                    a.camera.release(a.frame)
                 log.error(
                     "agent=%s frames=%s inference failed: %s",
                     self.agent_id,
@@ -335,6 +358,7 @@ class DetectionEngine:
                     )
                 finally:
                     admitted.camera.counters.finished += 1
+                    admitted.camera.release(admitted.frame)
 
     def idle(self) -> bool:
         """Every camera's source ended and every frame it queued is through (or dropped)."""

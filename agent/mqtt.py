@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -80,8 +81,13 @@ class MqttLink:
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(0)
         # Jitter, so that agents reconnecting after a broker restart do not arrive all at once.
-        client.reconnect_delay_set(min_delay=random.randint(1, 3), max_delay=random.randint(20, 40))
+        self._retry_min_s = random.randint(1, 3)
+        self._retry_max_s = random.randint(20, 40)
+        client.reconnect_delay_set(min_delay=self._retry_min_s, max_delay=self._retry_max_s)
+        self.connect_failures = 0
+        self.last_connect_error: str | None = None
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -98,22 +104,59 @@ class MqttLink:
         properties: object,
     ) -> None:
         if reason_code.is_failure:
+            self.connect_failures += 1
+            self.last_connect_error = f"refused: {reason_code}"
             log.error(
-                "agent=%s broker %s:%d refused the connection: %s",
+                "agent=%s broker %s:%d refused the connection: %s; next attempt in %.0f s",
                 self.agent_id,
                 self.config.host,
                 self.config.port,
                 reason_code,
+                self._next_retry_s(),
             )
             return
         log.info(
-            "agent=%s connected to broker %s:%d", self.agent_id, self.config.host, self.config.port
+            "agent=%s connected to broker %s:%d%s",
+            self.agent_id,
+            self.config.host,
+            self.config.port,
+            f" after {self.connect_failures} failed attempt(s)" if self.connect_failures else "",
         )
+        self.connect_failures = 0
+        self.last_connect_error = None
         client.subscribe(self.topics.receipts, qos=1)
         self._resend.set()
         self.connected.set()
         self.publish_status()
         self.outbox.notify()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        """A connection attempt failed before MQTT spoke (refused, unreachable, DNS, TLS).
+
+        paho calls this while it handles the OSError, so the error is the one being handled."""
+        error = sys.exc_info()[1]
+        reason = (
+            (error.strerror or str(error)) if isinstance(error, OSError) else "connection failed"
+        )
+        self.connect_failures += 1
+        self.last_connect_error = reason
+        log.warning(
+            "agent=%s cannot reach broker %s:%d: %s; attempt %d, next in %.0f s",
+            self.agent_id,
+            self.config.host,
+            self.config.port,
+            reason,
+            self.connect_failures,
+            self._next_retry_s(),
+        )
+
+    def _next_retry_s(self) -> float:
+        """paho's next reconnect wait: the minimum, doubled after each failed attempt up to the
+        maximum (it keeps the last wait in ``_reconnect_delay``, None after a connect)."""
+        last = getattr(self.client, "_reconnect_delay", None)
+        if not isinstance(last, int | float):
+            return float(self._retry_min_s)
+        return float(min(last * 2, self._retry_max_s))
 
     def _on_disconnect(
         self,

@@ -3,20 +3,34 @@ the broker acknowledges it (PUBACK), and deleted only when the aggregator's rece
 stored (so a broker crash between PUBACK and delivery loses nothing: unreceipted messages are
 sent again after every reconnect). Bounded by bytes: beyond the bound the oldest messages are
 dropped, counted and logged.
+
+Space is given back once the queue drains: the file uses incremental auto-vacuum (an outbox
+file from before is converted once, at open), and when the last message is deleted the free
+pages are released and the write-ahead log is checkpointed and truncated, so an outage does not
+leave the file at its high-water size.
+
+The same database holds the folder cameras' record of processed files (:mod:`agent.ledger`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import ledger
+from agent.ledger import FileMark
+
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL UNIQUE,
@@ -31,6 +45,14 @@ CREATE TABLE IF NOT EXISTS outbox_counters (
     value INTEGER NOT NULL
 );
 """
+    + ledger.SCHEMA
+)
+
+AUTO_VACUUM_INCREMENTAL = 2
+RECLAIM_MIN_BYTES = 256 * 1024
+"""Once drained, free pages are released and the WAL truncated when either is over this."""
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+"""``journal_size_limit``: what a checkpointed WAL is cut back to at most."""
 
 
 @dataclass(frozen=True)
@@ -50,20 +72,71 @@ class Outbox:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._incremental_vacuum()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "sent_at" not in columns:  # an outbox file from before receipts
             self._db.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
         self._changed = threading.Condition()
 
+    def _incremental_vacuum(self) -> None:
+        """New files get incremental auto-vacuum; a file made without it is converted once."""
+        (mode,) = self._db.execute("PRAGMA auto_vacuum").fetchone()
+        if mode == AUTO_VACUUM_INCREMENTAL:
+            return
+        (tables,) = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        self._db.execute(f"PRAGMA auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
+        if tables:
+            log.info("outbox %s: converting to incremental auto-vacuum (once)", self.path)
+            self._db.execute("VACUUM")
+
+    def _reclaim_if_drained(self) -> None:
+        """The queue is empty: release free pages and truncate the WAL when worth it (holding
+        the lock)."""
+        if self._db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None:
+            return
+        (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
+        (free_pages,) = self._db.execute("PRAGMA freelist_count").fetchone()
+        try:
+            wal_bytes = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            wal_bytes = 0
+        free_bytes = int(free_pages) * int(page_size)
+        if max(free_bytes, wal_bytes) < RECLAIM_MIN_BYTES:
+            return
+        # executescript steps the pragma to the end (execute would free one page per step)
+        self._db.executescript("PRAGMA incremental_vacuum;")
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        log.info(
+            "outbox drained: released %d free bytes, checkpointed a %d byte WAL%s",
+            free_bytes,
+            wal_bytes,
+            " (a reader kept it from being truncated)" if busy else "",
+        )
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def put(self, *, message_id: str, topic: str, payload: bytes) -> int:
-        """Commit one message; return how many old messages were dropped to stay in bounds."""
+    @contextmanager
+    def database(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for the record of processed files (one writer)."""
+        with self._lock:
+            yield self._db
+
+    def put(
+        self,
+        *,
+        message_id: str,
+        topic: str,
+        payload: bytes,
+        processed: FileMark | None = None,
+    ) -> int:
+        """Commit one message (and ``processed``, the file it came from, in the same
+        transaction); return how many old messages were dropped to stay in bounds."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -72,6 +145,8 @@ class Outbox:
                     "VALUES (?, ?, ?, ?, ?)",
                     (message_id, topic, payload, len(payload), time.time()),
                 )
+                if processed is not None:
+                    ledger.record_marks(self._db, [processed])
                 dropped = self._enforce_bound()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -121,6 +196,7 @@ class Outbox:
     def delete(self, seq: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._reclaim_if_drained()
         self.notify()
 
     def confirm(self, message_ids: list[str]) -> int:
@@ -137,6 +213,8 @@ class Outbox:
                     f"DELETE FROM outbox WHERE message_id IN ({marks})", chunk
                 ).rowcount
             self._db.execute("COMMIT")
+            if deleted:
+                self._reclaim_if_drained()
         self.notify()
         return deleted
 

@@ -17,14 +17,15 @@ import cv2
 import numpy as np
 
 from agent.capture import Frame
-from agent.config import AgentConfig, in_force
 from agent.engine import Admitted, Camera, CameraCounters, DetectionEngine
+from agent.ledger import SqliteLedger
+from agent.loader import LoadedAgent, load_agent
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from appcommon.version import code_version
-from modelrt import Detections, Detector, load_manifest
+from modelrt import Detections, Detector
 from modelrt.frames import pixels_sha256, still_sha256
-from modelrt.rules import RuleSet, Threat, load_rules
+from modelrt.rules import RuleSet, Threat
 from wire.payloads import (
     CameraStatus,
     FrameRef,
@@ -32,7 +33,6 @@ from wire.payloads import (
     ThreatMessage,
     ThreatOut,
     Versions,
-    canonical_sha256,
     dump_payload,
 )
 
@@ -49,30 +49,25 @@ def frame_sha256(frame: Frame, image: np.ndarray) -> str:
 class Agent:
     """Everything one camera host runs (``secagent run``)."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, loaded: LoadedAgent) -> None:
+        config = loaded.config
         self.config = config
-        self.config_in_force = in_force(config)
+        self.config_in_force = loaded.in_force
         self.agent_id = config.agent_id
-        manifest = load_manifest(config.detect.model)
-        self.detector = Detector(
-            manifest,
-            providers=config.detect.providers,
-            intra_op_threads=config.detect.intra_op_threads,
-            inter_op_threads=config.detect.inter_op_threads,
-            max_batch=config.detect.max_batch,
-            spin_wait=config.detect.spin_wait,
-        )
-        self.rules: RuleSet = load_rules(config.rules)
-        self.rules.check_zones({c.name: c.zones.keys() for c in config.cameras})
+        self.detector: Detector = loaded.detector
+        self.rules: RuleSet = loaded.rules
         self.versions = Versions(
             code=code_version(),
             model_sha256=self.detector.sha256,
             rules_sha256=self.rules.sha256,
-            config_sha256=canonical_sha256(self.config_in_force),
+            config_sha256=loaded.config_sha256,
         )
+        for problem in loaded.problems:
+            log.warning("agent=%s %s", self.agent_id, problem)
         self._stop = threading.Event()
-        self.cameras = [Camera(c, stop=self._stop) for c in config.cameras]
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
+        ledger = SqliteLedger(self.outbox)
+        self.cameras = [Camera(c, stop=self._stop, ledger=ledger) for c in config.cameras]
         self.link = MqttLink(
             agent_id=config.agent_id,
             config=config.mqtt,
@@ -161,6 +156,7 @@ class Agent:
             message = self.engine.deliver(admitted, self.engine.detections_of(admitted, output))
         finally:
             camera.counters.finished += 1
+            camera.release(frame)
         return message if isinstance(message, ThreatMessage) else None
 
     def _on_detections(self, admitted: Admitted, detections: Detections) -> ThreatMessage | None:
@@ -187,8 +183,12 @@ class Agent:
         message = self.build_message(frame, image, detections, threats)
         payload = dump_payload(message)
         dropped = self.outbox.put(
-            message_id=message.message_id, topic=self.link.topics.threats, payload=payload
+            message_id=message.message_id,
+            topic=self.link.topics.threats,
+            payload=payload,
+            processed=frame.file,
         )
+        frame.recorded = frame.file is not None
         counters.threats += len(threats)
         counters.threat_frames += 1
         if dropped:
@@ -297,9 +297,7 @@ class Agent:
         self.outbox.close()
 
 
-def build_agent(config_path: Path) -> Agent:
-    """Load the config and everything it names; errors say which file and field is wrong."""
-    from agent.config import load_agent_config
-
-    config, _ = load_agent_config(config_path)
-    return Agent(config)
+def build_agent(config_path: Path, *, data_dir: Path | None = None) -> Agent:
+    """Load the config and everything it names (:func:`agent.loader.load_agent`, as
+    ``check-config`` does); errors say which file and field is wrong."""
+    return Agent(load_agent(config_path, data_dir=data_dir))

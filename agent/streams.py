@@ -68,6 +68,9 @@ class StreamSource:
     def finished(self) -> bool:
         return self.stop.is_set()
 
+    def done(self, frame: Frame) -> None:
+        """Nothing to remember of a live frame."""
+
     def _open(self) -> cv2.VideoCapture | None:
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,

@@ -15,7 +15,16 @@ import numpy as np
 from agent.capture import Frame, looks_complete
 from agent.config import ValidateConfig
 
-REASONS = ("empty", "too_large", "wrong_format", "truncated", "undecodable", "bad_dimensions")
+REASONS = (
+    "empty",
+    "too_large",
+    "wrong_format",
+    "truncated",
+    "undecodable",
+    "bad_dimensions",
+    "not_a_file",
+)
+"""``not_a_file``: a folder entry matching the patterns is a named pipe, link, folder or device."""
 
 
 class FrameRejected(ValueError):

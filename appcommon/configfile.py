@@ -6,9 +6,10 @@ Shared by the agent's and the aggregator's config loaders.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -20,17 +21,40 @@ class ConfigError(ValueError):
     """A config file is missing, unreadable, not YAML, or fails validation."""
 
 
+DATA_DIR_ENV = "SECAGENT_DATA_DIR"
+"""Overrides the installation's data folder (the one holding ``models/`` and ``rules/``)."""
+
+
+def installation_data_dir() -> Path:
+    """The folder holding the installation's ``models/`` and ``rules/``: ``$SECAGENT_DATA_DIR``
+    when set, else the checkout the code runs from (``/opt/secagent`` for the systemd units).
+
+    Read when called, never at import time."""
+    override = os.environ.get(DATA_DIR_ENV)
+    if override:
+        return Path(override).resolve()
+    return Path(__file__).resolve().parent.parent
+
+
 def load_yaml_model(
-    path: Path, model: type[M], *, moved: Mapping[str, str] | None = None
+    path: Path,
+    model: type[M],
+    *,
+    what: str = "config",
+    context: dict[str, Any] | None = None,
+    moved: Mapping[str, str] | None = None,
 ) -> tuple[M, str]:
     """Parse ``path`` as ``model``; return it with the sha256 of the file bytes.
 
-    ``moved``: settings that moved, old path -> new path (``events.x`` -> ``notify.x``); a file
-    that still has one is refused with where it went instead of "not permitted"."""
+    ``what`` names the kind of file in errors ("agent config", "model manifest", "rules file");
+    ``context`` is passed to the validators on top of ``base_dir`` (the file's folder);
+    ``moved``: settings that moved, old path -> new path (``events.x`` -> ``notify.x``): a file
+    that still has one is refused with where it went instead of "not permitted".
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -38,10 +62,12 @@ def load_yaml_model(
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
     try:
-        parsed = model.model_validate(doc, context={"base_dir": path.parent.resolve()})
+        parsed = model.model_validate(
+            doc, context={**(context or {}), "base_dir": path.parent.resolve()}
+        )
     except ValidationError as exc:
         errors = format_errors(exc, doc, moved=moved)
-        raise ConfigError(f"{path}: invalid config:\n{errors}") from exc
+        raise ConfigError(f"{path}: invalid {what}:\n{errors}") from exc
     return parsed, hashlib.sha256(raw).hexdigest()
 
 
@@ -83,3 +109,20 @@ def resolve_path(value: Path, base_dir: Path | None) -> Path:
     if value.is_absolute() or base_dir is None:
         return value
     return (base_dir / value).resolve()
+
+
+def find_data_file(value: Path, *, base_dir: Path | None, data_dir: Path | None, what: str) -> Path:
+    """A relative path to an installation file (a model manifest, a rules file): next to the
+    config file first, then in the installation's data folder. ValueError naming every place
+    looked when it is in none of them."""
+    if value.is_absolute() or base_dir is None:
+        return value
+    places = [(base_dir / value).resolve()]
+    if data_dir is not None and (data_dir / value).resolve() not in places:
+        places.append((data_dir / value).resolve())
+    for place in places:
+        if place.exists():  # a folder or an unreadable file: its loader says what is wrong
+            return place
+    raise ValueError(
+        f"{what} {str(value)!r} not found; looked in: {', '.join(str(p) for p in places)}"
+    )

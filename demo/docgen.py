@@ -31,7 +31,14 @@ MODELS: list[tuple[str, type[BaseModel], str]] = [
     (
         "Agent config (`secagent run --config`)",
         AgentConfig,
-        "Example: `config/secagent.example.yaml`. Relative paths are relative to the file.",
+        "Example: `config/secagent.example.yaml`. Relative paths are relative to the file, "
+        "except `detect.model` and `rules`: those are looked up next to the file first, then in "
+        "the installation's data folder, which holds `models/` and `rules/` (the checkout the "
+        "code runs from: `/opt/secagent` for the systemd units; `$SECAGENT_DATA_DIR` overrides "
+        "it). When neither has the file, the error names every place looked. So the example "
+        "works both in the checkout's `config/` and copied to `/etc/secagent/`, where "
+        "`models/fall-detection-yolov8.yaml` is found in `/opt/secagent/models/`. Put a file "
+        "of the same name next to the config to override the installation's.",
     ),
     (
         "Aggregator config (`secagg serve --config`)",

@@ -142,7 +142,7 @@ def file_sha256(path: Path) -> str:
 def load_manifest(path: Path) -> ModelManifest:
     """Load a manifest YAML file (paths in it are relative to the file)."""
     try:
-        manifest, _ = load_yaml_model(path, ModelManifest)
+        manifest, _ = load_yaml_model(path, ModelManifest, what="model manifest")
     except ConfigError as exc:
         raise ManifestError(str(exc)) from exc
     return manifest

@@ -142,7 +142,7 @@ def in_any_zone(
 def load_rules(path: Path) -> RuleSet:
     """Load the rules file; its version is the sha256 of its bytes."""
     try:
-        parsed, sha = load_yaml_model(path, RulesFile)
+        parsed, sha = load_yaml_model(path, RulesFile, what="rules file")
     except ConfigError as exc:
         raise RulesError(str(exc)) from exc
     return RuleSet(rules=tuple(parsed.rules), sha256=sha, path=path)

@@ -4,12 +4,14 @@ path and the reason, and ``secagent check-config``."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from agent.config import load_agent_config
-from appcommon.configfile import ConfigError
+from agent.config import in_force, load_agent_config
+from appcommon.configfile import DATA_DIR_ENV, ConfigError, installation_data_dir
 from modelrt import load_manifest
 from modelrt.rules import load_rules
 from tests.support import DEFAULT_RULES, MODEL_MANIFEST, ROOT
@@ -24,21 +26,96 @@ from tests.support.configs import (
     edited,
     write,
 )
+from wire.payloads import canonical_sha256
+
+EXAMPLE = ROOT / "config" / "secagent.example.yaml"
 
 
-def test_the_example_agent_config_loads_and_passes_check_config() -> None:
-    example = ROOT / "config" / "secagent.example.yaml"
-    config, sha = load_agent_config(example)
+def test_the_example_agent_config_loads_in_the_checkout() -> None:
+    config, sha = load_agent_config(EXAMPLE)
     assert config.cameras
+    assert config.detect.model == ROOT / "models" / "fall-detection-yolov8.yaml"
+    assert config.rules == ROOT / "rules" / "default.yaml"
     assert load_manifest(config.detect.model).name
     assert load_rules(config.rules).rules
-    assert sha == hashlib.sha256(example.read_bytes()).hexdigest()
-    result = check_config("secagent", example)
+    assert sha == hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
+
+
+def installed_layout(tmp_path: Path) -> tuple[Path, Path]:
+    """``<tmp>/etc/secagent/secagent.yaml`` (the example, its /var/lib/secagent under <tmp>)
+    and ``<tmp>/opt/secagent/{models,rules}``, as the systemd units expect them."""
+    etc, opt = tmp_path / "etc" / "secagent", tmp_path / "opt" / "secagent"
+    etc.mkdir(parents=True)
+    for folder in ("models", "rules"):
+        shutil.copytree(ROOT / folder, opt / folder)
+    var = tmp_path / "var" / "lib" / "secagent"
+    (var / "recordings").mkdir(parents=True)
+    (var / "recordings" / "backyard.mp4").write_bytes(b"")
+    config = etc / "secagent.yaml"
+    config.write_text(EXAMPLE.read_text().replace("/var/lib/secagent", str(var)))
+    return config, opt
+
+
+def test_a_config_in_etc_finds_the_installations_model_and_rules(tmp_path: Path) -> None:
+    config_path, opt = installed_layout(tmp_path)
+    config, _ = load_agent_config(config_path, data_dir=opt)
+    assert config.detect.model == opt / "models" / "fall-detection-yolov8.yaml"
+    assert config.rules == opt / "rules" / "default.yaml"
+    assert config.outbox.path == tmp_path / "var" / "lib" / "secagent" / "outbox.sqlite"
+    # next to the config file first: a site's own rules win
+    (config_path.parent / "rules").mkdir()
+    shutil.copy(opt / "rules" / "default.yaml", config_path.parent / "rules" / "default.yaml")
+    config, _ = load_agent_config(config_path, data_dir=opt)
+    assert config.rules == config_path.parent / "rules" / "default.yaml"
+
+
+def test_check_config_passes_for_the_example_installed_in_etc(tmp_path: Path) -> None:
+    config_path, opt = installed_layout(tmp_path)
+    result = check_config("secagent", config_path, env={DATA_DIR_ENV: str(opt)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"ok: {example}")
+    assert result.stdout.startswith(f"ok: {config_path} ")
+    driveway = tmp_path / "var" / "lib" / "secagent" / "incoming" / "driveway"
+    assert result.stderr.strip() == (
+        f"warning: camera driveway: folder {driveway} does not exist (yet): the camera is "
+        "reported down and tried again until it is there"
+    )
+
+
+def test_a_missing_manifest_names_every_place_looked(tmp_path: Path) -> None:
+    config_path, opt = installed_layout(tmp_path)
+    shutil.rmtree(opt / "models")
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(config_path, data_dir=opt)
+    assert str(info.value) == (
+        f"{config_path}: invalid agent config:\n"
+        "  detect.model: Value error, model manifest 'models/fall-detection-yolov8.yaml' not "
+        f"found; looked in: {config_path.parent / 'models' / 'fall-detection-yolov8.yaml'}, "
+        f"{opt / 'models' / 'fall-detection-yolov8.yaml'}"
+    )
+
+
+def test_the_systemd_units_paths_agree_with_the_installation() -> None:
+    unit = (ROOT / "systemd" / "secagent.service").read_text()
+    commands = dict(
+        line.split("=", 1) for line in unit.splitlines() if line.startswith("ExecStart")
+    )
+    install, config = Path("/opt/secagent"), Path("/etc/secagent/secagent.yaml")
+    assert commands["ExecStart"] == f"{install}/.venv/bin/secagent run --config {config}"
+    assert commands["ExecStartPre"] == (
+        f"{install}/.venv/bin/secagent check-config --config {config}"
+    )
+    # the checkout is what goes to /opt/secagent: its data folder is the checkout itself, with
+    # the venv where the unit runs it, and the example's model and rules inside
+    assert installation_data_dir() == ROOT
+    assert (ROOT / ".venv" / "bin" / "secagent").exists()
+    example = yaml.safe_load(EXAMPLE.read_text())
+    for relative in (example["detect"]["model"], example["rules"]):
+        assert not Path(relative).is_absolute()
+        assert (ROOT / relative).is_file()
 
 
 def test_agent_config_loads_with_defaults_and_relative_paths(tmp_path: Path) -> None:
+    write(tmp_path, "rules.yaml", edited(RULES, {}))
     text = edited(AGENT, {"rules": "rules.yaml", "outbox": {"max_bytes": 1 << 20}})
     path = write(tmp_path, "secagent.yaml", text)
     config, sha = load_agent_config(path)
@@ -262,7 +339,7 @@ BAD_AGENT_CONFIGS = [
         load_agent_config,
         None,
         ConfigError,
-        ["cannot read config: No such file or directory"],
+        ["cannot read agent config: No such file or directory"],
         id="agent-missing-file",
     ),
 ]
@@ -291,7 +368,7 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_agent_config(write(tmp_path, "secagent.yaml", text))
     lines = str(info.value).splitlines()
-    assert lines[0] == f"{tmp_path / 'secagent.yaml'}: invalid config:"
+    assert lines[0] == f"{tmp_path / 'secagent.yaml'}: invalid agent config:"
     assert sorted(line.split(":")[0].strip() for line in lines[1:]) == [
         "cameras.0.motion.blur_px",
         "colour",
@@ -301,13 +378,20 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
 
 def test_secagent_check_config_accepts_a_good_config(tmp_path: Path) -> None:
     path = write(tmp_path, "secagent.yaml", edited(AGENT, {}))
+    (tmp_path / "incoming" / "door").mkdir(parents=True)
+    (tmp_path / "yard.avi").write_bytes(b"")
     result = check_config("secagent", path)
     assert result.returncode == 0, result.stderr
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     rules_sha = hashlib.sha256(DEFAULT_RULES.read_bytes()).hexdigest()
+    model_sha = MANIFEST["sha256"]
+    config, _ = load_agent_config(path)
+    in_force_sha = canonical_sha256(in_force(config))
     assert result.stdout.strip() == (
-        f"ok: {path} sha256={sha} cameras=2 rules=1 rules_sha256={rules_sha}"
+        f"ok: {path} sha256={sha} config_sha256={in_force_sha} cameras=2 "
+        f"model_sha256={model_sha} rules=1 rules_sha256={rules_sha}"
     )
+    assert result.stderr == ""
 
 
 @pytest.mark.parametrize(
@@ -326,13 +410,13 @@ def test_secagent_check_config_accepts_a_good_config(tmp_path: Path) -> None:
         pytest.param(
             {"secagent.yaml": "[1, 2]\n"}, ["top level must be a mapping"], id="not-a-mapping"
         ),
-        pytest.param({}, ["secagent.yaml: cannot read config"], id="missing-file"),
+        pytest.param({}, ["secagent.yaml: cannot read agent config"], id="missing-file"),
         pytest.param(
             {
                 "secagent.yaml": edited(AGENT, {"detect.model": "model.yaml"}),
                 "model.yaml": edited(MANIFEST, {"layout": "yolov7"}),
             },
-            ["model.yaml: invalid config", "layout: Input should be"],
+            ["model.yaml: invalid model manifest", "layout: Input should be"],
             id="bad-manifest",
         ),
         pytest.param(
@@ -340,12 +424,15 @@ def test_secagent_check_config_accepts_a_good_config(tmp_path: Path) -> None:
                 "secagent.yaml": edited(AGENT, {"rules": "rules.yaml"}),
                 "rules.yaml": edited(RULES, {"rules.1.severity": "urgent"}),
             },
-            ["rules.yaml: invalid config", "rules.1.severity: Input should be"],
+            ["rules.yaml: invalid rules file", "rules.1.severity: Input should be"],
             id="bad-rules",
         ),
         pytest.param(
             {"secagent.yaml": edited(AGENT, {"rules": "missing-rules.yaml"})},
-            ["missing-rules.yaml: cannot read config"],
+            [
+                "rules: Value error, rules file 'missing-rules.yaml' not found; looked in: ",
+                str(ROOT / "missing-rules.yaml"),
+            ],
             id="missing-rules",
         ),
     ],
@@ -360,4 +447,123 @@ def test_secagent_check_config_refuses_bad_files(
     assert result.stdout == ""
     assert result.stderr.startswith("Error: ")
     for part in expected_stderr:
+        assert part in result.stderr
+
+
+# ---------------------------------------------------------------- check-config = run's load path
+
+SHA_ZERO = "0" * 64
+MODEL_SHA = MANIFEST["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("files", "folders", "outcome", "expected"),
+    [
+        pytest.param({}, ["incoming/door"], "ok", [], id="good"),
+        pytest.param(
+            {},
+            [],
+            "warning",
+            ["warning: camera door: folder ", "incoming/door does not exist (yet)"],
+            id="folder-missing-is-a-warning",
+        ),
+        pytest.param(
+            {"yard.avi": None},
+            ["incoming/door"],
+            "error",
+            ["camera yard: video ", "yard.avi does not exist"],
+            id="video-missing",
+        ),
+        pytest.param(
+            {"incoming/door": ""},
+            [],
+            "error",
+            ["camera door: folder ", "incoming/door is not a folder"],
+            id="folder-is-a-file",
+        ),
+        pytest.param(
+            {
+                "secagent.yaml": edited(AGENT, {"detect.model": "model.yaml"}),
+                "model.yaml": edited(MANIFEST, {"sha256": SHA_ZERO}),
+            },
+            ["incoming/door"],
+            "error",
+            [f"has sha256 {MODEL_SHA}, manifest says {SHA_ZERO}"],
+            id="model-sha256-mismatch",
+        ),
+        pytest.param(
+            {
+                "secagent.yaml": edited(AGENT, {"detect.model": "model.yaml"}),
+                "model.yaml": edited(MANIFEST, {"file.package": "secagent-no-such-model"}),
+            },
+            ["incoming/door"],
+            "error",
+            ["package 'secagent-no-such-model' is not installed"],
+            id="model-package-not-installed",
+        ),
+        pytest.param(
+            {
+                "secagent.yaml": edited(AGENT, {"detect.model": "model.yaml"}),
+                "model.yaml": edited(MANIFEST, {"file": "missing.onnx"}),
+            },
+            ["incoming/door"],
+            "error",
+            ["missing.onnx does not exist"],
+            id="model-file-missing",
+        ),
+        pytest.param(
+            {"secagent.yaml": edited(AGENT, {"rules": "rules.yaml"})},
+            ["incoming/door", "rules.yaml"],
+            "error",
+            ["rules.yaml: cannot read rules file: Is a directory"],
+            id="rules-unreadable",
+        ),
+        pytest.param(
+            {
+                "secagent.yaml": edited(AGENT, {"rules": "rules.yaml"}),
+                "rules.yaml": "rules: [unclosed\n",
+            },
+            ["incoming/door"],
+            "error",
+            ["rules.yaml: not valid YAML"],
+            id="rules-not-yaml",
+        ),
+        pytest.param(
+            {
+                "secagent.yaml": edited(AGENT, {"rules": "rules.yaml"}),
+                "rules.yaml": edited(RULES, {"rules.0.zones": ["driveway"]}),
+            },
+            ["incoming/door"],
+            "error",
+            ["rule person_on_premises names zone(s) driveway that no camera"],
+            id="rules-unknown-zone",
+        ),
+    ],
+)
+def test_check_config_refuses_what_run_refuses(
+    tmp_path: Path,
+    files: dict[str, str | None],
+    folders: list[str],
+    outcome: str,
+    expected: list[str],
+) -> None:
+    """The same load path as ``run`` (model file, sha256, ONNX session, rules, zones, sources):
+    ok, ok with a warning printed (a folder that may appear later), or an error (exit 1)."""
+    layout: dict[str, str | None] = {"secagent.yaml": edited(AGENT, {}), "yard.avi": "", **files}
+    for folder in folders:
+        (tmp_path / folder).mkdir(parents=True)
+    for name, text in layout.items():
+        if text is not None:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            write(tmp_path, name, text)
+    result = check_config("secagent", tmp_path / "secagent.yaml")
+    if outcome == "error":
+        assert result.returncode == 1, result.stdout
+        assert result.stdout == ""
+        assert result.stderr.startswith("Error: ")
+    else:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"ok: {tmp_path / 'secagent.yaml'} ")
+        assert result.stderr.startswith("warning: ") if outcome == "warning" else not result.stderr
+    for part in expected:
         assert part in result.stderr

@@ -78,7 +78,7 @@ BAD_RULES = [
         ["rules: List should have at least 1 item"],
         id="rules-empty",
     ),
-    pytest.param(load_rules, None, RulesError, ["cannot read config"], id="rules-missing-file"),
+    pytest.param(load_rules, None, RulesError, ["cannot read rules file"], id="rules-missing-file"),
 ]
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import sqlite3
 import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
-from demo.broker import Mosquitto
+from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
 from wire.payloads import ReceiptMessage, StatusMessage, dump_payload
 
@@ -43,10 +48,6 @@ def test_the_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
 
 
 def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
-    import sqlite3
-
-    import pytest
-
     box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20)
     box.put(message_id="same", topic="t", payload=b"1")
     with pytest.raises(sqlite3.IntegrityError):
@@ -182,3 +183,87 @@ def test_nothing_leaves_the_outbox_while_the_broker_is_away(tmp_path: Path) -> N
     finally:
         link.stop()
         own.stop()
+
+
+def test_an_unreachable_broker_is_logged_with_host_port_reason_and_next_attempt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there
+    caplog.set_level(logging.WARNING, logger="agent.mqtt")
+    link = MqttLink(
+        agent_id="outbox-test",
+        config=MqttConfig(host="127.0.0.1", port=port),  # type: ignore[call-arg]
+        outbox=Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20),
+        status=_status_of("outbox-test"),
+    )
+    link.start()
+    try:
+        line = wait_for(
+            lambda: next(
+                (r.getMessage() for r in caplog.records if str(port) in r.getMessage()), None
+            ),
+            what="a log line about the broker",
+        )
+    finally:
+        link.stop()
+    assert re.fullmatch(
+        rf"agent=outbox-test cannot reach broker 127\.0\.0\.1:{port}: Connection refused; "
+        r"attempt 1, next in [123] s",
+        line,
+    ), line
+    assert link.last_connect_error == "Connection refused"
+
+
+def _file_bytes(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def test_the_outbox_file_shrinks_once_drained(tmp_path: Path) -> None:
+    own = Mosquitto(tmp_path / "broker")  # not started yet: an outage
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, max_bytes=64 << 20)
+    link = MqttLink(
+        agent_id="outbox-test4",
+        config=MqttConfig(host=own.host, port=own.port),  # type: ignore[call-arg]
+        outbox=box,
+        status=_status_of("outbox-test4"),
+        delete_on="puback",
+    )
+    link.start()
+    try:
+        for i in range(150):
+            box.put(message_id=f"{i:032x}", topic="outbox-test4/t", payload=os.urandom(100_000))
+        assert _file_bytes(path) > 15_000_000
+        own.start()
+        wait_for(lambda: box.depth() == 0, timeout_s=60, what="the outbox to drain")
+        wait_for(lambda: _file_bytes(path) < 256 * 1024, what="the file to shrink")
+    finally:
+        link.stop()
+        own.stop()
+    assert Outbox(path, max_bytes=1 << 20).depth() == 0
+
+
+def test_an_outbox_file_made_without_auto_vacuum_is_converted_once(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)  # as before: no auto_vacuum, no ledger
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL "
+        "UNIQUE, topic TEXT NOT NULL, payload BLOB NOT NULL, size INTEGER NOT NULL, "
+        "created_at REAL NOT NULL, sent_at REAL)"
+    )
+    for i in range(40):
+        old.execute(
+            "INSERT INTO outbox (message_id, topic, payload, size, created_at) "
+            "VALUES (?, 't', ?, 100000, 0)",
+            (f"m{i}", os.urandom(100_000)),
+        )
+    old.close()
+    box = Outbox(path, max_bytes=64 << 20)
+    assert box.depth() == 40
+    with box.database() as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+    assert _file_bytes(path) > 4_000_000
+    assert box.confirm([f"m{i}" for i in range(40)]) == 40
+    assert _file_bytes(path) < 256 * 1024

@@ -1,4 +1,5 @@
-"""Frame validation (agent.validate) and the folder source (agent.capture.DirectorySource)."""
+"""Frame validation (agent.validate) and the folder source's basics (agent.folder); the folder
+source's watching, memory and rejections are in tests/test_folder.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import DirectorySource, Frame, SourceError, looks_complete
+from agent.capture import Frame, SourceError, looks_complete
 from agent.config import DirectorySourceConfig, ValidateConfig
+from agent.folder import DirectorySource
 from agent.validate import REASONS, FrameRejected, header_size_wh, validate_frame
 from demo.footage import bomb_png
 
@@ -256,7 +258,13 @@ def test_hidden_temp_and_unmatched_files_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "LOUD.JPG").write_bytes(JPEG)
     (tmp_path / "pic.png").write_bytes(PNG)
     source = folder_source(tmp_path, settle_s=30)
-    assert sorted(Path(f.source).name for f in source.poll()) == ["LOUD.JPG", "good.jpg", "pic.png"]
+    frames = source.poll()
+    taken = sorted(Path(f.source).name for f in frames if f.rejected is None)
+    assert taken == ["LOUD.JPG", "good.jpg", "pic.png"]
+    # a folder named like a still is reported, not taken (tests/test_folder.py)
+    assert [(Path(f.source).name, f.rejected) for f in frames if f.rejected] == [
+        ("sub.jpg", ("not_a_file", "a folder, not a regular file"))
+    ]
 
 
 def test_files_come_oldest_first(tmp_path: Path) -> None:
@@ -301,14 +309,18 @@ def test_existing_skip_ignores_files_already_there(tmp_path: Path) -> None:
     assert [Path(f.source).name for f in source.poll()] == ["new.jpg"]
 
 
-def test_after_delete_removes_taken_files_only(tmp_path: Path) -> None:
+def test_after_delete_removes_processed_files_only(tmp_path: Path) -> None:
     (tmp_path / "done.jpg").write_bytes(JPEG)
     (tmp_path / "half.jpg").write_bytes(JPEG[:100])
     source = folder_source(tmp_path, after="delete", settle_s=30)
-    assert [Path(f.source).name for f in source.poll()] == ["done.jpg"]
+    frames = source.poll()
+    assert [Path(f.source).name for f in frames] == ["done.jpg"]
+    assert (tmp_path / "done.jpg").exists()  # taken, not processed yet: a crash loses nothing
+    source.done(frames[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["half.jpg"]
 
 
 def test_missing_folder_is_a_source_error(tmp_path: Path) -> None:
+    source = folder_source(tmp_path / "nope")
     with pytest.raises(SourceError, match="does not exist"):
-        folder_source(tmp_path / "nope")
+        source.poll()

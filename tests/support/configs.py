@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -99,12 +100,16 @@ def assert_refused(
         assert part in message
 
 
-def check_config(program: str, config: Path) -> subprocess.CompletedProcess[str]:
-    """``secagent check-config`` or ``secagg check-config`` as a real process."""
+def check_config(
+    program: str, config: Path, *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``secagent check-config`` or ``secagg check-config`` as a real process (``env`` is added
+    to this process's environment)."""
     return subprocess.run(
         [str(BIN / program), "check-config", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **(env or {})},
     )
