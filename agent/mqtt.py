@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
 from agent.outbox import Outbox
@@ -100,7 +101,7 @@ class MqttLink:
         client: mqtt.Client,
         userdata: object,
         flags: object,
-        reason_code: mqtt.ReasonCode,
+        reason_code: ReasonCode,
         properties: object,
     ) -> None:
         if reason_code.is_failure:
@@ -163,7 +164,7 @@ class MqttLink:
         client: mqtt.Client,
         userdata: object,
         flags: object,
-        reason_code: mqtt.ReasonCode,
+        reason_code: ReasonCode,
         properties: object,
     ) -> None:
         if self.connected.is_set() and not self._stop.is_set():
@@ -177,7 +178,7 @@ class MqttLink:
         client: mqtt.Client,
         userdata: object,
         mid: int,
-        reason_code: mqtt.ReasonCode,
+        reason_code: ReasonCode,
         properties: object,
     ) -> None:
         self._acks.put(mid)

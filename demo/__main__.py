@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -143,7 +143,7 @@ def main() -> int:
     try:
         say("[3/5] starting the aggregator (secagg serve)")
 
-        def healthy() -> dict | None:
+        def healthy() -> dict[str, Any] | None:
             if aggregator.poll() is not None:
                 raise SystemExit(f"secagg exited early; see {work / 'secagg.log'}")
             try:
@@ -189,7 +189,7 @@ def main() -> int:
     return 0
 
 
-def run_agent(bindir: Path, config: Path, work: Path) -> dict:
+def run_agent(bindir: Path, config: Path, work: Path) -> dict[str, Any]:
     """Run the agent to completion, echoing a progress line per 10 frames sent to the model."""
     log_path = work / "secagent.log"
     proc = subprocess.Popen(
@@ -216,11 +216,18 @@ def run_agent(bindir: Path, config: Path, work: Path) -> dict:
     out = proc.stdout.read()
     if proc.wait() != 0:
         raise SystemExit(f"secagent failed (exit {proc.returncode}); see {log_path}")
-    return json.loads(out.strip().splitlines()[-1])["summary"]
+    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])["summary"]
+    return summary
 
 
 def print_summary(
-    summary: dict, health: dict, events: list[dict], *, work: Path, api: str, mailbox: Mailbox
+    summary: dict[str, Any],
+    health: dict[str, Any],
+    events: list[dict[str, Any]],
+    *,
+    work: Path,
+    api: str,
+    mailbox: Mailbox,
 ) -> None:
     rejected = summary["frames_rejected"]
     say("\n=== secagent demo summary ===")

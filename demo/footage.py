@@ -122,7 +122,8 @@ def render(
         left, right = max(0, x0), min(WIDTH, x0 + person.shape[1])
         frame[y0:HEIGHT, left:right] = person[:, left - x0 : right - x0]
     grain = noise[truth.index % len(noise)]
-    return np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    return out
 
 
 def make_clip(path: Path) -> Path:
@@ -241,4 +242,5 @@ def scene(person_x: int | None, *, brightness: float = 1.0, noise_index: int = 0
     )
     if brightness == 1.0:
         return frame
-    return np.clip(frame.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+    dimmed: np.ndarray = np.clip(frame.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+    return dimmed
