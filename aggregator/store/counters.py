@@ -1,0 +1,38 @@
+"""Ingest counters (table ``ingest_counters``: stored, duplicate, rejected_<reason>, ...) and
+the row counts the health endpoint reports (table ``row_counts``, kept by triggers)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aggregator.store.models import StoreCounts
+from aggregator.store.schema import Connection
+
+
+def bump(conn: Connection, counts: Mapping[str, int]) -> None:
+    """Add to persistent counters (created at zero)."""
+    conn.executemany(
+        "INSERT INTO ingest_counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        list(counts.items()),
+    )
+
+
+def ingest_counters(conn: Connection) -> dict[str, int]:
+    return {
+        str(r[0]): int(r[1])
+        for r in conn.execute("SELECT name, value FROM ingest_counters ORDER BY name")
+    }
+
+
+def row_counts(conn: Connection) -> StoreCounts:
+    """Messages, threats, events, open events and agents stored: five numbers read from
+    ``row_counts``, not a count over each table."""
+    values = {str(r[0]): int(r[1]) for r in conn.execute("SELECT name, value FROM row_counts")}
+    return StoreCounts(
+        messages=values.get("messages", 0),
+        threats=values.get("threats", 0),
+        events=values.get("events", 0),
+        open_events=values.get("open_events", 0),
+        agents=values.get("agents", 0),
+    )
