@@ -52,6 +52,10 @@ class Grouping:
             site_window_s=config.site_window_s,
         )
 
+    def spans_agents(self, camera: str) -> bool:
+        """Can a camera's events hold threats of other agents (a site, or no agent in the key)?"""
+        return camera in self.sites or "agent_id" not in self.group_by
+
     def key(self, *, agent_id: str, camera: str, rule: str) -> tuple[str, float]:
         """The group key of a threat and the inactivity (seconds) that ends its event."""
         site = self.sites.get(camera)

@@ -141,33 +141,35 @@ def record_message(
         "meta": {"frame_id": m.frame_id, "camera": m.camera},
     }
     validated = [s.id for s in snapshot]
-    for new_run in (
-        run(
-            kind="validate",
-            used=[(frame.id, "input"), (config.id, "config"), (code.id, "code")],
-            generated=validated,
-            **common,
-        ),
-        run(
-            kind="detect",
-            used=[
-                (frame.id, "input"),
-                (model.id, "model"),
-                (config.id, "config"),
-                (code.id, "code"),
-            ],
-            generated=[found.id],
-            **common,
-        ),
-        run(
-            kind="rules",
-            used=[(found.id, "input"), (rules.id, "rules"), (code.id, "code")]
-            + [(snap, "snapshot") for snap in validated],
-            generated=[message.id],
-            **common,
-        ),
-    ):
-        store.lineage.add_run(conn, new_run)
+    store.lineage.add_runs(
+        conn,
+        [
+            run(
+                kind="validate",
+                used=[(frame.id, "input"), (config.id, "config"), (code.id, "code")],
+                generated=validated,
+                **common,
+            ),
+            run(
+                kind="detect",
+                used=[
+                    (frame.id, "input"),
+                    (model.id, "model"),
+                    (config.id, "config"),
+                    (code.id, "code"),
+                ],
+                generated=[found.id],
+                **common,
+            ),
+            run(
+                kind="rules",
+                used=[(found.id, "input"), (rules.id, "rules"), (code.id, "code")]
+                + [(snap, "snapshot") for snap in validated],
+                generated=[message.id],
+                **common,
+            ),
+        ],
+    )
     return message.id
 
 

@@ -42,6 +42,7 @@ class Outcome:
     changes: list[EventChange] = field(default_factory=list)
     agent_id: str = ""
     message_id: str | None = None  # threat messages: what the receipt confirms
+    threats: int = 0  # threats stored
 
 
 def save_snapshot(snapshots_dir: Path, jpeg_b64: str) -> str:
@@ -140,20 +141,28 @@ def record_threat(
             )
         return Outcome("duplicate", agent_id=threat.agent_id, message_id=threat.message_id)
     captured_ts = row.captured_ts
-    clock_ts = store.agents.heard_from(
+    store.agents.heard_from(
         conn, agent_id=threat.agent_id, heard_ts=now.timestamp(), clock_ts=captured_ts
     )
     outcome = Outcome("stored", agent_id=threat.agent_id, message_id=threat.message_id)
     provenance.record_message(conn, row, detections=detections)
+    shared_keys = (
+        [
+            grouping.key(agent_id=threat.agent_id, camera=threat.camera, rule=t.rule)[0]
+            for t in threat.threats
+        ]
+        if grouping.spans_agents(threat.camera)
+        else []
+    )
+    # This threat's capture time ends what it is more than a cutoff after. (Not the agent's
+    # clock, which may be further: threats drained late from an outbox still group together;
+    # the sweep ends their event on the agent's clock.)
     outcome.changes += events.end_behind_clock(
         conn,
         grouping=grouping,
         agent_id=threat.agent_id,
-        clock_ts=clock_ts,
-        group_keys=[
-            grouping.key(agent_id=threat.agent_id, camera=threat.camera, rule=t.rule)[0]
-            for t in threat.threats
-        ],
+        clock_ts=captured_ts,
+        group_keys=shared_keys,
     )
     event_ids: list[int] = []
     stored: list[NewThreat] = []
@@ -188,6 +197,7 @@ def record_threat(
             )
         )
     store.messages.insert_threats(conn, stored)
+    outcome.threats = len(stored)
     provenance.record_grouping(
         conn,
         message_id=threat.message_id,
@@ -286,6 +296,7 @@ def store_batch(
     results: list[Outcome | PayloadError | None] = []
     counts: Counter[str] = Counter()
     changes: list[EventChange] = []
+    threats = 0
     with store.transaction(conn):
         for topic, payload in messages:
             try:
@@ -310,9 +321,11 @@ def store_batch(
             else:
                 counts[outcome.kind] += 1
                 changes += outcome.changes
+                threats += outcome.threats
                 results.append(outcome)
         if counts:
             store.counters.bump(conn, counts)
+            store.counters.add_rows(conn, {"messages": counts["stored"], "threats": threats})
         due = notify.on_changes(conn, changes, config, now_ts=now_ts)
     return BatchResult(results=results, counts=counts, changes=changes, due=due)
 

@@ -32,18 +32,16 @@ def _agent(row: Sequence[Any]) -> AgentRow:
     )
 
 
-def heard_from(conn: Connection, *, agent_id: str, heard_ts: float, clock_ts: float) -> float:
+def heard_from(conn: Connection, *, agent_id: str, heard_ts: float, clock_ts: float) -> None:
     """A threat message came from this agent: it is online, heard at ``heard_ts`` (our wall
-    clock), and its clock is at least ``clock_ts`` (the capture time). Returns its clock."""
-    row = conn.execute(
+    clock), and its clock is at least ``clock_ts`` (the capture time)."""
+    conn.execute(
         "INSERT INTO agents (agent_id, state, last_seen_ts, clock_ts) VALUES (?, 'online', ?, ?) "
         "ON CONFLICT (agent_id) DO UPDATE SET "
         "last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts), "
-        "clock_ts = MAX(COALESCE(clock_ts, excluded.clock_ts), excluded.clock_ts) "
-        "RETURNING clock_ts",
+        "clock_ts = MAX(COALESCE(clock_ts, excluded.clock_ts), excluded.clock_ts)",
         (agent_id, heard_ts, clock_ts),
-    ).fetchone()
-    return float(row[0])
+    )
 
 
 def record_status(conn: Connection, status: StatusUpdate) -> float | None:

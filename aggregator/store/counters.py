@@ -1,5 +1,7 @@
 """Ingest counters (table ``ingest_counters``: stored, duplicate, rejected_<reason>, ...) and
-the row counts the health endpoint reports (table ``row_counts``, kept by triggers)."""
+the row counts the health endpoint reports (table ``row_counts``). Whoever inserts or deletes
+messages or threats adds to the row counts in the same transaction (the ingest writer: once per
+batch); events and agents keep theirs themselves."""
 
 from __future__ import annotations
 
@@ -15,6 +17,15 @@ def bump(conn: Connection, counts: Mapping[str, int]) -> None:
         "INSERT INTO ingest_counters (name, value) VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
         list(counts.items()),
+    )
+
+
+def add_rows(conn: Connection, deltas: Mapping[str, int]) -> None:
+    """Add to the row counts (``messages``, ``threats``, ``events``, ``open_events``,
+    ``agents``)."""
+    conn.executemany(
+        "UPDATE row_counts SET value = value + ? WHERE name = ?",
+        [(delta, name) for name, delta in deltas.items() if delta],
     )
 
 

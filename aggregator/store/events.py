@@ -77,6 +77,7 @@ def create(conn: Connection, event: NewEvent) -> int:
             event.cutoff_s,
         ),
     )
+    conn.execute("UPDATE row_counts SET value = value + 1 WHERE name IN ('events', 'open_events')")
     return int(cur.lastrowid or 0)
 
 
@@ -122,12 +123,15 @@ def end_behind(
     return their ids. ``default_cutoff_s`` is for events stored before events had their own."""
     keys = sorted(set(group_keys))
     rows = conn.execute(
-        "UPDATE events SET ended_ts = last_seen_ts WHERE ended_ts IS NULL "
+        "SELECT id FROM events WHERE ended_ts IS NULL "
         f"AND (agent_id = ? OR group_key IN ({', '.join('?' * len(keys))})) "
-        "AND last_seen_ts + COALESCE(cutoff_s, ?) < ? RETURNING id",
+        "AND last_seen_ts + COALESCE(cutoff_s, ?) < ? ORDER BY id",
         (agent_id, *keys, default_cutoff_s, clock_ts),
     ).fetchall()
-    return sorted(int(r[0]) for r in rows)
+    ended = [int(r[0]) for r in rows]
+    if ended:  # rare: a read is cheaper than an update that changes nothing
+        end(conn, ended)
+    return ended
 
 
 def open_with_clocks(conn: Connection) -> list[OpenEventClock]:
@@ -141,10 +145,16 @@ def open_with_clocks(conn: Connection) -> list[OpenEventClock]:
 
 
 def end(conn: Connection, event_ids: Sequence[int]) -> None:
-    """End these events at their last threat."""
-    conn.executemany(
-        "UPDATE events SET ended_ts = last_seen_ts WHERE id = ? AND ended_ts IS NULL",
-        [(i,) for i in event_ids],
+    """End these open events at their last threat."""
+    if not event_ids:
+        return
+    marks = ", ".join("?" * len(event_ids))
+    cur = conn.execute(
+        f"UPDATE events SET ended_ts = last_seen_ts WHERE id IN ({marks}) AND ended_ts IS NULL",
+        list(event_ids),
+    )
+    conn.execute(
+        "UPDATE row_counts SET value = value - ? WHERE name = 'open_events'", (cur.rowcount,)
     )
 
 

@@ -56,23 +56,41 @@ def add_artifacts(conn: Connection, artifacts: Sequence[NewArtifact]) -> None:
     )
 
 
-def add_run(conn: Connection, run: NewRun) -> int:
-    """Record one run with what it used and generated (those artifacts must exist)."""
-    cur = conn.execute(
-        "INSERT INTO runs (kind, lineage_id, agent_id, code_version, at_ts, meta_json) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (run.kind, run.lineage_id, run.agent_id, run.code_version, run.at_ts, _meta(run.meta)),
-    )
-    run_id = int(cur.lastrowid or 0)
+def add_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
+    """Record runs with what each used and generated (those artifacts must exist); returns
+    their ids. What they used and generated goes in one statement each, for all of them."""
+    run_ids: list[int] = []
+    used: list[tuple[int, str, str]] = []
+    generated: list[tuple[int, str]] = []
+    metas: dict[int, str] = {}  # the runs of one frame share one meta dict: serialise it once
+    for run in runs:
+        meta = metas.get(id(run.meta))
+        if meta is None:
+            meta = metas[id(run.meta)] = _meta(run.meta)
+        cur = conn.execute(
+            "INSERT INTO runs (kind, lineage_id, agent_id, code_version, at_ts, meta_json) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run.kind, run.lineage_id, run.agent_id, run.code_version, run.at_ts, meta),
+        )
+        run_id = int(cur.lastrowid or 0)
+        run_ids.append(run_id)
+        used += [(run_id, aid, role) for aid, role in run.used]
+        generated += [(run_id, aid) for aid in run.generated]
     conn.executemany(
         "INSERT INTO used (run_id, artifact_id, role) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        [(run_id, aid, role) for aid, role in run.used],
+        used,
     )
-    if run.generated:
+    if generated:
         conn.executemany(
             "INSERT INTO generated (run_id, artifact_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(run_id, aid) for aid in run.generated],
+            generated,
         )
+    return run_ids
+
+
+def add_run(conn: Connection, run: NewRun) -> int:
+    """Record one run (see :func:`add_runs`); returns its id."""
+    (run_id,) = add_runs(conn, [run])
     return run_id
 
 
