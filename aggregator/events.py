@@ -80,7 +80,8 @@ def end_behind_clock(
     group_keys: Iterable[str] = (),
 ) -> list[EventChange]:
     """End the agent's open events (and those of these group keys: a site's cameras may sit on
-    other agents) whose last threat is more than their cutoff behind the agent's clock."""
+    other agents) whose last threat is more than their cutoff behind ``clock_ts``, a time on
+    the agent's clock (a threat's capture time, a status's ``sent_at``)."""
     ended = store.events.end_behind(
         conn,
         agent_id=agent_id,
