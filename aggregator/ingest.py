@@ -4,10 +4,14 @@ expiry), so what arrives while the aggregator is down waits at the broker; a mes
 already stored is acknowledged and ignored.
 
 One writer thread owns the database. It takes the messages waiting in its queue (up to
-``batch_max``) and stores them in one transaction, each inside a savepoint so one bad message
-cannot undo the others; after COMMIT it acknowledges them and publishes the event changes.
-The notifications those changes call for are decided in the same transaction; a sender thread
-sends them afterwards (:mod:`aggregator.notify`).
+``batch_max``) and stores them in one transaction (:func:`aggregator.records.store_batch`), each
+inside a savepoint so one bad message cannot undo the others; after COMMIT it acknowledges them
+and publishes the event changes. The notifications those changes call for are decided in the
+same transaction; a sender thread sends them afterwards (:mod:`aggregator.notify`).
+
+A failed connection attempt is logged with the broker's host and port, the reason and when paho
+tries again; :meth:`Ingest.liveness` tells the health endpoint whether the broker is connected
+and the writer is alive and not stalled.
 """
 
 from __future__ import annotations
