@@ -45,10 +45,8 @@ def test_an_unreachable_broker_is_logged_and_health_is_503_until_it_is_up(
     started.append(ingest)
     ingest.start()
     client = TestClient(create_app(config, liveness=ingest.liveness))
-    first, second = wait_for(
-        lambda: _unreachable(caplog)[:2] if len(_unreachable(caplog)) >= 2 else None,
-        what="two failed connection attempts logged",
-    )
+    wait_for(lambda: len(_unreachable(caplog)) >= 2, what="two failed connection attempts logged")
+    first, second = _unreachable(caplog)[:2]
     assert re.fullmatch(
         rf"broker 127\.0\.0\.1:{port} unreachable: ConnectionRefusedError: .*; retrying in 1 s",
         first,
