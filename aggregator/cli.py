@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from pathlib import Path
 
 import click
 
+from aggregator import store
 from aggregator.config import AggregatorConfig, load_aggregator_config
 from appcommon.cli import config_option, log_level_option, setup_logging
 from appcommon.configfile import ConfigError
@@ -44,7 +44,7 @@ def serve(config_path: Path, log_level: str) -> None:
     config = _load(config_path)
     ingest = Ingest(config)
     ingest.start()
-    app = create_app(config, broker_connected=ingest.connected.is_set)
+    app = create_app(config, liveness=ingest.liveness)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -81,18 +81,14 @@ def check_config(config_path: Path) -> None:
 @click.option("--event", "event_id", type=int, default=None, help="only this event's")
 def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
     """List the latest notifications (newest first): event, notifier, kind, state, attempts."""
-    import sqlite3
-
-    from aggregator import store
-
     config = _load(config_path)
     try:
         conn = store.connect(config.store.path, readonly=True)
-        where, args = ("WHERE event_id = ?", [event_id]) if event_id is not None else ("", [])
-        rows = conn.execute(
-            f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?", [*args, limit]
-        ).fetchall()
-    except sqlite3.Error as exc:
+        try:
+            rows = store.notifications.list_notifications(conn, limit=limit, event_id=event_id)
+        finally:
+            conn.close()
+    except (store.StoreUnavailable, store.DatabaseError) as exc:
         raise click.ClickException(f"{config.store.path}: {exc}") from exc
     click.echo(
         f"{'id':>6} {'event':>6} {'notifier':<12} {'kind':<7} {'for':<18} {'state':<10} "
@@ -100,8 +96,8 @@ def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
     )
     for r in rows:
         click.echo(
-            f"{r['id']:>6} {r['event_id']:>6} {r['notifier']:<12} {r['kind']:<7} "
-            f"{r['state_key']:<18} {r['state']:<10} {r['attempts']:>5}  {r['last_error'] or ''}"
+            f"{r.id:>6} {r.event_id:>6} {r.notifier:<12} {r.kind:<7} "
+            f"{r.state_key:<18} {r.state:<10} {r.attempts:>5}  {r.last_error or ''}"
         )
 
 
@@ -137,13 +133,14 @@ def broker_config(spec_path: Path, out_dir: Path) -> None:
     )
 
 
-def _read_db(config: AggregatorConfig) -> sqlite3.Connection:
-    from aggregator import store
-
+def _read_db(config: AggregatorConfig) -> store.Connection:
     if not config.store.path.exists():
         raise click.ClickException(f"no store at {config.store.path}")
-    store.migrate(config.store.path)  # an older store gets the lineage tables (backfilled)
-    return store.connect(config.store.path, readonly=True)
+    try:
+        store.migrate(config.store.path)  # an older store gets the lineage tables (backfilled)
+        return store.connect(config.store.path, readonly=True)
+    except (store.StoreUnavailable, store.DatabaseError) as exc:
+        raise click.ClickException(f"{config.store.path}: {exc}") from exc
 
 
 @main.command()
@@ -157,7 +154,8 @@ def explain(config_path: Path, artifact: str, as_json: bool, downstream: bool) -
     """Print the lineage of an event, notification or plot as a tree.
 
     ARTIFACT is an artifact id (event:12, notification:3, plot:<sha256>, model:<sha256>,
-    frame:<sha256>, ...); a bare number means an event.
+    frame:<sha256>, ...); a bare number means an event. A content-addressed id may be cut to a
+    unique prefix of its key (model:eee43d6844).
     """
     import json
 
@@ -273,7 +271,7 @@ def plot(
     KIND: threats_per_hour (stacked by camera), events_by_label (stacked by severity) or
     timeline. Prints the plot id (plot:<sha256 of the PNG>) and where the PNG is.
     """
-    from aggregator import plots, store
+    from aggregator import plots
     from appcommon.version import code_version
 
     config = _load(config_path)
@@ -292,7 +290,7 @@ def plot(
         raise click.ClickException(str(exc)) from exc
     finally:
         conn.close()
-    path = plots.plot_path(config.store.plots_dir, row["id"])
+    path = plots.plot_path(config.store.plots_dir, row.id)
     if out is not None:
         out.write_bytes(path.read_bytes())
-    click.echo(f"plot:{row['id']} {path} ({len(row['event_ids'])} event(s))")
+    click.echo(f"plot:{row.id} {path} ({len(row.event_ids)} event(s))")

@@ -147,6 +147,13 @@ class IngestConfig(_Section):
         le=1_000_000,
         description="messages received and not yet stored before MQTT reading pauses",
     )
+    writer_stall_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="the store writer counts as stalled (GET /api/health answers 503) when one "
+        "batch or sweep takes longer than this",
+    )
 
 
 def _relative_list(value: list[Path], info: ValidationInfo) -> list[Path]:

@@ -4,18 +4,20 @@ expiry), so what arrives while the aggregator is down waits at the broker; a mes
 already stored is acknowledged and ignored.
 
 One writer thread owns the database. It takes the messages waiting in its queue (up to
-``batch_max``) and stores them in one transaction, each inside a savepoint so one bad message
-cannot undo the others; after COMMIT it acknowledges them and publishes the event changes.
-The notifications those changes call for are decided in the same transaction; a sender thread
-sends them afterwards (:mod:`aggregator.notify`).
+``batch_max``) and stores them in one transaction (:func:`aggregator.records.store_batch`), each
+inside a savepoint so one bad message cannot undo the others; after COMMIT it acknowledges them
+and publishes the event changes. The notifications those changes call for are decided in the
+same transaction; a sender thread sends them afterwards (:mod:`aggregator.notify`).
+
+A failed connection attempt is logged with the broker's host and port, the reason and when paho
+tries again; :meth:`Ingest.liveness` tells the health endpoint whether the broker is connected
+and the writer is alive and not stalled.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -23,13 +25,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from aggregator import events, notify, records, snapshots, store
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
+from aggregator.liveness import Liveness
+from aggregator.records import message_id_of
 from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
 from wire.topics import TopicError, Topics
 
@@ -39,14 +44,23 @@ PRUNE_INTERVAL_S = 3600.0
 """How often snapshot retention runs (when ``store.snapshot_retention_days`` is set)."""
 
 
-def message_id_of(payload: bytes) -> str | None:
-    """The message id of a refused threat payload, if one can be read from it at all."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    mid = doc.get("message_id") if isinstance(doc, dict) else None
-    return mid if isinstance(mid, str) and re.fullmatch(r"[0-9a-f]{32}", mid) else None
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+"""paho's reconnect backoff: the first wait, doubled after each failure up to the last."""
+
+
+class _Client(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed: paho's
+    ``on_connect_fail`` callback is not told."""
+
+    last_connect_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
 
 
 @dataclass
@@ -59,6 +73,8 @@ class IngestStats:
     statuses: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    failed_batches: int = 0  # not committed (nothing acked: sent again)
+    failed_sweeps: int = 0
 
 
 class Ingest:
@@ -76,9 +92,13 @@ class Ingest:
         self.grouping = events.Grouping.from_config(config.events)
         self.sender = notify.NotificationSender(config) if config.notify.notifiers else None
         self._next_prune = 0.0
+        self._busy_since: float | None = None  # monotonic; the writer is inside a transaction
+        self._listening_since: float | None = None  # wall clock; subscribed since
+        self._broker_up = False
+        self._reconnect_waits = 0
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
-        client = mqtt.Client(
+        client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.mqtt.client_id,
             protocol=mqtt.MQTTv5,
@@ -88,8 +108,9 @@ class Ingest:
             client.username_pw_set(config.mqtt.username, config.mqtt.password)
         if config.mqtt.tls_ca_file:
             client.tls_set(ca_certs=str(config.mqtt.tls_ca_file))
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -97,22 +118,32 @@ class Ingest:
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
 
     # paho callbacks (network thread) -------------------------------------------------------
+    def _retry_in_s(self) -> float:
+        """How long paho waits before its next attempt (it doubles the wait after each failure
+        and starts again from RECONNECT_MIN_S once connected)."""
+        wait_s = min(RECONNECT_MIN_S * 2**self._reconnect_waits, RECONNECT_MAX_S)
+        self._reconnect_waits += 1
+        return float(wait_s)
+
     def _on_connect(
         self,
         client: mqtt.Client,
         userdata: object,
         flags: mqtt.ConnectFlags,
-        reason_code: mqtt.ReasonCode,
+        reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
             log.error(
-                "broker %s:%d refused the aggregator: %s",
+                "broker %s:%d refused the aggregator: %s; retrying in %.0f s",
                 self.config.mqtt.host,
                 self.config.mqtt.port,
                 reason_code,
+                self._retry_in_s(),
             )
             return
+        self._broker_up = True
+        self._reconnect_waits = 0
         log.info(
             "connected to broker %s:%d (session present: %s)",
             self.config.mqtt.host,
@@ -121,18 +152,30 @@ class Ingest:
         )
         client.subscribe([(Topics.ALL_THREATS, 1), (Topics.ALL_STATUS, 1)])
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        error = self.client.last_connect_error
+        reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+        log.error(
+            "broker %s:%d unreachable: %s; retrying in %.0f s",
+            self.config.mqtt.host,
+            self.config.mqtt.port,
+            reason,
+            self._retry_in_s(),
+        )
+
     def _on_subscribe(
         self,
         client: mqtt.Client,
         userdata: object,
         mid: int,
-        reason_codes: list[mqtt.ReasonCode],
+        reason_codes: list[ReasonCode],
         properties: object,
     ) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
             log.error("broker refused the subscriptions: %s", ", ".join(failed))
             return
+        self._listening_since = time.time()
         self.connected.set()  # connected *and* subscribed: nothing published from now is missed
 
     def _on_disconnect(
@@ -140,12 +183,20 @@ class Ingest:
         client: mqtt.Client,
         userdata: object,
         flags: object,
-        reason_code: mqtt.ReasonCode,
+        reason_code: ReasonCode,
         properties: object,
     ) -> None:
-        if self.connected.is_set() and not self._stop.is_set():
-            log.warning("disconnected from broker: %s (will reconnect)", reason_code)
+        was_up, self._broker_up = self._broker_up, False
+        self._listening_since = None
         self.connected.clear()
+        if was_up and not self._stop.is_set():
+            log.warning(
+                "disconnected from broker %s:%d: %s; reconnecting in %.0f s",
+                self.config.mqtt.host,
+                self.config.mqtt.port,
+                reason_code,
+                self._retry_in_s(),
+            )
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._queue.put(msg)  # blocks the network thread when the writer is far behind
@@ -171,57 +222,51 @@ class Ingest:
         while not self._stop.is_set():
             batch = self._take_batch(max(0.0, next_sweep - time.monotonic()))
             if batch:
+                self._busy_since = time.monotonic()
                 try:
                     self._write_batch(batch)
                 except Exception:
                     # Nothing of the batch was committed or acked: the broker redelivers it.
+                    self.stats.failed_batches += 1
                     log.exception("a batch of %d message(s) could not be stored", len(batch))
+                finally:
+                    self._busy_since = None
             if time.monotonic() >= next_sweep:
-                self._sweep()
+                self._busy_since = time.monotonic()
+                try:
+                    self._sweep()
+                except Exception:
+                    self.stats.failed_sweeps += 1
+                    log.exception("the sweep failed; trying again at the next one")
+                finally:
+                    self._busy_since = None
                 next_sweep = time.monotonic() + self.config.events.sweep_interval_s
 
     def _write_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
-        done: list[mqtt.MQTTMessage] = []
-        changes: list[EventChange] = []
-        counts: Counter[str] = Counter()
-        rejects: list[tuple[mqtt.MQTTMessage, PayloadError]] = []
-        receipts: dict[str, list[str]] = defaultdict(list)
-        with store.transaction(self._conn) as conn:
-            for msg in batch:
-                conn.execute("SAVEPOINT message")
-                try:
-                    outcome = self._record(conn, msg)
-                except PayloadError as exc:
-                    conn.execute("ROLLBACK TO message")
-                    counts[f"rejected_{exc.reason}"] += 1
-                    rejects.append((msg, exc))
-                    done.append(msg)
-                except Exception:
-                    conn.execute("ROLLBACK TO message")
-                    log.exception(
-                        "topic=%s mid=%d could not be stored; left unacknowledged",
-                        msg.topic,
-                        msg.mid,
-                    )
-                else:
-                    counts[outcome.kind] += 1
-                    changes += outcome.changes
-                    done.append(msg)
-                    if outcome.message_id is not None:
-                        receipts[outcome.agent_id].append(outcome.message_id)
-                conn.execute("RELEASE message")
-            for name, value in counts.items():
-                store.bump_counter(conn, name, value)
-            due = notify.on_changes(conn, changes, self.config, now_ts=time.time())
-        if due and self.sender is not None:
+        result = records.store_batch(
+            self._conn,
+            [(msg.topic, bytes(msg.payload)) for msg in batch],
+            config=self.config,
+            grouping=self.grouping,
+            now_ts=time.time(),
+        )
+        if result.due and self.sender is not None:
             self.sender.wake()
         # Committed: now, and only now, the broker and the agents may forget these messages.
-        for msg in done:
+        receipts: dict[str, list[str]] = defaultdict(list)
+        rejects: list[tuple[mqtt.MQTTMessage, PayloadError]] = []
+        for msg, outcome in zip(batch, result.results, strict=True):
+            if outcome is None:
+                continue  # not stored: left unacknowledged
             if msg.qos > 0:
                 self.client.ack(msg.mid, msg.qos)
+            if isinstance(outcome, PayloadError):
+                rejects.append((msg, outcome))
+            elif outcome.message_id is not None:
+                receipts[outcome.agent_id].append(outcome.message_id)
         self._send_receipts(receipts, rejects)
-        self._count(len(batch), counts, rejects)
-        self._publish_changes(changes)
+        self._count(len(batch), result.counts, rejects)
+        self._publish_changes(result.changes)
 
     def _send_receipts(
         self, receipts: dict[str, list[str]], rejects: list[tuple[mqtt.MQTTMessage, PayloadError]]
@@ -247,18 +292,6 @@ class Ingest:
                 }
             )
             self.client.publish(Topics(agent_id).receipts, dump_payload(receipt), qos=1)
-
-    def _record(self, conn: store.sqlite3.Connection, msg: mqtt.MQTTMessage) -> records.Outcome:
-        payload = bytes(msg.payload)
-        if msg.topic.endswith("/status"):
-            return records.record_status(conn, msg.topic, payload)
-        return records.record_threat(
-            conn,
-            msg.topic,
-            payload,
-            snapshots_dir=self.config.store.snapshots_dir,
-            grouping=self.grouping,
-        )
 
     def _count(
         self,
@@ -287,7 +320,12 @@ class Ingest:
     def _sweep(self) -> None:
         with store.transaction(self._conn) as conn:
             now_ts = time.time()
-            changes = events.end_idle(conn, now_ts=now_ts, cutoff_s=self.config.events.cutoff_s)
+            changes = events.end_idle(
+                conn,
+                now_ts=now_ts,
+                cutoff_s=self.config.events.cutoff_s,
+                listening_since_ts=self._listening_since,
+            )
             due = notify.schedule_repeats(conn, self.config, now_ts=now_ts)
         if due and self.sender is not None:
             self.sender.wake()
@@ -317,6 +355,16 @@ class Ingest:
                 self.client.publish(Topics.EVENTS, dump_payload(message), qos=1)
 
     # lifecycle -------------------------------------------------------------------------------
+    def liveness(self) -> Liveness:
+        """The broker connection and the store writer, for the health endpoint."""
+        busy_since = self._busy_since
+        return Liveness(
+            broker_connected=self.connected.is_set(),
+            writer_alive=self._writer.is_alive(),
+            writer_busy_s=None if busy_since is None else time.monotonic() - busy_since,
+            writer_stall_s=self.config.ingest.writer_stall_s,
+        )
+
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.mqtt.session_expiry_s

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ConfigDict, Field
 
-from aggregator import provenance
+from aggregator import provenance, store
+from aggregator.store.models import PlotRow
 from wire.payloads import SEVERITY_RANK
 
 PlotKind = Literal["threats_per_hour", "events_by_label", "timeline"]
@@ -89,58 +89,32 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _where(query: PlotQuery, *, ts: str) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    since, until = query.bounds_ts()
-    if since is not None:
-        clauses.append(f"{ts} >= ?")
-        args.append(since)
-    if until is not None:
-        clauses.append(f"{ts} < ?")
-        args.append(until)
-    for column, value in (("camera", query.camera), ("agent_id", query.agent_id)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
-
-def collect(conn: sqlite3.Connection, query: PlotQuery) -> tuple[dict[str, Any], list[int]]:
+def collect(conn: store.Connection, query: PlotQuery) -> tuple[dict[str, Any], list[int]]:
     """The data set a plot is drawn from, and the ids of the events it covers."""
+    since, until = query.bounds_ts()
+    filters: dict[str, Any] = {
+        "since_ts": since,
+        "until_ts": until,
+        "camera": query.camera,
+        "agent_id": query.agent_id,
+    }
     if query.kind == "threats_per_hour":
-        where, args = _where(query, ts="captured_ts")
-        rows = conn.execute(
-            "SELECT CAST(captured_ts / 3600 AS INTEGER) * 3600 AS hour, camera, "
-            "COUNT(*) AS n FROM threats" + where + " GROUP BY hour, camera ORDER BY hour, camera",
-            args,
-        ).fetchall()
-        event_ids = [
-            int(r[0])
-            for r in conn.execute(
-                "SELECT DISTINCT event_id FROM threats" + where + " ORDER BY event_id", args
-            )
-        ]
-        data: dict[str, Any] = {"rows": [[r["hour"], r["camera"], r["n"]] for r in rows]}
+        counts, event_ids = store.messages.hourly_threat_counts(conn, **filters)
+        data: dict[str, Any] = {"rows": [[c.hour_ts, c.camera, c.count] for c in counts]}
     else:
-        where, args = _where(query, ts="started_ts")
-        events = conn.execute(
-            "SELECT id, agent_id, camera, rule, label, severity, started_ts, last_seen_ts "
-            "FROM events" + where + " ORDER BY id",
-            args,
-        ).fetchall()
-        event_ids = [int(e["id"]) for e in events]
+        events = store.events.started_between(conn, **filters)
+        event_ids = [e.id for e in events]
         if query.kind == "events_by_label":
-            data = {"rows": [[e["label"], e["severity"], e["started_ts"]] for e in events]}
+            data = {"rows": [[e.label, e.severity, e.started_ts] for e in events]}
         else:
             data = {
                 "rows": [
                     [
-                        e["id"],
-                        f"{e['agent_id']}/{e['camera']} {e['rule']}",
-                        e["severity"],
-                        e["started_ts"],
-                        e["last_seen_ts"],
+                        e.id,
+                        f"{e.agent_id}/{e.camera} {e.rule}",
+                        e.severity,
+                        e.started_ts,
+                        e.last_seen_ts,
                     ]
                     for e in events
                 ]
@@ -277,12 +251,10 @@ def plot_path(plots_dir: Path, sha256: str) -> Path:
 
 
 def make_plot(
-    conn: sqlite3.Connection, query: PlotQuery, *, plots_dir: Path, code_version: str
-) -> dict[str, Any]:
+    conn: store.Connection, query: PlotQuery, *, plots_dir: Path, code_version: str
+) -> PlotRow:
     """Collect, render, store the PNG by sha256 and record the plot with its provenance, in one
-    transaction of ``conn`` (a writable connection). Returns the plot's row as a dict."""
-    from aggregator import store
-
+    transaction of ``conn`` (a writable connection). Returns the plot's record."""
     data, event_ids = collect(conn, query)
     recorded = query.recorded()
     png = render(recorded, data)
@@ -295,20 +267,19 @@ def make_plot(
         tmp.replace(path)
     now = time.time()
     with store.transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO plots (id, kind, query_json, data_json, event_ids_json, code_version, "
-            "created_ts) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (
-                sha,
-                query.kind,
-                json.dumps(recorded, sort_keys=True),
-                json.dumps(data, sort_keys=True),
-                json.dumps(event_ids),
-                code_version,
-                now,
+        inserted = store.plots.insert(
+            conn,
+            PlotRow(
+                id=sha,
+                kind=query.kind,
+                query=recorded,
+                data=data,
+                event_ids=event_ids,
+                code_version=code_version,
+                created_ts=now,
             ),
         )
-        if cur.rowcount == 1:
+        if inserted:
             provenance.record_plot(
                 conn,
                 plot_sha256=sha,
@@ -321,24 +292,16 @@ def make_plot(
     return plot_row(conn, sha)
 
 
-def plot_row(conn: sqlite3.Connection, plot_id: str) -> dict[str, Any]:
+def plot_row(conn: store.Connection, plot_id: str) -> PlotRow:
     """A stored plot (PlotError if unknown)."""
-    row = conn.execute("SELECT * FROM plots WHERE id = ?", (plot_id,)).fetchone()
+    row = store.plots.get(conn, plot_id)
     if row is None:
         raise PlotError(f"plot {plot_id} not found")
-    return {
-        "id": row["id"],
-        "kind": row["kind"],
-        "query": json.loads(row["query_json"]),
-        "data": json.loads(row["data_json"]),
-        "event_ids": json.loads(row["event_ids_json"]),
-        "code_version": row["code_version"],
-        "created_at": datetime.fromtimestamp(row["created_ts"], UTC),
-    }
+    return row
 
 
-def rerender(conn: sqlite3.Connection, plot_id: str) -> tuple[bytes, str]:
+def rerender(conn: store.Connection, plot_id: str) -> tuple[bytes, str]:
     """Render a stored plot again from its recorded inputs; return the PNG and its sha256."""
     row = plot_row(conn, plot_id)
-    png = render(row["query"], row["data"])
+    png = render(row.query, row.data)
     return png, hashlib.sha256(png).hexdigest()

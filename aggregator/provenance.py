@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from wire.payloads import ThreatMessage
+from aggregator import store
+from aggregator.store.models import MessageRow, NewArtifact, NewRun
 
 ARTIFACT_KINDS = (
     "frame",
@@ -43,8 +42,8 @@ ARTIFACT_KINDS = (
     "notification",
     "plot",
 )
+_KINDS = frozenset(ARTIFACT_KINDS)
 RUN_KINDS = ("validate", "detect", "rules", "group", "notify", "plot")
-MAX_DEPTH = 32
 
 
 class ProvenanceError(ValueError):
@@ -67,21 +66,16 @@ def canonical_sha256(value: object) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def add_artifact(
-    conn: sqlite3.Connection, artifact_id: str, *, at_ts: float, meta: dict[str, Any] | None = None
-) -> str:
-    """Record an artifact (idempotent: the first record of an id is kept); return its id."""
-    kind, _ = parse_artifact_id(artifact_id)
-    conn.execute(
-        "INSERT INTO artifacts (id, kind, created_ts, meta_json) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (id) DO NOTHING",
-        (artifact_id, kind, at_ts, json.dumps(meta or {}, sort_keys=True)),
-    )
-    return artifact_id
+def artifact(
+    kind: str, key: object, *, at_ts: float, meta: dict[str, Any] | None = None
+) -> NewArtifact:
+    """An artifact to record: ``kind:key``."""
+    if kind not in _KINDS:
+        raise ProvenanceError(f"artifact kind {kind!r} is not one of {ARTIFACT_KINDS}")
+    return NewArtifact(f"{kind}:{key}", kind, at_ts, meta)
 
 
-def add_run(
-    conn: sqlite3.Connection,
+def run(
     *,
     kind: str,
     code_version: str,
@@ -91,103 +85,27 @@ def add_run(
     lineage_id: str | None = None,
     agent_id: str | None = None,
     meta: dict[str, Any] | None = None,
-) -> int:
-    """Record one run: ``used`` is (artifact id, role) pairs; every artifact must exist."""
+) -> NewRun:
+    """A run to record: ``used`` is (artifact id, role) pairs; every artifact must exist."""
     if kind not in RUN_KINDS:
         raise ProvenanceError(f"run kind {kind!r} is not one of {RUN_KINDS}")
-    cur = conn.execute(
-        "INSERT INTO runs (kind, lineage_id, agent_id, code_version, at_ts, meta_json) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (kind, lineage_id, agent_id, code_version, at_ts, json.dumps(meta or {}, sort_keys=True)),
-    )
-    run_id = int(cur.lastrowid or 0)
-    conn.executemany(
-        "INSERT INTO used (run_id, artifact_id, role) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        [(run_id, aid, role) for aid, role in used],
-    )
-    conn.executemany(
-        "INSERT INTO generated (run_id, artifact_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        [(run_id, aid) for aid in generated],
-    )
-    return run_id
+    return NewRun(kind, code_version, at_ts, used, generated, lineage_id, agent_id, meta)
 
 
 # what the ingest records -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MessageLineage:
-    """The facts of one stored threat message that its lineage is made of."""
-
-    message_id: str
-    agent_id: str
-    camera: str
-    lineage_id: str
-    frame_id: str
-    frame_sha256: str
-    frame_kind: str
-    frame_source: str
-    frame_width: int
-    frame_height: int
-    captured_ts: float
-    code_version: str
-    model_sha256: str
-    rules_sha256: str
-    config_sha256: str
-    snapshot_sha256: str | None
-    detections: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def of_message(cls, msg: ThreatMessage, *, snapshot_sha256: str | None) -> MessageLineage:
-        return cls(
-            message_id=msg.message_id,
-            agent_id=msg.agent_id,
-            camera=msg.camera,
-            lineage_id=msg.lineage_id,
-            frame_id=msg.frame.frame_id,
-            frame_sha256=msg.frame.sha256,
-            frame_kind=msg.frame.kind,
-            frame_source=msg.frame.source,
-            frame_width=msg.frame.width,
-            frame_height=msg.frame.height,
-            captured_ts=msg.frame.captured_at.timestamp(),
-            code_version=msg.versions.code,
-            model_sha256=msg.versions.model_sha256,
-            rules_sha256=msg.versions.rules_sha256,
-            config_sha256=msg.versions.config_sha256,
-            snapshot_sha256=snapshot_sha256,
-            detections=[d.model_dump(mode="json") for d in msg.detections],
-        )
-
-    @classmethod
-    def of_row(cls, row: sqlite3.Row) -> MessageLineage:
-        """From a ``messages`` row (the backfill of stores older than the lineage tables)."""
-        return cls(
-            message_id=row["message_id"],
-            agent_id=row["agent_id"],
-            camera=row["camera"],
-            lineage_id=row["lineage_id"],
-            frame_id=row["frame_id"],
-            frame_sha256=row["frame_sha256"],
-            frame_kind=row["frame_kind"],
-            frame_source=row["frame_source"],
-            frame_width=row["frame_width"],
-            frame_height=row["frame_height"],
-            captured_ts=row["captured_ts"],
-            code_version=row["code_version"],
-            model_sha256=row["model_sha256"],
-            rules_sha256=row["rules_sha256"],
-            config_sha256=row["config_sha256"],
-            snapshot_sha256=row["snapshot_sha256"],
-            detections=json.loads(row["detections_json"]),
-        )
-
-
-def record_message(conn: sqlite3.Connection, m: MessageLineage) -> str:
-    """The agent's validate, detect and rules runs of one threat message; returns the message's
-    artifact id. The runs are recorded from what the message carries (versions, lineage, frame)."""
+def record_message(
+    conn: store.Connection,
+    m: MessageRow,
+    *,
+    detections: list[dict[str, Any]],
+) -> str:
+    """The agent's validate, detect and rules runs of one stored threat message (``detections``:
+    its detections, parsed); returns the message's artifact id. The runs are recorded from what
+    the message carries (versions, lineage, frame)."""
     at = m.captured_ts
-    frame = add_artifact(
-        conn,
-        f"frame:{m.frame_sha256}",
+    frame = artifact(
+        "frame",
+        m.frame_sha256,
         at_ts=at,
         meta={
             "frame_id": m.frame_id,
@@ -199,24 +117,22 @@ def record_message(conn: sqlite3.Connection, m: MessageLineage) -> str:
             "camera": m.camera,
         },
     )
-    model = add_artifact(conn, f"model:{m.model_sha256}", at_ts=at)
-    rules = add_artifact(conn, f"rules:{m.rules_sha256}", at_ts=at)
-    config = add_artifact(
-        conn, f"config:{m.config_sha256}", at_ts=at, meta={"agent_id": m.agent_id}
+    model = artifact("model", m.model_sha256, at_ts=at)
+    rules = artifact("rules", m.rules_sha256, at_ts=at)
+    config = artifact("config", m.config_sha256, at_ts=at, meta={"agent_id": m.agent_id})
+    code = artifact("code", m.code_version, at_ts=at)
+    found = artifact(
+        "detections", canonical_sha256(detections), at_ts=at, meta={"count": len(detections)}
     )
-    code = add_artifact(conn, f"code:{m.code_version}", at_ts=at)
-    detections = add_artifact(
-        conn,
-        f"detections:{canonical_sha256(m.detections)}",
-        at_ts=at,
-        meta={"count": len(m.detections)},
-    )
-    message = add_artifact(
-        conn,
-        f"message:{m.message_id}",
+    message = artifact(
+        "message",
+        m.message_id,
         at_ts=at,
         meta={"agent_id": m.agent_id, "camera": m.camera, "frame_id": m.frame_id},
     )
+    snapshot = [artifact("snapshot", m.snapshot_sha256, at_ts=at)] if m.snapshot_sha256 else []
+    recorded = [frame, model, rules, config, code, found, message, *snapshot]
+    store.lineage.add_artifacts(conn, recorded)
     common: dict[str, Any] = {
         "code_version": m.code_version,
         "at_ts": at,
@@ -224,36 +140,41 @@ def record_message(conn: sqlite3.Connection, m: MessageLineage) -> str:
         "agent_id": m.agent_id,
         "meta": {"frame_id": m.frame_id, "camera": m.camera},
     }
-    validated: list[str] = []
-    if m.snapshot_sha256:
-        validated.append(add_artifact(conn, f"snapshot:{m.snapshot_sha256}", at_ts=at))
-    add_run(
+    validated = [s.id for s in snapshot]
+    store.lineage.add_runs(
         conn,
-        kind="validate",
-        used=[(frame, "input"), (config, "config"), (code, "code")],
-        generated=validated,
-        **common,
+        [
+            run(
+                kind="validate",
+                used=[(frame.id, "input"), (config.id, "config"), (code.id, "code")],
+                generated=validated,
+                **common,
+            ),
+            run(
+                kind="detect",
+                used=[
+                    (frame.id, "input"),
+                    (model.id, "model"),
+                    (config.id, "config"),
+                    (code.id, "code"),
+                ],
+                generated=[found.id],
+                **common,
+            ),
+            run(
+                kind="rules",
+                used=[(found.id, "input"), (rules.id, "rules"), (code.id, "code")]
+                + [(snap, "snapshot") for snap in validated],
+                generated=[message.id],
+                **common,
+            ),
+        ],
     )
-    add_run(
-        conn,
-        kind="detect",
-        used=[(frame, "input"), (model, "model"), (config, "config"), (code, "code")],
-        generated=[detections],
-        **common,
-    )
-    add_run(
-        conn,
-        kind="rules",
-        used=[(detections, "input"), (rules, "rules"), (code, "code")]
-        + [(snap, "snapshot") for snap in validated],
-        generated=[message],
-        **common,
-    )
-    return message
+    return message.id
 
 
 def record_grouping(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     message_id: str,
     event_ids: list[int],
@@ -263,42 +184,39 @@ def record_grouping(
     at_ts: float,
 ) -> int:
     """The aggregator's group run: the message's threats went into these events."""
-    code = add_artifact(conn, f"code:{code_version}", at_ts=at_ts)
-    events = [add_artifact(conn, f"event:{e}", at_ts=at_ts) for e in sorted(set(event_ids))]
-    return add_run(
+    code = artifact("code", code_version, at_ts=at_ts)
+    events = [artifact("event", e, at_ts=at_ts) for e in sorted(set(event_ids))]
+    store.lineage.add_artifacts(conn, [code, *events])
+    return store.lineage.add_run(
         conn,
-        kind="group",
-        code_version=code_version,
-        at_ts=at_ts,
-        used=[(f"message:{message_id}", "input"), (code, "code")],
-        generated=events,
-        lineage_id=lineage_id,
-        agent_id=agent_id,
+        run(
+            kind="group",
+            code_version=code_version,
+            at_ts=at_ts,
+            used=[(f"message:{message_id}", "input"), (code.id, "code")],
+            generated=[e.id for e in events],
+            lineage_id=lineage_id,
+            agent_id=agent_id,
+        ),
     )
 
 
-def backfill_message(conn: sqlite3.Connection, row: sqlite3.Row) -> None:
+def backfill_message(conn: store.Connection, message: MessageRow, *, event_ids: list[int]) -> None:
     """Lineage of a message stored before the lineage tables existed (migration m005_provenance)."""
-    record_message(conn, MessageLineage.of_row(row))
-    event_ids = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT DISTINCT event_id FROM threats WHERE message_id = ?", (row["message_id"],)
-        )
-    ]
+    record_message(conn, message, detections=message.detections)
     record_grouping(
         conn,
-        message_id=row["message_id"],
+        message_id=message.message_id,
         event_ids=event_ids,
-        lineage_id=row["lineage_id"],
-        agent_id=row["agent_id"],
+        lineage_id=message.lineage_id,
+        agent_id=message.agent_id,
         code_version="unknown (backfilled)",
-        at_ts=row["captured_ts"],
+        at_ts=message.captured_ts,
     )
 
 
 def record_notification(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     notification_id: int,
     event_id: int,
@@ -309,28 +227,31 @@ def record_notification(
 ) -> str:
     """The notify run of one notification (inside the caller's transaction); returns its id."""
     at = time.time() if at_ts is None else at_ts
-    event = add_artifact(conn, f"event:{event_id}", at_ts=at)
-    code = add_artifact(conn, f"code:{code_version}", at_ts=at)
-    notification = add_artifact(
-        conn,
-        f"notification:{notification_id}",
+    event = artifact("event", event_id, at_ts=at)
+    code = artifact("code", code_version, at_ts=at)
+    notification = artifact(
+        "notification",
+        notification_id,
         at_ts=at,
         meta={"content_sha256": content_sha256, "channel": channel, "event_id": event_id},
     )
-    add_run(
+    store.lineage.add_artifacts(conn, [event, code, notification])
+    store.lineage.add_run(
         conn,
-        kind="notify",
-        code_version=code_version,
-        at_ts=at,
-        used=[(event, "input"), (code, "code")],
-        generated=[notification],
-        meta={"channel": channel},
+        run(
+            kind="notify",
+            code_version=code_version,
+            at_ts=at,
+            used=[(event.id, "input"), (code.id, "code")],
+            generated=[notification.id],
+            meta={"channel": channel},
+        ),
     )
-    return notification
+    return notification.id
 
 
 def record_plot(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     *,
     plot_sha256: str,
     kind: str,
@@ -340,18 +261,19 @@ def record_plot(
     at_ts: float,
 ) -> str:
     """The plot run: which events (and code) a plot was drawn from; returns its id."""
-    code = add_artifact(conn, f"code:{code_version}", at_ts=at_ts)
-    events = [add_artifact(conn, f"event:{e}", at_ts=at_ts) for e in sorted(set(event_ids))]
-    plot = add_artifact(
-        conn, f"plot:{plot_sha256}", at_ts=at_ts, meta={"plot_kind": kind, "query": query}
-    )
-    add_run(
+    code = artifact("code", code_version, at_ts=at_ts)
+    events = [artifact("event", e, at_ts=at_ts) for e in sorted(set(event_ids))]
+    plot = artifact("plot", plot_sha256, at_ts=at_ts, meta={"plot_kind": kind, "query": query})
+    store.lineage.add_artifacts(conn, [code, *events, plot])
+    store.lineage.add_run(
         conn,
-        kind="plot",
-        code_version=code_version,
-        at_ts=at_ts,
-        used=[*((e, "input") for e in events), (code, "code")],
-        generated=[plot],
-        meta={"query": query},
+        run(
+            kind="plot",
+            code_version=code_version,
+            at_ts=at_ts,
+            used=[*((e.id, "input") for e in events), (code.id, "code")],
+            generated=[plot.id],
+            meta={"query": query},
+        ),
     )
-    return plot
+    return plot.id

@@ -1,8 +1,11 @@
-"""What one received message does to the store, inside the writer's open transaction.
+"""What received messages do to the store: :func:`store_batch` is the ingest writer's
+transaction, :func:`record` what one message does inside it.
 
 Threat messages become a ``messages`` row (with provenance), ``threats`` rows and event changes;
-status messages update the ``agents`` row. Both raise :class:`PayloadError` for a message that
-must be refused (it is then counted, and acknowledged so the broker does not resend it).
+a message with the same frame, model and rules as a stored one is a duplicate whatever its id.
+Status messages update the ``agents`` row. Both advance the agent's clock, on which events end.
+Both raise :class:`PayloadError` for a message that must be refused (it is then counted, and
+acknowledged so the broker does not resend it).
 """
 
 from __future__ import annotations
@@ -12,13 +15,18 @@ import binascii
 import hashlib
 import json
 import logging
-import sqlite3
+import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from aggregator import events, provenance, store
+from aggregator import events, notify, provenance, store
+from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
+from aggregator.store.models import MessageRow, NewThreat, StatusUpdate
 from appcommon.version import code_version
 from wire.payloads import PayloadError, StatusMessage, ThreatMessage, parse_payload
 from wire.topics import TopicError, Topics
@@ -34,6 +42,7 @@ class Outcome:
     changes: list[EventChange] = field(default_factory=list)
     agent_id: str = ""
     message_id: str | None = None  # threat messages: what the receipt confirms
+    threats: int = 0  # threats stored
 
 
 def save_snapshot(snapshots_dir: Path, jpeg_b64: str) -> str:
@@ -65,8 +74,41 @@ def check_agent(topic: str, agent_id: str) -> None:
         raise PayloadError("agent_mismatch", f"topic says {topic_agent}, payload {agent_id}")
 
 
+def message_row(
+    threat: ThreatMessage,
+    *,
+    received_at: str,
+    snapshot_sha256: str | None,
+    detections: list[dict[str, Any]] | None = None,
+) -> MessageRow:
+    """The stored form of a threat message (``detections``: its detections, when dumped)."""
+    if detections is None:
+        detections = [d.model_dump(mode="json") for d in threat.detections]
+    return MessageRow(
+        message_id=threat.message_id,
+        agent_id=threat.agent_id,
+        camera=threat.camera,
+        lineage_id=threat.lineage_id,
+        frame_id=threat.frame.frame_id,
+        frame_sha256=threat.frame.sha256,
+        frame_kind=threat.frame.kind,
+        frame_source=threat.frame.source,
+        frame_width=threat.frame.width,
+        frame_height=threat.frame.height,
+        captured_at=threat.frame.captured_at.isoformat(),
+        captured_ts=threat.frame.captured_at.timestamp(),
+        received_at=received_at,
+        code_version=threat.versions.code,
+        model_sha256=threat.versions.model_sha256,
+        rules_sha256=threat.versions.rules_sha256,
+        config_sha256=threat.versions.config_sha256,
+        snapshot_sha256=snapshot_sha256,
+        detections_json=json.dumps(detections),
+    )
+
+
 def record_threat(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     topic: str,
     payload: bytes,
     *,
@@ -79,23 +121,51 @@ def record_threat(
         save_snapshot(snapshots_dir, threat.snapshot_jpeg_b64) if threat.snapshot_jpeg_b64 else None
     )
     now = datetime.now(UTC)
-    if not store.insert_message(
-        conn, threat, received_at=now.isoformat(), snapshot_sha256=snapshot_sha
-    ):
-        log.info("agent=%s message=%s duplicate ignored", threat.agent_id, threat.message_id)
-        return Outcome("duplicate", agent_id=threat.agent_id, message_id=threat.message_id)
-    conn.execute(
-        "INSERT INTO agents (agent_id, state, last_seen_ts) VALUES (?, 'online', ?) "
-        "ON CONFLICT (agent_id) DO UPDATE SET "
-        "last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts)",
-        (threat.agent_id, now.timestamp()),
+    detections = [d.model_dump(mode="json") for d in threat.detections]
+    row = message_row(
+        threat, received_at=now.isoformat(), snapshot_sha256=snapshot_sha, detections=detections
     )
-    captured_ts = threat.frame.captured_at.timestamp()
+    if not store.messages.insert(conn, row):
+        original = store.messages.stored_as(conn, row)
+        if original == threat.message_id:
+            log.info("agent=%s message=%s duplicate ignored", threat.agent_id, threat.message_id)
+        else:
+            log.info(
+                "agent=%s camera=%s frame=%s message=%s: the same frame, model and rules as "
+                "message=%s; counted as a duplicate, not stored again",
+                threat.agent_id,
+                threat.camera,
+                threat.frame.frame_id,
+                threat.message_id,
+                original,
+            )
+        return Outcome("duplicate", agent_id=threat.agent_id, message_id=threat.message_id)
+    captured_ts = row.captured_ts
+    store.agents.heard_from(
+        conn, agent_id=threat.agent_id, heard_ts=now.timestamp(), clock_ts=captured_ts
+    )
     outcome = Outcome("stored", agent_id=threat.agent_id, message_id=threat.message_id)
-    provenance.record_message(
-        conn, provenance.MessageLineage.of_message(threat, snapshot_sha256=snapshot_sha)
+    provenance.record_message(conn, row, detections=detections)
+    shared_keys = (
+        [
+            grouping.key(agent_id=threat.agent_id, camera=threat.camera, rule=t.rule)[0]
+            for t in threat.threats
+        ]
+        if grouping.spans_agents(threat.camera)
+        else []
+    )
+    # This threat's capture time ends what it is more than a cutoff after. (Not the agent's
+    # clock, which may be further: threats drained late from an outbox still group together;
+    # the sweep ends their event on the agent's clock.)
+    outcome.changes += events.end_behind_clock(
+        conn,
+        grouping=grouping,
+        agent_id=threat.agent_id,
+        clock_ts=captured_ts,
+        group_keys=shared_keys,
     )
     event_ids: list[int] = []
+    stored: list[NewThreat] = []
     for t in threat.threats:
         event_id, changes = events.assign(
             conn,
@@ -111,24 +181,23 @@ def record_threat(
         )
         outcome.changes += changes
         event_ids.append(event_id)
-        conn.execute(
-            "INSERT INTO threats (message_id, event_id, agent_id, camera, rule, severity, label, "
-            "class_id, score, x1, y1, x2, y2, captured_ts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                threat.message_id,
-                event_id,
-                threat.agent_id,
-                threat.camera,
-                t.rule,
-                t.severity,
-                t.label,
-                t.class_id,
-                t.score,
-                *t.xyxy,
-                captured_ts,
-            ),
+        stored.append(
+            NewThreat(
+                message_id=threat.message_id,
+                event_id=event_id,
+                agent_id=threat.agent_id,
+                camera=threat.camera,
+                rule=t.rule,
+                severity=t.severity,
+                label=t.label,
+                class_id=t.class_id,
+                score=t.score,
+                xyxy=t.xyxy,
+                captured_ts=captured_ts,
+            )
         )
+    store.messages.insert_threats(conn, stored)
+    outcome.threats = len(stored)
     provenance.record_grouping(
         conn,
         message_id=threat.message_id,
@@ -150,40 +219,26 @@ def record_threat(
     return outcome
 
 
-def record_status(conn: sqlite3.Connection, topic: str, payload: bytes) -> Outcome:
+def record_status(
+    conn: store.Connection, topic: str, payload: bytes, *, grouping: events.Grouping
+) -> Outcome:
     if not payload:
         return Outcome("status")  # a retained status being cleared
     status = parse_payload(payload, StatusMessage)
     check_agent(topic, status.agent_id)
-    now = datetime.now(UTC).timestamp()
-    conn.execute(
-        """INSERT INTO agents (agent_id, state, last_seen_ts, last_status_ts, status_sent_ts,
-               versions_json, provider, outbox_depth, outbox_dropped, outbox_oldest_age_s,
-               cameras_json)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (agent_id) DO UPDATE SET
-               state = excluded.state, last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts),
-               last_status_ts = excluded.last_status_ts, status_sent_ts = excluded.status_sent_ts,
-               versions_json = COALESCE(excluded.versions_json, versions_json),
-               provider = COALESCE(excluded.provider, provider),
-               outbox_depth = excluded.outbox_depth, outbox_dropped = excluded.outbox_dropped,
-               outbox_oldest_age_s = excluded.outbox_oldest_age_s,
-               cameras_json = CASE WHEN excluded.cameras_json = '[]' THEN cameras_json
-                                   ELSE excluded.cameras_json END
-           WHERE agents.status_sent_ts IS NULL OR excluded.status_sent_ts >= agents.status_sent_ts
-        """,
-        (
-            status.agent_id,
-            status.state,
-            now,
-            now,
-            status.sent_at.timestamp(),
-            status.versions.model_dump_json() if status.versions else None,
-            status.provider,
-            status.outbox_depth,
-            status.outbox_dropped,
-            status.outbox_oldest_age_s,
-            json.dumps([c.model_dump(mode="json") for c in status.cameras]),
+    clock_ts = store.agents.record_status(
+        conn,
+        StatusUpdate(
+            agent_id=status.agent_id,
+            state=status.state,
+            heard_ts=datetime.now(UTC).timestamp(),
+            sent_ts=status.sent_at.timestamp(),
+            versions_json=status.versions.model_dump_json() if status.versions else None,
+            provider=status.provider,
+            outbox_depth=status.outbox_depth,
+            outbox_dropped=status.outbox_dropped,
+            outbox_oldest_age_s=status.outbox_oldest_age_s,
+            cameras_json=json.dumps([c.model_dump(mode="json") for c in status.cameras]),
         ),
     )
     log.info(
@@ -193,4 +248,93 @@ def record_status(conn: sqlite3.Connection, topic: str, payload: bytes) -> Outco
         status.outbox_depth,
         status.outbox_dropped,
     )
-    return Outcome("status")
+    outcome = Outcome("status", agent_id=status.agent_id)
+    if clock_ts is not None:
+        outcome.changes += events.end_behind_clock(
+            conn, grouping=grouping, agent_id=status.agent_id, clock_ts=clock_ts
+        )
+    return outcome
+
+
+def record(
+    conn: store.Connection,
+    topic: str,
+    payload: bytes,
+    *,
+    snapshots_dir: Path,
+    grouping: events.Grouping,
+) -> Outcome:
+    """Store one received message (status or threats) by its topic."""
+    if topic.endswith("/status"):
+        return record_status(conn, topic, payload, grouping=grouping)
+    return record_threat(conn, topic, payload, snapshots_dir=snapshots_dir, grouping=grouping)
+
+
+@dataclass
+class BatchResult:
+    """What storing a batch did, message by message (in order): an :class:`Outcome`, the
+    :class:`PayloadError` it was refused with, or None when it could not be stored (left
+    unacknowledged, so the broker or the agent sends it again)."""
+
+    results: list[Outcome | PayloadError | None]
+    counts: Counter[str]
+    changes: list[EventChange]
+    due: int
+
+
+def store_batch(
+    conn: store.Connection,
+    messages: Sequence[tuple[str, bytes]],
+    *,
+    config: AggregatorConfig,
+    grouping: events.Grouping,
+    now_ts: float,
+) -> BatchResult:
+    """The writer's transaction: store (topic, payload) messages, each in a savepoint so one bad
+    message cannot undo the others; count them; decide the notifications of the event changes.
+    Everything commits together or not at all."""
+    results: list[Outcome | PayloadError | None] = []
+    counts: Counter[str] = Counter()
+    changes: list[EventChange] = []
+    threats = 0
+    with store.transaction(conn):
+        for topic, payload in messages:
+            try:
+                with store.savepoint(conn, "message"):
+                    outcome = record(
+                        conn,
+                        topic,
+                        payload,
+                        snapshots_dir=config.store.snapshots_dir,
+                        grouping=grouping,
+                    )
+            except PayloadError as exc:
+                counts[f"rejected_{exc.reason}"] += 1
+                results.append(exc)
+            except Exception:
+                log.exception(
+                    "topic=%s message=%s could not be stored; left unacknowledged",
+                    topic,
+                    message_id_of(payload),
+                )
+                results.append(None)
+            else:
+                counts[outcome.kind] += 1
+                changes += outcome.changes
+                threats += outcome.threats
+                results.append(outcome)
+        if counts:
+            store.counters.bump(conn, counts)
+            store.counters.add_rows(conn, {"messages": counts["stored"], "threats": threats})
+        due = notify.on_changes(conn, changes, config, now_ts=now_ts)
+    return BatchResult(results=results, counts=counts, changes=changes, due=due)
+
+
+def message_id_of(payload: bytes) -> str | None:
+    """The message id of a threat payload that may be refused, if one can be read at all."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    mid = doc.get("message_id") if isinstance(doc, dict) else None
+    return mid if isinstance(mid, str) and re.fullmatch(r"[0-9a-f]{32}", mid) else None

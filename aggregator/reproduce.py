@@ -19,9 +19,8 @@ that produced the result.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from aggregator import store
 from aggregator.config import ReproduceConfig
 from aggregator.snapshots import snapshot_path
+from aggregator.store.models import MessageRow
 from modelrt import Detections, Detector, ManifestError, ModelManifest, load_manifest
 from modelrt.detections import BOX_DECIMALS, SCORE_DECIMALS
 from modelrt.frames import VideoError, VideoReader, decode_image, pixels_sha256, still_sha256
@@ -180,13 +181,13 @@ class _Frames:
         self.use_originals = use_originals
         self._videos: dict[Path, dict[int, np.ndarray]] = {}
 
-    def prefetch_videos(self, rows: list[sqlite3.Row]) -> None:
+    def prefetch_videos(self, rows: list[MessageRow]) -> None:
         if not self.use_originals:
             return
         wanted: dict[Path, set[int]] = {}
         for row in rows:
-            if row["frame_kind"] == "video" and "#" in row["frame_source"]:
-                path_s, _, index = row["frame_source"].rpartition("#")
+            if row.frame_kind == "video" and "#" in row.frame_source:
+                path_s, _, index = row.frame_source.rpartition("#")
                 path = self._locate(Path(path_s))
                 if path is not None and index.isdigit():
                     wanted.setdefault(path, set()).add(int(index))
@@ -204,11 +205,11 @@ class _Frames:
             return original
         return None
 
-    def image_of(self, row: sqlite3.Row) -> tuple[np.ndarray | None, str, str]:
+    def image_of(self, row: MessageRow) -> tuple[np.ndarray | None, str, str]:
         """(BGR image, mode 'exact'/'tolerance', what it is); image None when missing."""
-        sha = row["frame_sha256"]
-        if row["frame_kind"] == "file":
-            original = self._locate(Path(row["frame_source"]))
+        sha = row.frame_sha256
+        if row.frame_kind == "file":
+            original = self._locate(Path(row.frame_source))
             if original is not None:
                 data = original.read_bytes()
                 if still_sha256(data) == sha:
@@ -217,7 +218,7 @@ class _Frames:
                         "exact",
                         f"original file {original} (sha256 verified)",
                     )
-            snap = row["snapshot_sha256"]
+            snap = row.snapshot_sha256
             path = snapshot_path(self.snapshots_dir, snap) if snap else None
             if snap == sha and path is not None and path.is_file():
                 return (
@@ -226,12 +227,12 @@ class _Frames:
                     "stored snapshot = original file bytes (sha256 verified)",
                 )
         else:
-            path_s, _, index = row["frame_source"].rpartition("#")
+            path_s, _, index = row.frame_source.rpartition("#")
             located = self._locate(Path(path_s))
             image = self._videos.get(located, {}).get(int(index)) if located else None
             if image is not None and pixels_sha256(image) == sha:
                 return image, "exact", f"frame decoded from {located} (pixel sha256 verified)"
-        snap = row["snapshot_sha256"]
+        snap = row.snapshot_sha256
         path = snapshot_path(self.snapshots_dir, snap) if snap else None
         if path is not None and path.is_file():
             return decode_image(path.read_bytes()), "tolerance", "stored snapshot (re-encoded JPEG)"
@@ -254,7 +255,7 @@ def _threat_keys(rules: RuleSet, camera: str, detections: list[DetectionOut]) ->
 
 
 def reproduce_event(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     event_id: int,
     *,
     config: ReproduceConfig,
@@ -264,14 +265,10 @@ def reproduce_event(
     providers: list[str] | None = None,
 ) -> EventReport:
     """Re-run the recorded model and rules on every frame of one event and compare."""
-    event = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
+    event = store.events.get(conn, event_id)
     if event is None:
         raise ReproduceError(f"event {event_id} not found")
-    rows = conn.execute(
-        "SELECT m.* FROM messages m WHERE m.message_id IN "
-        "(SELECT message_id FROM threats WHERE event_id = ?) ORDER BY m.captured_ts, m.message_id",
-        (event_id,),
-    ).fetchall()
+    rows = store.messages.of_event(conn, event_id)
     models, notes = known_models(config.model_paths)
     rules_known = known_rules(config.rules_paths)
     frames = _Frames(
@@ -282,23 +279,20 @@ def reproduce_event(
     results: list[FrameResult] = []
     for row in rows:
         res = FrameResult(
-            message_id=row["message_id"],
-            frame_id=row["frame_id"],
-            frame_kind=row["frame_kind"],
-            frame_source=row["frame_source"],
-            frame_sha256=row["frame_sha256"],
+            message_id=row.message_id,
+            frame_id=row.frame_id,
+            frame_kind=row.frame_kind,
+            frame_source=row.frame_source,
+            frame_sha256=row.frame_sha256,
         )
         results.append(res)
-        recorded = [DetectionOut.model_validate(d) for d in json.loads(row["detections_json"])]
+        recorded = [DetectionOut.model_validate(d) for d in row.detections]
         res.recorded = len(recorded)
         res.threats_recorded = sorted(
-            f"{t['rule']}/{t['severity']}/{t['label']}"
-            for t in conn.execute(
-                "SELECT rule, severity, label FROM threats WHERE message_id = ?",
-                (row["message_id"],),
-            )
+            f"{t.rule}/{t.severity}/{t.label}"
+            for t in store.messages.threats_of_message(conn, row.message_id)
         )
-        model_sha, rules_sha = row["model_sha256"], row["rules_sha256"]
+        model_sha, rules_sha = row.model_sha256, row.rules_sha256
         if model_sha not in models:
             res.missing.append(f"model {model_sha} (not among the {len(models)} known model(s))")
         if rules_sha not in rules_known:
@@ -306,7 +300,7 @@ def reproduce_event(
         image, mode, what = frames.image_of(row)
         if image is None:
             res.missing.append(
-                f"frame {row['frame_sha256']} ({row['frame_source']}: no original here, "
+                f"frame {row.frame_sha256} ({row.frame_source}: no original here, "
                 "no stored snapshot)"
             )
         if res.missing or image is None:
@@ -317,12 +311,12 @@ def reproduce_event(
                 models[model_sha][1], providers=providers or ["CPUExecutionProvider"]
             )
         rerun = _detections_out(
-            detectors[model_sha], image, width=row["frame_width"], height=row["frame_height"]
+            detectors[model_sha], image, width=row.frame_width, height=row.frame_height
         )
         res.rerun = len(rerun)
         pairs, res.iou_min, res.score_delta_max, res.box_delta_max_px = compare(recorded, rerun)
         res.matched = len(pairs)
-        res.threats_rerun = _threat_keys(rules_known[rules_sha], row["camera"], rerun)
+        res.threats_rerun = _threat_keys(rules_known[rules_sha], row.camera, rerun)
         same_count = res.matched == res.recorded == res.rerun
         if mode == "exact":
             close = (res.score_delta_max or 0) <= EXACT_SCORE and (
@@ -336,7 +330,7 @@ def reproduce_event(
         res.status = "match" if same_count and close and threats_same else "mismatch"
     return EventReport(
         event_id=event_id,
-        event=dict(event),
+        event=dataclasses.asdict(event),
         model_paths={sha: str(p) for sha, (p, _) in models.items()},
         rules_paths={sha: str(r.path) for sha, r in rules_known.items()},
         iou_min=config.iou_min,

@@ -4,8 +4,9 @@ kept for ``store.snapshot_retention_days`` after the newest threat that refers t
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
+
+from aggregator import store
 
 log = logging.getLogger(__name__)
 
@@ -16,22 +17,17 @@ def snapshot_path(snapshots_dir: Path, sha256: str) -> Path:
 
 
 def prune_snapshots(
-    conn: sqlite3.Connection, snapshots_dir: Path, *, older_than_ts: float
+    conn: store.Connection, snapshots_dir: Path, *, older_than_ts: float
 ) -> list[str]:
     """Delete the snapshots whose newest referring message was captured before
     ``older_than_ts``; return their sha256s. The rows keep the sha256 (the lineage stays whole);
     the API answers 410 for a snapshot that retention removed."""
-    rows = conn.execute(
-        "SELECT snapshot_sha256 FROM messages WHERE snapshot_sha256 IS NOT NULL "
-        "GROUP BY snapshot_sha256 HAVING MAX(captured_ts) < ?",
-        (older_than_ts,),
-    ).fetchall()
     deleted: list[str] = []
-    for row in rows:
-        path = snapshot_path(snapshots_dir, row[0])
+    for sha in store.messages.snapshots_last_captured_before(conn, older_than_ts):
+        path = snapshot_path(snapshots_dir, sha)
         if path.exists():
             path.unlink()
-            deleted.append(row[0])
+            deleted.append(sha)
     if deleted:
         log.info("retention: deleted %d snapshot(s) older than %.0f", len(deleted), older_than_ts)
     return deleted

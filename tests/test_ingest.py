@@ -4,13 +4,22 @@ refused, counted by reason, and never stop the service."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 
 import pytest
 
 from demo.broker import Mosquitto
 from tests.support import wait_for
-from tests.support.ingest import SHA, T0, Harness, subscribe_json, threat_payload
+from tests.support.ingest import (
+    SHA,
+    T0,
+    Harness,
+    payload,
+    status_payload,
+    subscribe_json,
+    threat_payload,
+)
 
 
 def test_a_threat_is_stored_with_its_provenance(harness: Harness) -> None:
@@ -33,6 +42,53 @@ def test_a_redelivered_message_is_stored_once(harness: Harness) -> None:
     wait_for(lambda: stats.stored + stats.duplicates == 3, what="three deliveries")
     assert harness.ingest.stats.stored == 1 and harness.ingest.stats.duplicates == 2
     assert len(harness.rows("SELECT * FROM threats")) == 1
+
+
+def test_a_still_processed_again_with_new_message_ids_is_stored_once(
+    harness: Harness, broker: Mosquitto
+) -> None:
+    """An agent restarted before it remembered its stills processes them again: new message
+    ids, new frame and lineage ids, the same frames, model and rules. Each copy is acknowledged
+    and receipted as stored (the agent forgets it), counted as a duplicate, and stores nothing."""
+    sub, receipts = subscribe_json(broker, "secagent/v1/cam-host/receipts")
+    try:
+        first = [threat_payload(at_s=i) for i in range(3)]
+        for p in first:
+            harness.send(p)
+        wait_for(lambda: harness.ingest.stats.stored == 3, what="three stored")
+        again = [
+            threat_payload(at_s=i + 60, frame_sha256=p["frame"]["sha256"])
+            for i, p in enumerate(first)
+        ]
+        for p in again:
+            harness.send(p)
+        wait_for(lambda: harness.ingest.stats.duplicates == 3, what="three duplicates")
+        sent = {p["message_id"] for p in first + again}
+        wait_for(
+            lambda: {m for r in receipts for m in r["stored"]} == sent,
+            what="every message id receipted as stored",
+        )
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert harness.ingest.stats.stored == 3
+    assert len(harness.rows("SELECT * FROM messages")) == 3
+    assert len(harness.rows("SELECT * FROM threats")) == 3
+    counters = {r["name"]: r["value"] for r in harness.rows("SELECT * FROM ingest_counters")}
+    assert (counters["stored"], counters["duplicate"]) == (3, 3)
+
+
+def test_identical_video_frames_at_different_positions_are_each_stored(harness: Harness) -> None:
+    """A still scene gives video frames with identical pixels (one sha256): each position in
+    the video is a sighting of its own, so only the same position counts as a duplicate."""
+    frames = [payload(at_s=t) for t in (0, 0.5, 1)]
+    for p in frames:
+        harness.send(p)
+    wait_for(lambda: harness.ingest.stats.stored == 3, what="three stored")
+    harness.send({**payload(at_s=0.5), "message_id": uuid.uuid4().hex})
+    wait_for(lambda: harness.ingest.stats.duplicates == 1, what="the same position again")
+    assert len({p["frame"]["sha256"] for p in frames}) == 1
+    assert len(harness.rows("SELECT * FROM threats")) == 3
 
 
 def _deep(n: int) -> bytes:
@@ -113,8 +169,11 @@ def test_threats_group_into_events_by_cutoff_and_escalate(harness: Harness) -> N
 def test_event_lifecycle_is_published(harness: Harness, broker: Mosquitto) -> None:
     sub, seen = subscribe_json(broker, "secagent/v1/events")
     try:
-        # Old capture times: the wall-clock sweep ends the event right after it starts.
         harness.send(threat_payload(at_s=0))
+        wait_for(lambda: [m["type"] for m in seen] == ["new"], what="new")
+        # The agent's next status, sent more than the cutoff later: on its clock, the event ended.
+        status = status_payload(sent_at=T0 + timedelta(seconds=11))
+        harness.send(status, topic="secagent/v1/cam-host/status")
         wait_for(lambda: [m["type"] for m in seen] == ["new", "end"], what="new then end")
         assert all(m["schema"] == "secagent.event/1" and m["event_id"] == 1 for m in seen)
     finally:

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fastapi.testclient import TestClient
 
 from aggregator import lineage, plots, store
-from aggregator.api import create_app
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig
 from tests.support.ingest import MODEL_SHA, make_config, payload, store_payloads
@@ -40,21 +38,21 @@ def test_a_plot_is_recorded_and_re_renders_to_the_same_sha256(
     conn = store.connect(config.store.path)
     query = plots.PlotQuery(kind=kind)  # type: ignore[arg-type]
     row = plots.make_plot(conn, query, plots_dir=config.store.plots_dir, code_version="test")
-    png = plots.plot_path(config.store.plots_dir, row["id"]).read_bytes()
-    assert png.startswith(PNG_MAGIC) and hashlib.sha256(png).hexdigest() == row["id"]
+    png = plots.plot_path(config.store.plots_dir, row.id).read_bytes()
+    assert png.startswith(PNG_MAGIC) and hashlib.sha256(png).hexdigest() == row.id
     assert b"matplotlib" not in png and b"Software" not in png  # no tool or date in metadata
-    assert row["event_ids"] == [1, 2, 3, 4]
+    assert row.event_ids == [1, 2, 3, 4]
     # Re-rendered from the recorded query and data: byte for byte the same image.
-    again, sha = plots.rerender(conn, row["id"])
-    assert sha == row["id"] and again == png
+    again, sha = plots.rerender(conn, row.id)
+    assert sha == row.id and again == png
     # Asking again makes the same plot (content-addressed), recorded once.
     assert (
-        plots.make_plot(conn, query, plots_dir=config.store.plots_dir, code_version="test")["id"]
-        == row["id"]
+        plots.make_plot(conn, query, plots_dir=config.store.plots_dir, code_version="test").id
+        == row.id
     )
     assert conn.execute("SELECT COUNT(*) FROM runs WHERE kind = 'plot'").fetchone()[0] == 1
     # Its lineage: the query, the events it covers and, through them, the model version.
-    graph = lineage.graph(conn, f"plot:{row['id']}")
+    graph = lineage.graph(conn, f"plot:{row.id}")
     conn.close()
     inputs = lineage.inputs_of(graph)
     assert inputs["event"] == [f"event:{i}" for i in (1, 2, 3, 4)]
@@ -80,23 +78,6 @@ def test_filters_and_range_shape_the_data_and_the_title(config: AggregatorConfig
     conn.close()
     title = plots._title("Threats per hour, by camera", query.recorded(), (0.0, 0.0))
     assert "yard" in title and datetime.fromtimestamp(t0, UTC).strftime("%Y-%m-%d %H:%M") in title
-
-
-def test_plots_over_the_api(config: AggregatorConfig) -> None:
-    client = TestClient(create_app(config))
-    r = client.post("/api/plots", json={"kind": "timeline"})
-    assert r.status_code == 201, r.text
-    doc = r.json()
-    assert doc["artifact_id"] == f"plot:{doc['id']}" and doc["event_ids"] == [1, 2, 3, 4]
-    png = client.get(doc["png_url"])
-    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-    assert hashlib.sha256(png.content).hexdigest() == doc["id"]
-    assert client.get(f"/api/plots/{doc['id']}").json()["query"]["kind"] == "timeline"
-    prov = client.get(f"/api/provenance/plot:{doc['id']}").json()
-    assert f"model:{MODEL_SHA}" in {n["id"] for n in prov["nodes"]}
-    assert client.post("/api/plots", json={"kind": "timeline", "camera": "x"}).status_code == 404
-    assert client.post("/api/plots", json={"kind": "pie"}).status_code == 422
-    assert client.get("/api/plots/" + "0" * 64 + ".png").status_code == 404
 
 
 def test_secagg_plot_writes_the_png(config: AggregatorConfig, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from tests.support.ingest import (
     payload,
     read,
     store_payloads,
+    threat_payload,
 )
 
 
@@ -64,32 +65,55 @@ def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None
         conn.close()
 
 
-def test_the_provenance_api_and_the_event_snapshot(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    store_payloads(config, [payload(at_s=0), payload(at_s=1)])
-    client = TestClient(create_app(config))
-    r = client.get("/api/provenance/event:1")
-    assert r.status_code == 200
-    doc = r.json()
-    ids = {n["id"] for n in doc["nodes"]}
-    assert {f"model:{MODEL_SHA}", f"rules:{RULES_SHA}", f"frame:{JPEG_SHA}"} <= ids
-    event = next(n for n in doc["nodes"] if n["id"] == "event:1")
-    assert event["meta"]["threat_count"] == 2 and event["meta"]["camera"] == "yard"
-    assert {"used", "wasGeneratedBy"} == {e["type"] for e in doc["edges"]}
-    detect_runs = [n["id"] for n in doc["nodes"] if n.get("kind") == "detect"]
-    assert all(
-        {"from": run, "to": f"model:{MODEL_SHA}", "type": "used", "role": "model"} in doc["edges"]
-        for run in detect_runs
+def _explain(config: AggregatorConfig, tmp_path: Path, *args: str) -> tuple[int, str]:
+    cfg_file = tmp_path / "secagg.yaml"
+    cfg_file.write_text(
+        f"store: {{path: {config.store.path}, snapshots_dir: {config.store.snapshots_dir}}}\n"
     )
-    assert client.get("/api/provenance/event:99").status_code == 404
-    assert client.get("/api/provenance/nonsense").status_code == 422
-    down = client.get(f"/api/provenance/frame:{JPEG_SHA}", params={"direction": "downstream"})
-    assert "event:1" in {n["id"] for n in down.json()["nodes"]}
+    result = CliRunner().invoke(secagg, ["explain", *args, "--config", str(cfg_file)])
+    return result.exit_code, result.output
 
-    snap = client.get("/api/events/1/snapshot.jpg")
-    assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg"
-    assert snap.content == JPEG and snap.headers["x-snapshot-sha256"] == JPEG_SHA
-    assert client.get("/api/events/99/snapshot.jpg").status_code == 404
+
+def test_explain_downstream_prints_what_came_of_a_model(tmp_path: Path) -> None:
+    """The JSON graph downstream of a model had every node while the tree printed none."""
+    config = make_config(tmp_path)
+    store_payloads(config, [payload(at_s=0), payload(at_s=1), payload(at_s=40)])
+    code, doc = _explain(config, tmp_path, f"model:{MODEL_SHA}", "--downstream", "--json")
+    assert code == 0, doc
+    nodes = json.loads(doc)["nodes"]
+    code, tree = _explain(config, tmp_path, f"model:{MODEL_SHA}", "--downstream")
+    assert code == 0, tree
+    lines = tree.splitlines()
+    assert lines[0] == f"model:{MODEL_SHA}" and "downstream:" in lines
+    assert "[model] detect run" in tree and "[input] group run" in tree
+    # every artifact and run of the JSON graph is in the tree
+    for node in nodes:
+        label = node["id"] if node["type"] == "artifact" else f"run #{node['id'][4:]}"
+        assert label in tree, f"{label} missing from the tree"
+    assert "event:1 (cam-host/yard person_on_premises high, 2 threats)" in tree
+    assert "event:2 (cam-host/yard person_on_premises high, 1 threats)" in tree
+
+
+def test_explain_takes_a_unique_prefix_of_an_artifact_id(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    shas = ["abcd" + "1" * 60, "abcd" + "2" * 60]
+    store_payloads(
+        config,
+        [payload(at_s=0)] + [threat_payload(at_s=i, frame_sha256=s) for i, s in enumerate(shas)],
+    )
+    for short in (f"model:{MODEL_SHA[:10]}", f"model:{MODEL_SHA[:8]}…", f"model:{MODEL_SHA}"):
+        code, out = _explain(config, tmp_path, short, "--downstream")
+        assert code == 0, out
+        assert out.startswith(f"model:{MODEL_SHA}\n")
+    code, out = _explain(config, tmp_path, "frame:abcd")
+    assert code == 1
+    assert "frame:abcd is ambiguous" in out and all(f"frame:{s}" in out for s in shas)
+    code, out = _explain(config, tmp_path, "frame:abcd2")
+    assert code == 0 and out.startswith(f"frame:{shas[1]} ")
+    code, out = _explain(config, tmp_path, "model:ffff")
+    assert code == 1 and "no artifact starts with model:ffff" in out
+    code, out = _explain(config, tmp_path, "event:99")  # ids that are numbers: never a prefix
+    assert code == 1 and "artifact event:99 is not known" in out
 
 
 def test_a_notification_has_the_lineage_of_its_event(tmp_path: Path) -> None:
@@ -142,8 +166,13 @@ def test_an_older_store_is_backfilled_by_the_migration(tmp_path: Path) -> None:
     with store.transaction(conn):
         snap = records.save_snapshot(config.store.snapshots_dir, p["snapshot_jpeg_b64"])
         msg = records.parse_payload(json.dumps(p).encode(), records.ThreatMessage)
-        store.insert_message(
-            conn, msg, received_at="2026-11-28T12:00:00+00:00", snapshot_sha256=snap
+        row = records.message_row(
+            msg, received_at="2026-11-28T12:00:00+00:00", snapshot_sha256=snap
+        )
+        values = row._asdict()  # as the code of that time stored it (m001's columns)
+        conn.execute(
+            f"INSERT INTO messages ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
         )
         conn.execute(
             "INSERT INTO events (agent_id, camera, rule, label, severity, started_ts, "

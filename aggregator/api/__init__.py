@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from aggregator.api.routes import agents, events, health, notifications, plots, provenance, threats
 from aggregator.config import AggregatorConfig, get_settings
+from aggregator.liveness import NO_INGEST, Liveness
 from appcommon.version import code_version
 
 DOCS_STATIC_URL = "/static/docs"
@@ -19,9 +20,10 @@ DOCS_STATIC_URL = "/static/docs"
 
 
 def create_app(
-    config: AggregatorConfig | None = None, *, broker_connected: Callable[[], bool] | None = None
+    config: AggregatorConfig | None = None, *, liveness: Callable[[], Liveness] | None = None
 ) -> FastAPI:
-    """The API app. ``config`` overrides :func:`get_settings` (what ``secagg serve`` does)."""
+    """The API app. ``config`` overrides :func:`get_settings` (what ``secagg serve`` does);
+    ``liveness`` reports the ingest running beside it (none: the health endpoint says degraded)."""
     app = FastAPIOffline(
         title="secagg",
         version=code_version(),
@@ -32,7 +34,7 @@ def create_app(
     )
     if config is not None:
         app.dependency_overrides[get_settings] = lambda: config
-    app.state.broker_connected = broker_connected or (lambda: False)
+    app.state.liveness = liveness or (lambda: NO_INGEST)
     for module in (health, threats, events, agents, notifications, provenance, plots):
         app.include_router(module.router)
     return app

@@ -1,11 +1,10 @@
-"""Dependencies shared by the routes: settings, a read-only database connection, paging."""
+"""Dependencies shared by the routes: settings, a read-only store connection, paging."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query
 
@@ -15,11 +14,11 @@ from aggregator.config import AggregatorConfig, get_settings
 Settings = Annotated[AggregatorConfig, Depends(get_settings)]
 
 
-def get_db(settings: Settings) -> Iterator[sqlite3.Connection]:
+def get_db(settings: Settings) -> Iterator[store.Connection]:
     """A read-only connection for one request (the ingest writer owns the writes)."""
     try:
         conn = store.connect(settings.store.path, readonly=True)
-    except sqlite3.OperationalError as exc:
+    except store.StoreUnavailable as exc:
         raise HTTPException(503, f"store not available: {exc}") from exc
     try:
         yield conn
@@ -35,8 +34,11 @@ def page_limit(
     return limit
 
 
-Db = Annotated[sqlite3.Connection, Depends(get_db)]
+Db = Annotated[store.Connection, Depends(get_db)]
 Limit = Annotated[int, Depends(page_limit)]
+BeforeId = Annotated[
+    int | None, Query(ge=1, description="next page: only items with an id below this one")
+]
 
 
 def dt(ts: float | None) -> datetime | None:
@@ -44,29 +46,8 @@ def dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-def filters(
-    *,
-    camera: str | None,
-    agent_id: str | None,
-    rule: str | None,
-    since: datetime | None,
-    alias: str,
-    ts: str,
-) -> tuple[list[str], list[Any]]:
-    """WHERE clauses and arguments for the common list filters."""
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (("camera", camera), ("agent_id", agent_id), ("rule", rule)):
-        if value is not None:
-            where.append(f"{alias}.{column} = ?")
-            args.append(value)
-    if since is not None:
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        where.append(f"{alias}.{ts} >= ?")
-        args.append(since.timestamp())
-    return where, args
-
-
-def where_sql(clauses: list[str]) -> str:
-    return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+def epoch(value: datetime | None) -> float | None:
+    """A query's datetime (UTC when naive) as an epoch timestamp."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

@@ -9,8 +9,16 @@ from pydantic import BaseModel, Field
 
 
 class Health(BaseModel):
-    status: str = Field(description="'ok' when the broker is connected, else 'degraded'")
+    status: str = Field(
+        description="'ok' when the broker is connected and the store writer runs, else "
+        "'degraded' (then the answer is 503)"
+    )
+    problems: list[str] = Field(description="why it is degraded; empty when ok")
     broker_connected: bool
+    writer_alive: bool = Field(description="the store writer thread is running")
+    writer_stalled: bool = Field(
+        description="one batch or sweep has taken longer than ingest.writer_stall_s"
+    )
     code_version: str
     messages: int = Field(description="threat messages stored")
     threats: int
@@ -86,6 +94,10 @@ class AgentPublic(BaseModel):
     state: str = Field(description="online / offline (the last will says offline)")
     last_seen_at: datetime = Field(description="last status or threat message received")
     last_status_at: datetime | None
+    clock_at: datetime | None = Field(
+        description="the agent's own clock: the latest capture time or status sent_at seen "
+        "from it (events end on it)"
+    )
     versions: dict[str, str] | None = Field(description="code, model, rules and config versions")
     provider: str | None = Field(description="ONNX Runtime execution provider in use")
     outbox_depth: int = Field(description="threat messages waiting on the agent")
@@ -120,7 +132,7 @@ class NotificationPublic(BaseModel):
 
 
 class NotificationDetail(NotificationPublic):
-    content: dict | None = Field(description="what was sent (secagent.notification/1)")
+    content: dict[str, Any] | None = Field(description="what was sent (secagent.notification/1)")
     attempt_log: list[NotificationAttemptPublic]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -14,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aggregator import events
+from aggregator import events, store
 from aggregator.config import AggregatorConfig, SmtpNotifier
+from aggregator.store.models import NotificationRow
 from appcommon.version import code_version
 
 SCHEMA_NOTIFICATION = "secagent.notification/1"
@@ -52,20 +52,24 @@ def snapshot_path(snapshots_dir: Path, sha256: str) -> Path:
     return snapshots_dir / sha256[:2] / f"{sha256}.jpg"
 
 
+class RenderError(LookupError):
+    """The event of a notification is not in the store."""
+
+
 def render(
-    conn: sqlite3.Connection, notification: sqlite3.Row, config: AggregatorConfig
+    conn: store.Connection, notification: NotificationRow, config: AggregatorConfig
 ) -> NotificationContent:
     """The content of a notification, from its event as stored now."""
-    event_id = notification["event_id"]
-    row = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
-    kind = notification["kind"]
+    event_id = notification.event_id
+    event = store.events.get(conn, event_id)
+    if event is None:
+        raise RenderError(f"notification {notification.id}: event {event_id} is not stored")
+    kind = notification.kind
     change_type: Literal["new", "update", "end"] = (
-        "end" if row["ended_ts"] is not None else "new" if kind == "new" else "update"
+        "end" if event.ended_ts is not None else "new" if kind == "new" else "update"
     )
     message = events.event_message(conn, events.EventChange(change_type, event_id))
-    snap = conn.execute(
-        "SELECT snapshot_sha256 FROM messages WHERE message_id = ?", (row["top_message_id"],)
-    ).fetchone()
+    snapshot_sha256 = store.messages.snapshot_sha256(conn, event.top_message_id)
     api_url = f"{config.api.base_url()}/api/events/{event_id}"
     cameras = ", ".join(message.cameras or [message.camera])
     started = message.started_at.astimezone(UTC)
@@ -86,23 +90,23 @@ def render(
             f"{message.last_seen_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC",
             f"Details:  {api_url}",
             "",
-            f"Notification {notification['id']} ({kind}, {notification['state_key']}) "
+            f"Notification {notification.id} ({kind}, {notification.state_key}) "
             f"from secagg {code_version()}.",
         ]
     )
     return NotificationContent.model_validate(
         {
             "schema": SCHEMA_NOTIFICATION,
-            "notification_id": notification["id"],
-            "notifier": notification["notifier"],
+            "notification_id": notification.id,
+            "notifier": notification.notifier,
             "kind": kind,
-            "state_key": notification["state_key"],
+            "state_key": notification.state_key,
             "event": json.loads(message.model_dump_json(by_alias=True)),
             "summary": message.summary or "",
             "subject": subject,
             "body": body,
             "api_url": api_url,
-            "snapshot_sha256": snap["snapshot_sha256"] if snap else None,
+            "snapshot_sha256": snapshot_sha256,
             "code_version": code_version(),
         }
     )

@@ -12,7 +12,6 @@ Message-ID / Idempotency-Key, so receivers can drop it); never more.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 
@@ -25,6 +24,7 @@ from aggregator.notify.content import (
     notification_content_sha256,
     render,
 )
+from aggregator.store.models import AttemptRow, NotificationRow
 
 log = logging.getLogger(__name__)
 _BATCH = 50
@@ -44,7 +44,7 @@ class NotificationSender:
         self.failed_attempts = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._conn: sqlite3.Connection | None = None
+        self._conn: store.Connection | None = None
         self._thread = threading.Thread(target=self._loop, name="notify-sender", daemon=True)
 
     def start(self) -> None:
@@ -76,70 +76,59 @@ class NotificationSender:
 
     def _until_next_due(self, now_ts: float) -> float:
         assert self._conn is not None
-        names = list(self.notifiers)
-        row = self._conn.execute(
-            "SELECT MIN(next_attempt_ts) AS due FROM notifications WHERE state = 'pending' "
-            f"AND notifier IN ({','.join('?' * len(names))})",
-            names,
-        ).fetchone()
-        if row["due"] is None:
+        due_ts = store.notifications.next_due_ts(self._conn, notifiers=list(self.notifiers))
+        if due_ts is None:
             return _IDLE_WAIT_S
-        return min(_IDLE_WAIT_S, max(0.0, row["due"] - now_ts))
+        return min(_IDLE_WAIT_S, max(0.0, due_ts - now_ts))
 
     def send_due(self, now_ts: float) -> int:
         """Attempt every due notification once; return how many were sent."""
         assert self._conn is not None
-        names = list(self.notifiers)
-        rows = self._conn.execute(
-            "SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_ts <= ? "
-            f"AND notifier IN ({','.join('?' * len(names))}) "
-            "ORDER BY next_attempt_ts, id LIMIT ?",
-            [now_ts, *names, _BATCH],
-        ).fetchall()
+        due = store.notifications.due(
+            self._conn, now_ts=now_ts, notifiers=list(self.notifiers), limit=_BATCH
+        )
         sent = 0
-        for row in rows:
+        for notification_id in due:
             if self._stop.is_set():
                 break
             try:
-                sent += self._attempt(row["id"])
+                sent += self._attempt(notification_id)
             except Exception as exc:  # a bug, not a server's answer: keep it, try much later
-                log.exception("notification=%d could not be attempted", row["id"])
-                self._defer(row["id"], f"{type(exc).__name__}: {exc}"[:1000])
+                log.exception("notification=%d could not be attempted", notification_id)
+                self._defer(notification_id, f"{type(exc).__name__}: {exc}"[:1000])
         return sent
 
     def _defer(self, notification_id: int, error: str) -> None:
         assert self._conn is not None
         with store.transaction(self._conn) as conn:
-            conn.execute(
-                "UPDATE notifications SET next_attempt_ts = ?, last_error = ? WHERE id = ?",
-                (time.time() + _DEFER_S, error, notification_id),
+            store.notifications.defer(
+                conn, notification_id, until_ts=time.time() + _DEFER_S, error=error
             )
 
-    def _content(self, notification_id: int) -> tuple[sqlite3.Row, NotificationContent]:
+    def _content(self, notification_id: int) -> tuple[NotificationRow, NotificationContent]:
         assert self._conn is not None
         with store.transaction(self._conn) as conn:
-            row = conn.execute(
-                "SELECT * FROM notifications WHERE id = ?", (notification_id,)
-            ).fetchone()
-            if row["content_json"] is None:
+            row = store.notifications.get(conn, notification_id)
+            if row is None:
+                raise LookupError(f"notification {notification_id} is not stored")
+            if row.content_json is None:
                 content = render(conn, row, self.config)
                 content_json = content.model_dump_json(by_alias=True)
                 content_sha = notification_content_sha256(content_json)
-                conn.execute(
-                    "UPDATE notifications SET content_json = ?, content_sha256 = ? WHERE id = ?",
-                    (content_json, content_sha, notification_id),
+                store.notifications.set_content(
+                    conn, notification_id, content_json=content_json, content_sha256=content_sha
                 )
                 # Lineage: this notification was generated from its event (notify run).
                 provenance.record_notification(
                     conn,
                     notification_id=notification_id,
-                    event_id=row["event_id"],
+                    event_id=row.event_id,
                     content_sha256=content_sha,
-                    code_version=row["code_version"],
-                    channel=row["channel"],
+                    code_version=row.code_version,
+                    channel=row.channel,
                 )
                 return row, content
-        return row, NotificationContent.model_validate_json(row["content_json"])
+        return row, NotificationContent.model_validate_json(row.content_json)
 
     def _deliver(
         self, notifier: SmtpNotifier | WebhookNotifier, content: NotificationContent
@@ -159,7 +148,7 @@ class NotificationSender:
     def _attempt(self, notification_id: int) -> bool:
         assert self._conn is not None
         row, content = self._content(notification_id)
-        notifier = self.notifiers[row["notifier"]]
+        notifier = self.notifiers[row.notifier]
         started = time.time()
         error: str | None = None
         try:
@@ -170,11 +159,11 @@ class NotificationSender:
             log.exception("notification=%d: unexpected error while sending", notification_id)
             error = f"{type(exc).__name__}: {exc}"[:1000]
         finished = time.time()
-        attempts = row["attempts"] + 1
+        attempts = row.attempts + 1
         retry = notifier.retry
         if error is None:
             state, next_ts = "sent", None
-        elif attempts >= retry.max_attempts or finished - row["created_ts"] >= retry.max_age_s:
+        elif attempts >= retry.max_attempts or finished - row.created_ts >= retry.max_age_s:
             state, next_ts = "failed", None
         else:
             state = "pending"
@@ -182,38 +171,28 @@ class NotificationSender:
                 retry.backoff_max_s, retry.backoff_base_s * 2 ** (attempts - 1)
             )
         with store.transaction(self._conn) as conn:
-            conn.execute(
-                "INSERT INTO notification_attempts (notification_id, attempt, started_ts, "
-                "finished_ts, outcome, error) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    notification_id,
-                    attempts,
-                    started,
-                    finished,
-                    "sent" if error is None else "error",
-                    error,
+            store.notifications.record_attempt(
+                conn,
+                AttemptRow(
+                    notification_id=notification_id,
+                    attempt=attempts,
+                    started_ts=started,
+                    finished_ts=finished,
+                    outcome="sent" if error is None else "error",
+                    error=error,
                 ),
-            )
-            conn.execute(
-                "UPDATE notifications SET state = ?, attempts = ?, next_attempt_ts = ?, "
-                "sent_ts = ?, last_error = ? WHERE id = ?",
-                (
-                    state,
-                    attempts,
-                    next_ts,
-                    finished if error is None else None,
-                    error,
-                    notification_id,
-                ),
+                state=state,
+                next_attempt_ts=next_ts,
+                sent_ts=finished if error is None else None,
             )
         if error is None:
             self.sent += 1
             log.info(
                 "event=%d notification=%d %s/%s sent (attempt %d)",
-                row["event_id"],
+                row.event_id,
                 notification_id,
                 notifier.name,
-                row["kind"],
+                row.kind,
                 attempts,
             )
             return True
@@ -221,10 +200,10 @@ class NotificationSender:
         outlook = "given up" if next_ts is None else f"retry in {next_ts - finished:.1f} s"
         log.warning(
             "event=%d notification=%d %s/%s attempt %d failed (%s): %s",
-            row["event_id"],
+            row.event_id,
             notification_id,
             notifier.name,
-            row["kind"],
+            row.kind,
             attempts,
             outlook,
             error,

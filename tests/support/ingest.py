@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,9 +35,12 @@ def threat_payload(
     message_id: str | None = None,
     severity: str = "high",
     score: float = 0.8,
+    frame_sha256: str | None = None,
 ) -> dict:
-    """A valid secagent.threat/1 payload as an agent would send it."""
+    """A valid secagent.threat/1 payload as an agent would send it: a still of its own (its
+    sha256 from its frame id) unless ``frame_sha256`` names one."""
     box = {"label": "person", "class_id": 0, "score": score, "xyxy": [10.0, 20.0, 110.0, 220.0]}
+    frame_id = uuid.uuid4().hex
     return {
         "schema": "secagent.threat/1",
         "message_id": message_id or uuid.uuid4().hex,
@@ -44,10 +48,10 @@ def threat_payload(
         "camera": camera,
         "lineage_id": uuid.uuid4().hex,
         "frame": {
-            "frame_id": uuid.uuid4().hex,
-            "sha256": SHA,
+            "frame_id": frame_id,
+            "sha256": frame_sha256 or hashlib.sha256(frame_id.encode()).hexdigest(),
             "kind": "file",
-            "source": "/incoming/x.jpg",
+            "source": f"/incoming/{frame_id}.jpg",
             "captured_at": (T0 + timedelta(seconds=at_s)).isoformat(),
             "width": 1280,
             "height": 720,
@@ -121,48 +125,83 @@ JPEG_SHA = hashlib.sha256(JPEG).hexdigest()
 MODEL_SHA, RULES_SHA, CONFIG_SHA = "a1" * 32, "b2" * 32, "c3" * 32
 
 
-def payload(*, at_s: float = 0.0, camera: str = "yard") -> dict:
-    p = threat_payload(at_s=at_s, camera=camera)
+def payload(*, at_s: float = 0.0, camera: str = "yard", agent_id: str = "cam-host") -> dict:
+    """A threat payload with a JPEG snapshot: a frame of a video at 2 fps (its position from
+    ``at_s``) whose pixels are all the same (sha256 JPEG_SHA), as a still scene gives."""
+    p = threat_payload(at_s=at_s, camera=camera, agent_id=agent_id)
     p["versions"] = {
         "code": "0.1.0+gtest",
         "model_sha256": MODEL_SHA,
         "rules_sha256": RULES_SHA,
         "config_sha256": CONFIG_SHA,
     }
-    p["frame"]["sha256"] = JPEG_SHA
+    p["frame"].update(
+        sha256=JPEG_SHA, kind="video", source=f"/clips/{camera}.avi#{round(at_s * 2)}"
+    )
     p["snapshot_jpeg_b64"] = base64.b64encode(JPEG).decode()
     return p
 
 
-def store_payloads(config: AggregatorConfig, payloads: list[dict]) -> None:
-    """What the ingest writer does with each message, in one transaction (no broker needed)."""
+def status_payload(
+    *, agent_id: str = "cam-host", state: str = "online", sent_at: datetime | None = None
+) -> dict:
+    """A valid secagent.status/1 payload with one running camera."""
+    return {
+        "schema": "secagent.status/1",
+        "agent_id": agent_id,
+        "state": state,
+        "versions": {
+            "code": "0.1.0+gtest",
+            "model_sha256": MODEL_SHA,
+            "rules_sha256": RULES_SHA,
+            "config_sha256": CONFIG_SHA,
+        },
+        "provider": "CPUExecutionProvider",
+        "outbox_depth": 2,
+        "outbox_dropped": 0,
+        "cameras": [{"name": "yard", "state": "running", "counters": {"captured": 7}}],
+        "sent_at": (sent_at or T0).isoformat(),
+    }
+
+
+def store_payloads(config: AggregatorConfig, payloads: list[dict]) -> records.BatchResult:
+    """What the ingest writer does with a batch of messages (threats or statuses, by their
+    schema), in its one transaction: the real code path, without a broker."""
     store.migrate(config.store.path)
     conn = store.connect(config.store.path)
+    kinds = {"secagent.status/1": "status"}
     try:
-        with store.transaction(conn):
-            for p in payloads:
-                records.record_threat(
-                    conn,
-                    f"secagent/v1/{p['agent_id']}/threats",
+        return records.store_batch(
+            conn,
+            [
+                (
+                    f"secagent/v1/{p['agent_id']}/{kinds.get(p['schema'], 'threats')}",
                     json.dumps(p).encode(),
-                    snapshots_dir=config.store.snapshots_dir,
-                    grouping=events.Grouping.from_config(config.events),
                 )
+                for p in payloads
+            ],
+            config=config,
+            grouping=events.Grouping.from_config(config.events),
+            now_ts=time.time(),
+        )
     finally:
         conn.close()
 
 
-def make_config(tmp_path: Path) -> AggregatorConfig:
-    return AggregatorConfig.model_validate(
-        {
-            "store": {
-                "path": str(tmp_path / "secagg.sqlite"),
-                "snapshots_dir": str(tmp_path / "snapshots"),
-                "plots_dir": str(tmp_path / "plots"),
-            },
-            "events": {"cutoff_s": 10},
-        }
-    )
+def make_config(tmp_path: Path, **sections: dict) -> AggregatorConfig:
+    """An aggregator config with its store under ``tmp_path`` and events with a 10 s cutoff;
+    ``sections`` are merged over that (e.g. ``notify={...}``)."""
+    doc: dict = {
+        "store": {
+            "path": str(tmp_path / "secagg.sqlite"),
+            "snapshots_dir": str(tmp_path / "snapshots"),
+            "plots_dir": str(tmp_path / "plots"),
+        },
+        "events": {"cutoff_s": 10},
+    }
+    for name, values in sections.items():
+        doc[name] = {**doc.get(name, {}), **values}
+    return AggregatorConfig.model_validate(doc)
 
 
 def read(config: AggregatorConfig) -> sqlite3.Connection:

@@ -1,28 +1,28 @@
 from __future__ import annotations
 
-import json
-import sqlite3
-
 from fastapi import APIRouter, HTTPException
 
+from aggregator import store
 from aggregator.api.deps import Db, dt
 from aggregator.api.schemas import AgentPublic, CameraPublic
+from aggregator.store.models import AgentRow
 
 router = APIRouter(tags=["agents"])
 
 
-def agent_public(row: sqlite3.Row) -> AgentPublic:
+def agent_public(agent: AgentRow) -> AgentPublic:
     return AgentPublic(
-        agent_id=row["agent_id"],
-        state=row["state"],
-        last_seen_at=dt(row["last_seen_ts"]),  # type: ignore[arg-type]
-        last_status_at=dt(row["last_status_ts"]),
-        versions=json.loads(row["versions_json"]) if row["versions_json"] else None,
-        provider=row["provider"],
-        outbox_depth=row["outbox_depth"],
-        outbox_dropped=row["outbox_dropped"],
-        outbox_oldest_age_s=row["outbox_oldest_age_s"],
-        cameras=[CameraPublic(**c) for c in json.loads(row["cameras_json"])],
+        agent_id=agent.agent_id,
+        state=agent.state,
+        last_seen_at=dt(agent.last_seen_ts),  # type: ignore[arg-type]
+        last_status_at=dt(agent.last_status_ts),
+        clock_at=dt(agent.clock_ts),
+        versions=agent.versions,
+        provider=agent.provider,
+        outbox_depth=agent.outbox_depth,
+        outbox_dropped=agent.outbox_dropped,
+        outbox_oldest_age_s=agent.outbox_oldest_age_s,
+        cameras=[CameraPublic(**c) for c in agent.cameras],
     )
 
 
@@ -32,7 +32,7 @@ def agent_public(row: sqlite3.Row) -> AgentPublic:
     summary="Every agent heard from: online/offline, versions, outbox, camera counters",
 )
 def list_agents(conn: Db) -> list[AgentPublic]:
-    return [agent_public(r) for r in conn.execute("SELECT * FROM agents ORDER BY agent_id")]
+    return [agent_public(a) for a in store.agents.list_agents(conn)]
 
 
 @router.get(
@@ -42,7 +42,7 @@ def list_agents(conn: Db) -> list[AgentPublic]:
     responses={404: {"description": "no such agent"}},
 )
 def get_agent(conn: Db, agent_id: str) -> AgentPublic:
-    row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-    if row is None:
+    agent = store.agents.get(conn, agent_id)
+    if agent is None:
         raise HTTPException(404, f"agent {agent_id} not known")
-    return agent_public(row)
+    return agent_public(agent)

@@ -1,36 +1,36 @@
 from __future__ import annotations
 
-import json
-import sqlite3
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from aggregator.api.deps import Db, Limit, Settings, dt, filters, where_sql
-from aggregator.api.routes.threats import THREAT_SQL, threat_public
+from aggregator import store
+from aggregator.api.deps import BeforeId, Db, Limit, Settings, dt, epoch
+from aggregator.api.routes.threats import threat_public
 from aggregator.api.schemas import EventDetail, EventPublic
 from aggregator.snapshots import snapshot_path
+from aggregator.store.models import EventRow
 
 router = APIRouter(tags=["events"])
 
 
-def event_fields(row: sqlite3.Row) -> dict[str, Any]:
+def event_fields(event: EventRow) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "agent_id": row["agent_id"],
-        "camera": row["camera"],
-        "rule": row["rule"],
-        "label": row["label"],
-        "severity": row["severity"],
-        "state": "open" if row["ended_ts"] is None else "ended",
-        "started_at": dt(row["started_ts"]),
-        "last_seen_at": dt(row["last_seen_ts"]),
-        "ended_at": dt(row["ended_ts"]),
-        "threat_count": row["threat_count"],
-        "top_score": row["top_score"],
-        "cameras": json.loads(row["cameras"] or "[]") or [row["camera"]],
+        "id": event.id,
+        "agent_id": event.agent_id,
+        "camera": event.camera,
+        "rule": event.rule,
+        "label": event.label,
+        "severity": event.severity,
+        "state": event.state,
+        "started_at": dt(event.started_ts),
+        "last_seen_at": dt(event.last_seen_ts),
+        "ended_at": dt(event.ended_ts),
+        "threat_count": event.threat_count,
+        "top_score": event.top_score,
+        "cameras": event.cameras,
     }
 
 
@@ -43,16 +43,19 @@ def list_events(
     rule: str | None = None,
     since: Annotated[datetime | None, Query(description="last seen at or after")] = None,
     state: Annotated[str | None, Query(pattern="^(open|ended)$")] = None,
+    before_id: BeforeId = None,
 ) -> list[EventPublic]:
-    where, args = filters(
-        camera=camera, agent_id=agent_id, rule=rule, since=since, alias="e", ts="last_seen_ts"
+    found = store.events.list_events(
+        conn,
+        limit=limit,
+        camera=camera,
+        agent_id=agent_id,
+        rule=rule,
+        since_ts=epoch(since),
+        state=state,
+        before_id=before_id,
     )
-    if state == "open":
-        where.append("e.ended_ts IS NULL")
-    elif state == "ended":
-        where.append("e.ended_ts IS NOT NULL")
-    sql = "SELECT e.* FROM events e" + where_sql(where) + " ORDER BY e.id DESC LIMIT ?"
-    return [EventPublic(**event_fields(r)) for r in conn.execute(sql, [*args, limit])]
+    return [EventPublic(**event_fields(e)) for e in found]
 
 
 @router.get(
@@ -62,16 +65,11 @@ def list_events(
     responses={404: {"description": "no such event"}},
 )
 def get_event(conn: Db, event_id: int) -> EventDetail:
-    row = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
-    if row is None:
+    event = store.events.get(conn, event_id)
+    if event is None:
         raise HTTPException(404, f"event {event_id} not found")
-    threats = [
-        threat_public(r)
-        for r in conn.execute(
-            THREAT_SQL + " WHERE t.event_id = ? ORDER BY t.captured_ts, t.id", (event_id,)
-        )
-    ]
-    return EventDetail(**event_fields(row), threats=threats)
+    threats = [threat_public(t) for t in store.messages.threats_of_event(conn, event_id)]
+    return EventDetail(**event_fields(event), threats=threats)
 
 
 @router.get(
@@ -84,14 +82,10 @@ def get_event(conn: Db, event_id: int) -> EventDetail:
     },
 )
 def get_event_snapshot(conn: Db, settings: Settings, event_id: int) -> FileResponse:
-    row = conn.execute(
-        "SELECT m.snapshot_sha256 FROM events e JOIN messages m ON m.message_id = e.top_message_id "
-        "WHERE e.id = ?",
-        (event_id,),
-    ).fetchone()
-    if row is None:
+    event = store.events.get(conn, event_id)
+    if event is None:
         raise HTTPException(404, f"event {event_id} not found")
-    sha = row["snapshot_sha256"]
+    sha = store.messages.snapshot_sha256(conn, event.top_message_id)
     if sha is None:
         raise HTTPException(404, f"event {event_id}: its top threat came without a snapshot")
     path = snapshot_path(settings.store.snapshots_dir, sha)

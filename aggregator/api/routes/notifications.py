@@ -1,38 +1,38 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from aggregator.api.deps import Db, Limit, dt, where_sql
+from aggregator import store
+from aggregator.api.deps import BeforeId, Db, Limit, dt
 from aggregator.api.schemas import (
     NotificationAttemptPublic,
     NotificationDetail,
     NotificationPublic,
 )
+from aggregator.store.models import NotificationRow
 
 router = APIRouter(tags=["notifications"])
 
 
-def notification_fields(row: sqlite3.Row) -> dict[str, Any]:
+def notification_fields(n: NotificationRow) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "event_id": row["event_id"],
-        "notifier": row["notifier"],
-        "channel": row["channel"],
-        "kind": row["kind"],
-        "state_key": row["state_key"],
-        "state": row["state"],
-        "created_at": dt(row["created_ts"]),
-        "next_attempt_at": dt(row["next_attempt_ts"]),
-        "sent_at": dt(row["sent_ts"]),
-        "attempts": row["attempts"],
-        "content_sha256": row["content_sha256"],
-        "code_version": row["code_version"],
-        "last_error": row["last_error"],
+        "id": n.id,
+        "event_id": n.event_id,
+        "notifier": n.notifier,
+        "channel": n.channel,
+        "kind": n.kind,
+        "state_key": n.state_key,
+        "state": n.state,
+        "created_at": dt(n.created_ts),
+        "next_attempt_at": dt(n.next_attempt_ts),
+        "sent_at": dt(n.sent_ts),
+        "attempts": n.attempts,
+        "content_sha256": n.content_sha256,
+        "code_version": n.code_version,
+        "last_error": n.last_error,
     }
 
 
@@ -47,15 +47,12 @@ def list_notifications(
     event_id: int | None = None,
     notifier: str | None = None,
     state: Annotated[str | None, Query(pattern="^(pending|sent|failed|suppressed)$")] = None,
+    before_id: BeforeId = None,
 ) -> list[NotificationPublic]:
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (("event_id", event_id), ("notifier", notifier), ("state", state)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    sql = "SELECT * FROM notifications" + where_sql(where) + " ORDER BY id DESC LIMIT ?"
-    return [NotificationPublic(**notification_fields(r)) for r in conn.execute(sql, [*args, limit])]
+    found = store.notifications.list_notifications(
+        conn, limit=limit, event_id=event_id, notifier=notifier, state=state, before_id=before_id
+    )
+    return [NotificationPublic(**notification_fields(n)) for n in found]
 
 
 @router.get(
@@ -65,21 +62,18 @@ def list_notifications(
     responses={404: {"description": "no such notification"}},
 )
 def get_notification(conn: Db, notification_id: int) -> NotificationDetail:
-    row = conn.execute("SELECT * FROM notifications WHERE id = ?", (notification_id,)).fetchone()
-    if row is None:
+    n = store.notifications.get(conn, notification_id)
+    if n is None:
         raise HTTPException(404, f"notification {notification_id} not found")
     attempts = [
         NotificationAttemptPublic(
-            attempt=a["attempt"],
-            started_at=datetime.fromtimestamp(a["started_ts"], UTC),
-            finished_at=datetime.fromtimestamp(a["finished_ts"], UTC),
-            outcome=a["outcome"],
-            error=a["error"],
+            attempt=a.attempt,
+            started_at=dt(a.started_ts),  # type: ignore[arg-type]
+            finished_at=dt(a.finished_ts),  # type: ignore[arg-type]
+            outcome=a.outcome,
+            error=a.error,
         )
-        for a in conn.execute(
-            "SELECT * FROM notification_attempts WHERE notification_id = ? ORDER BY attempt",
-            (notification_id,),
-        )
+        for a in store.notifications.attempts_of(conn, notification_id)
     ]
-    content = json.loads(row["content_json"]) if row["content_json"] else None
-    return NotificationDetail(**notification_fields(row), content=content, attempt_log=attempts)
+    content = json.loads(n.content_json) if n.content_json else None
+    return NotificationDetail(**notification_fields(n), content=content, attempt_log=attempts)

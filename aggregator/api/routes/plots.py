@@ -1,28 +1,27 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from aggregator import plots, store
-from aggregator.api.deps import Db, Settings
+from aggregator.api.deps import Db, Settings, dt
 from aggregator.api.schemas import PlotPublic
+from aggregator.store.models import PlotRow
 from appcommon.version import code_version
 
 router = APIRouter(tags=["plots"])
 
 
-def plot_public(row: dict[str, Any]) -> PlotPublic:
+def plot_public(plot: PlotRow) -> PlotPublic:
     return PlotPublic(
-        id=row["id"],
-        artifact_id=f"plot:{row['id']}",
-        kind=row["kind"],
-        query=row["query"],
-        event_ids=row["event_ids"],
-        code_version=row["code_version"],
-        created_at=row["created_at"],
-        png_url=f"/api/plots/{row['id']}.png",
+        id=plot.id,
+        artifact_id=f"plot:{plot.id}",
+        kind=plot.kind,
+        query=plot.query,
+        event_ids=plot.event_ids,
+        code_version=plot.code_version,
+        created_at=dt(plot.created_ts),  # type: ignore[arg-type]
+        png_url=f"/api/plots/{plot.id}.png",
     )
 
 

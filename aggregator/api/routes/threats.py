@@ -1,37 +1,46 @@
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from aggregator.api.deps import Db, Limit, dt, filters, where_sql
+from aggregator import store
+from aggregator.api.deps import BeforeId, Db, Limit, dt, epoch
 from aggregator.api.schemas import Provenance, ThreatPublic
+from aggregator.store.models import ThreatWithMessage
 
 router = APIRouter(tags=["threats"])
 
-THREAT_SQL = """
-SELECT t.*, m.lineage_id, m.frame_id, m.frame_sha256, m.frame_kind, m.frame_source,
-       m.model_sha256, m.rules_sha256, m.config_sha256, m.code_version, m.snapshot_sha256,
-       m.received_at
-FROM threats t JOIN messages m ON m.message_id = t.message_id
-"""
 
-
-def threat_public(row: sqlite3.Row) -> ThreatPublic:
+def threat_public(found: ThreatWithMessage) -> ThreatPublic:
+    t, m = found.threat, found.message
     return ThreatPublic(
-        id=row["id"],
-        event_id=row["event_id"],
-        agent_id=row["agent_id"],
-        camera=row["camera"],
-        rule=row["rule"],
-        severity=row["severity"],
-        label=row["label"],
-        score=row["score"],
-        xyxy=(row["x1"], row["y1"], row["x2"], row["y2"]),
-        captured_at=dt(row["captured_ts"]),  # type: ignore[arg-type]
-        provenance=Provenance(**{k: row[k] for k in Provenance.model_fields}),
+        id=t.id,
+        event_id=t.event_id,
+        agent_id=t.agent_id,
+        camera=t.camera,
+        rule=t.rule,
+        severity=t.severity,
+        label=t.label,
+        score=t.score,
+        xyxy=t.xyxy,
+        captured_at=dt(t.captured_ts),  # type: ignore[arg-type]
+        provenance=Provenance(
+            agent_id=m.agent_id,
+            message_id=m.message_id,
+            lineage_id=m.lineage_id,
+            frame_id=m.frame_id,
+            frame_sha256=m.frame_sha256,
+            frame_kind=m.frame_kind,
+            frame_source=m.frame_source,
+            model_sha256=m.model_sha256,
+            rules_sha256=m.rules_sha256,
+            config_sha256=m.config_sha256,
+            code_version=m.code_version,
+            snapshot_sha256=m.snapshot_sha256,
+            received_at=datetime.fromisoformat(m.received_at),
+        ),
     )
 
 
@@ -47,13 +56,15 @@ def list_threats(
     agent_id: str | None = None,
     rule: str | None = None,
     since: Annotated[datetime | None, Query(description="captured at or after")] = None,
-    before_id: Annotated[int | None, Query(description="page: threats with id < this")] = None,
+    before_id: BeforeId = None,
 ) -> list[ThreatPublic]:
-    where, args = filters(
-        camera=camera, agent_id=agent_id, rule=rule, since=since, alias="t", ts="captured_ts"
+    found = store.messages.list_threats(
+        conn,
+        limit=limit,
+        camera=camera,
+        agent_id=agent_id,
+        rule=rule,
+        since_ts=epoch(since),
+        before_id=before_id,
     )
-    if before_id is not None:
-        where.append("t.id < ?")
-        args.append(before_id)
-    sql = THREAT_SQL + where_sql(where) + " ORDER BY t.id DESC LIMIT ?"
-    return [threat_public(r) for r in conn.execute(sql, [*args, limit])]
+    return [threat_public(t) for t in found]

@@ -1,10 +1,12 @@
-"""The aggregator's SQLite store (WAL, one writer): threat messages with their provenance, the
-threats in them, threat events, and ingest counters. Readers open their own connections.
+"""The schema of the aggregator's SQLite store (WAL, one writer) and its connections.
+
+Migrations m001..m005 are kept exactly as they were first released, so every existing database
+upgrades; new ones are appended. Readers open their own read-only connections; transactions are
+explicit (:func:`transaction`, :func:`savepoint`).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +14,17 @@ from pathlib import Path
 
 import sqlite_utils
 
-from wire.payloads import ThreatMessage
+Connection = sqlite3.Connection
+"""What every store function takes first. A second backend (PostgreSQL through SQLAlchemy Core)
+would put its own connection type here; callers outside the store only pass it along."""
+
+DatabaseError = sqlite3.Error
+"""The base class of what a failing statement raises (the backend's own)."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be opened (missing file, no permission, not a database)."""
+
 
 migrations = sqlite_utils.Migrations("secagg")
 
@@ -210,24 +222,96 @@ def m005_provenance(db: sqlite_utils.Database) -> None:
         """
     )
     from aggregator import provenance  # the backfill uses the same code as the ingest
+    from aggregator.store import messages
 
     conn = db.conn
-    conn.execute("SAVEPOINT backfill")  # one transaction, whether or not one is open
-    for row in conn.execute("SELECT * FROM messages ORDER BY received_at").fetchall():
-        provenance.backfill_message(conn, row)
-    conn.execute("RELEASE backfill")
+    with savepoint(conn, "backfill"):  # one transaction, whether or not one is open
+        for message in messages.all_by_arrival(conn):
+            provenance.backfill_message(
+                conn, message, event_ids=messages.event_ids_of(conn, message.message_id)
+            )
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), rows as sqlite3.Row."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
+@migrations()
+def m006_one_message_per_frame(db: sqlite_utils.Database) -> None:
+    """The same agent, camera, frame, model and rules make one threat message, whatever its
+    message id: an agent restarted before it remembered a still sends it again with a new id.
+    ``content_key`` names that identity (see :func:`aggregator.store.messages.content_key`).
+    The first stored message of a key keeps it; later copies that an older store may already
+    hold keep NULL (nothing is deleted), so the UNIQUE index builds on any existing database."""
+    from aggregator.store import messages
+
+    conn = db.conn
+    conn.create_function("secagg_content_key", 7, messages.content_key, deterministic=True)
+    conn.execute("ALTER TABLE messages ADD COLUMN content_key TEXT")
+    conn.execute(
+        "UPDATE messages SET content_key = secagg_content_key(agent_id, camera, frame_sha256, "
+        "frame_kind, frame_source, model_sha256, rules_sha256)"
+    )
+    conn.execute(
+        "UPDATE messages SET content_key = NULL WHERE rowid NOT IN "
+        "(SELECT MIN(rowid) FROM messages GROUP BY content_key)"
+    )
+    conn.execute("CREATE UNIQUE INDEX messages_content_key ON messages (content_key)")
+
+
+@migrations()
+def m007_agent_clock(db: sqlite_utils.Database) -> None:
+    """Each agent's own clock: the latest capture time or status ``sent_at`` seen from it.
+    Events end on it (:mod:`aggregator.events`)."""
+    conn = db.conn
+    conn.execute("ALTER TABLE agents ADD COLUMN clock_ts REAL")
+    conn.execute(
+        "UPDATE agents SET clock_ts = (SELECT MAX(v) FROM ("
+        "SELECT agents.status_sent_ts AS v UNION ALL "
+        "SELECT MAX(m.captured_ts) FROM messages m WHERE m.agent_id = agents.agent_id))"
+    )
+
+
+@migrations()
+def m008_row_counts(db: sqlite_utils.Database) -> None:
+    """Row counts for ``/api/health``: five numbers to read instead of counting whole tables on
+    every request. The writer keeps them in the transaction that changes the rows: messages and
+    threats once per batch (:func:`aggregator.store.counters.add_rows`), events where they start
+    and end (:mod:`aggregator.store.events`), agents by a trigger (a new agent is rare; triggers
+    on the tables written for every message cost 5% of the ingest)."""
+    conn = db.conn
+    conn.execute("CREATE TABLE row_counts (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    for name, table, where in (
+        ("messages", "messages", ""),
+        ("threats", "threats", ""),
+        ("events", "events", ""),
+        ("open_events", "events", " WHERE ended_ts IS NULL"),
+        ("agents", "agents", ""),
+    ):
+        conn.execute(
+            f"INSERT INTO row_counts (name, value) "
+            f"VALUES ('{name}', (SELECT COUNT(*) FROM {table}{where}))"
+        )
+    conn.execute(
+        "CREATE TRIGGER agents_counted AFTER INSERT ON agents BEGIN "
+        "UPDATE row_counts SET value = value + 1 WHERE name = 'agents'; END"
+    )
+    conn.execute(
+        "CREATE TRIGGER agents_uncounted AFTER DELETE ON agents BEGIN "
+        "UPDATE row_counts SET value = value - 1 WHERE name = 'agents'; END"
+    )
+
+
+def connect(path: Path, *, readonly: bool = False) -> Connection:
+    """A connection in autocommit mode (transactions are explicit); StoreUnavailable when the
+    database cannot be opened."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"{path}: {exc}") from exc
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -242,7 +326,7 @@ def migrate(path: Path) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: Connection) -> Iterator[Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -253,49 +337,22 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def insert_message(
-    conn: sqlite3.Connection, msg: ThreatMessage, *, received_at: str, snapshot_sha256: str | None
-) -> bool:
-    """Insert the message row; False if this message id is already stored (a redelivery)."""
-    cur = conn.execute(
-        """INSERT INTO messages (message_id, agent_id, camera, lineage_id, frame_id, frame_sha256,
-               frame_kind, frame_source, frame_width, frame_height, captured_at, captured_ts,
-               received_at, code_version, model_sha256, rules_sha256, config_sha256,
-               snapshot_sha256, detections_json)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (message_id) DO NOTHING""",
-        (
-            msg.message_id,
-            msg.agent_id,
-            msg.camera,
-            msg.lineage_id,
-            msg.frame.frame_id,
-            msg.frame.sha256,
-            msg.frame.kind,
-            msg.frame.source,
-            msg.frame.width,
-            msg.frame.height,
-            msg.frame.captured_at.isoformat(),
-            msg.frame.captured_at.timestamp(),
-            received_at,
-            msg.versions.code,
-            msg.versions.model_sha256,
-            msg.versions.rules_sha256,
-            msg.versions.config_sha256,
-            snapshot_sha256,
-            json.dumps([d.model_dump(mode="json") for d in msg.detections]),
-        ),
-    )
-    return cur.rowcount == 1
+class savepoint:  # lower case: used like the function-style context managers above
+    """A savepoint inside the open transaction (or a transaction of its own): what happens in
+    it is undone on any error, and the error propagates. (A class, not a generator: the ingest
+    opens one per message.)"""
 
+    def __init__(self, conn: Connection, name: str = "step") -> None:
+        if not name.isidentifier():
+            raise ValueError(f"savepoint name {name!r} is not an identifier")
+        self.conn = conn
+        self.name = name
 
-def bump_counter(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
-    conn.execute(
-        "INSERT INTO ingest_counters (name, value) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-        (name, by),
-    )
+    def __enter__(self) -> Connection:
+        self.conn.execute(f"SAVEPOINT {self.name}")
+        return self.conn
 
-
-def counters(conn: sqlite3.Connection) -> dict[str, int]:
-    return {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM ingest_counters")}
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.conn.execute(f"ROLLBACK TO {self.name}")
+        self.conn.execute(f"RELEASE {self.name}")

@@ -1,0 +1,53 @@
+"""The aggregator's store: the one place that speaks SQL.
+
+- :mod:`.schema`: migrations, connections, transactions and savepoints;
+- :mod:`.models`: the typed rows every function returns (never a database row);
+- one access module per group of tables: :mod:`.messages` (messages and threats),
+  :mod:`.events`, :mod:`.agents`, :mod:`.lineage` (artifacts, runs, used, generated),
+  :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`.
+
+Every function takes the connection first and keyword-only arguments beyond two, and runs in
+the caller's transaction. That is the seam for a second backend (PostgreSQL through SQLAlchemy
+Core): the same functions over another connection type, callers unchanged.
+``tests/test_store_boundary.py`` fails when SQL appears anywhere else.
+"""
+
+from aggregator.store import (
+    agents,
+    counters,
+    events,
+    lineage,
+    messages,
+    models,
+    notifications,
+    plots,
+)
+from aggregator.store.schema import (
+    Connection,
+    DatabaseError,
+    StoreUnavailable,
+    connect,
+    migrate,
+    migrations,
+    savepoint,
+    transaction,
+)
+
+__all__ = [
+    "Connection",
+    "DatabaseError",
+    "StoreUnavailable",
+    "agents",
+    "connect",
+    "counters",
+    "events",
+    "lineage",
+    "messages",
+    "migrate",
+    "migrations",
+    "models",
+    "notifications",
+    "plots",
+    "savepoint",
+    "transaction",
+]

@@ -1,0 +1,206 @@
+"""Threat events (table ``events``). When events start, grow and end is decided in
+:mod:`aggregator.events`; this module reads and writes the rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aggregator.store.models import EventRow, NewEvent, OpenEventClock
+from aggregator.store.schema import Connection
+from aggregator.store.where import Where
+
+_COLUMNS = (
+    "id, agent_id, camera, rule, label, severity, started_ts, last_seen_ts, ended_ts, "
+    "threat_count, top_score, top_message_id, group_key, cameras, cutoff_s"
+)
+
+
+def _event(row: Sequence[Any]) -> EventRow:
+    return EventRow(
+        id=row[0],
+        agent_id=row[1],
+        camera=row[2],
+        rule=row[3],
+        label=row[4],
+        severity=row[5],
+        started_ts=row[6],
+        last_seen_ts=row[7],
+        ended_ts=row[8],
+        threat_count=row[9],
+        top_score=row[10],
+        top_message_id=row[11],
+        group_key=row[12],
+        cameras=json.loads(row[13] or "[]") or [row[2]],
+        cutoff_s=row[14],
+    )
+
+
+def get(conn: Connection, event_id: int) -> EventRow | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
+    return None if row is None else _event(row)
+
+
+def find_open(
+    conn: Connection, *, group_key: str, captured_ts: float, cutoff_s: float
+) -> EventRow | None:
+    """The open event of this group key that a threat captured at ``captured_ts`` falls in
+    (within ``cutoff_s`` of its span), the most recent first."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE group_key = ? AND ended_ts IS NULL "
+        "AND started_ts - ? <= ? AND last_seen_ts + ? >= ? "
+        "ORDER BY last_seen_ts DESC LIMIT 1",
+        (group_key, cutoff_s, captured_ts, cutoff_s, captured_ts),
+    ).fetchone()
+    return None if row is None else _event(row)
+
+
+def create(conn: Connection, event: NewEvent) -> int:
+    """Start an event with its first threat; returns its id."""
+    cur = conn.execute(
+        "INSERT INTO events (agent_id, camera, rule, label, severity, started_ts, "
+        "last_seen_ts, threat_count, top_score, top_message_id, group_key, cameras, "
+        "cutoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+        (
+            event.agent_id,
+            event.camera,
+            event.rule,
+            event.label,
+            event.severity,
+            event.captured_ts,
+            event.captured_ts,
+            event.score,
+            event.message_id,
+            event.group_key,
+            json.dumps([event.camera]),
+            event.cutoff_s,
+        ),
+    )
+    conn.execute("UPDATE row_counts SET value = value + 1 WHERE name IN ('events', 'open_events')")
+    return int(cur.lastrowid or 0)
+
+
+def extend(
+    conn: Connection,
+    *,
+    event_id: int,
+    captured_ts: float,
+    severity: str,
+    score: float,
+    top_message_id: str,
+    label: str,
+    cameras: list[str],
+) -> None:
+    """One more threat in an open event: its span, count, severity, top score and cameras."""
+    conn.execute(
+        "UPDATE events SET started_ts = MIN(started_ts, ?), last_seen_ts = MAX(last_seen_ts, ?), "
+        "threat_count = threat_count + 1, severity = ?, top_score = MAX(top_score, ?), "
+        "top_message_id = ?, label = ?, cameras = ? WHERE id = ?",
+        (
+            captured_ts,
+            captured_ts,
+            severity,
+            score,
+            top_message_id,
+            label,
+            json.dumps(cameras),
+            event_id,
+        ),
+    )
+
+
+def end_behind(
+    conn: Connection,
+    *,
+    agent_id: str,
+    group_keys: Iterable[str],
+    clock_ts: float,
+    default_cutoff_s: float,
+) -> list[int]:
+    """End the open events of this agent (and of these group keys, which a site's cameras on
+    other agents share) whose last threat is more than their cutoff behind ``clock_ts``;
+    return their ids. ``default_cutoff_s`` is for events stored before events had their own."""
+    keys = sorted(set(group_keys))
+    rows = conn.execute(
+        "SELECT id FROM events WHERE ended_ts IS NULL "
+        f"AND (agent_id = ? OR group_key IN ({', '.join('?' * len(keys))})) "
+        "AND last_seen_ts + COALESCE(cutoff_s, ?) < ? ORDER BY id",
+        (agent_id, *keys, default_cutoff_s, clock_ts),
+    ).fetchall()
+    ended = [int(r[0]) for r in rows]
+    if ended:  # rare: a read is cheaper than an update that changes nothing
+        end(conn, ended)
+    return ended
+
+
+def open_with_clocks(conn: Connection) -> list[OpenEventClock]:
+    """Every open event with the clock of its agent and when it was last heard from."""
+    rows = conn.execute(
+        "SELECT e.id, e.agent_id, e.last_seen_ts, e.cutoff_s, a.clock_ts, a.last_seen_ts "
+        "FROM events e LEFT JOIN agents a ON a.agent_id = e.agent_id "
+        "WHERE e.ended_ts IS NULL ORDER BY e.id"
+    )
+    return [OpenEventClock(*r) for r in rows]
+
+
+def end(conn: Connection, event_ids: Sequence[int]) -> None:
+    """End these open events at their last threat."""
+    if not event_ids:
+        return
+    marks = ", ".join("?" * len(event_ids))
+    cur = conn.execute(
+        f"UPDATE events SET ended_ts = last_seen_ts WHERE id IN ({marks}) AND ended_ts IS NULL",
+        list(event_ids),
+    )
+    conn.execute(
+        "UPDATE row_counts SET value = value - ? WHERE name = 'open_events'", (cur.rowcount,)
+    )
+
+
+def list_events(
+    conn: Connection,
+    *,
+    limit: int,
+    camera: str | None = None,
+    agent_id: str | None = None,
+    rule: str | None = None,
+    since_ts: float | None = None,
+    state: str | None = None,
+    before_id: int | None = None,
+) -> list[EventRow]:
+    """Events, newest first; ``since_ts`` filters on the last threat, ``before_id`` pages."""
+    where = (
+        Where()
+        .equals("camera", camera)
+        .equals("agent_id", agent_id)
+        .equals("rule", rule)
+        .at_least("last_seen_ts", since_ts)
+        .holds("ended_ts IS NULL", state == "open")
+        .holds("ended_ts IS NOT NULL", state == "ended")
+        .below("id", before_id)
+    )
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM events{where.sql} ORDER BY id DESC LIMIT ?", [*where.args, limit]
+    )
+    return [_event(r) for r in rows]
+
+
+def started_between(
+    conn: Connection,
+    *,
+    since_ts: float | None = None,
+    until_ts: float | None = None,
+    camera: str | None = None,
+    agent_id: str | None = None,
+) -> list[EventRow]:
+    """Events that started in a capture-time range, oldest first (plots)."""
+    where = (
+        Where()
+        .at_least("started_ts", since_ts)
+        .below("started_ts", until_ts)
+        .equals("camera", camera)
+        .equals("agent_id", agent_id)
+    )
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM events{where.sql} ORDER BY id", where.args)
+    return [_event(r) for r in rows]
