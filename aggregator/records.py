@@ -226,12 +226,26 @@ def record_status(
         return Outcome("status")  # a retained status being cleared
     status = parse_payload(payload, StatusMessage)
     check_agent(topic, status.agent_id)
+    heard_ts = datetime.now(UTC).timestamp()
+    # a config is checked on receipt: its canonical JSON has the sha256 its results record
+    if (
+        status.config is not None
+        and status.versions is not None
+        and store.configs.save(
+            conn,
+            sha256=status.versions.config_sha256,
+            agent_id=status.agent_id,
+            received_ts=heard_ts,
+            doc=status.config,
+        )
+    ):
+        log.info("agent=%s config in force %s kept", status.agent_id, status.versions.config_sha256)
     clock_ts = store.agents.record_status(
         conn,
         StatusUpdate(
             agent_id=status.agent_id,
             state=status.state,
-            heard_ts=datetime.now(UTC).timestamp(),
+            heard_ts=heard_ts,
             sent_ts=status.sent_at.timestamp(),
             versions_json=status.versions.model_dump_json() if status.versions else None,
             provider=status.provider,

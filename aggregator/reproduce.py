@@ -247,11 +247,30 @@ def _detections_out(
     return found.scaled(width / image.shape[1], height / image.shape[0]).to_wire()
 
 
-def _threat_keys(rules: RuleSet, camera: str, detections: list[DetectionOut]) -> list[str]:
+def _threat_keys(
+    rules: RuleSet,
+    camera: str,
+    detections: list[DetectionOut],
+    *,
+    zones: dict[str, list[tuple[float, float]]],
+    frame_wh: tuple[int, int],
+) -> list[str]:
+    """The threats the rules make of ``detections`` with the camera's zones, as the agent ran
+    them: boxes in the recorded frame's pixels, zones in fractions of it."""
     dets = Detections.from_wire(detections)
-    return sorted(
-        f"{t.rule}/{t.severity}/{detections[t.index].label}" for t in rules.apply(camera, dets)
-    )
+    found = rules.apply(camera, dets, zones=zones, frame_wh=frame_wh)
+    return sorted(f"{t.rule}/{t.severity}/{detections[t.index].label}" for t in found)
+
+
+def camera_zones(config_doc: dict[str, Any], camera: str) -> dict[str, list[tuple[float, float]]]:
+    """The zones of ``camera`` in an agent config in force (none when it has no such camera)."""
+    for cam in config_doc.get("cameras", []):
+        if isinstance(cam, dict) and cam.get("name") == camera:
+            zones = cam.get("zones") or {}
+            return {
+                str(name): [(float(x), float(y)) for x, y in poly] for name, poly in zones.items()
+            }
+    return {}
 
 
 def reproduce_event(
@@ -276,6 +295,7 @@ def reproduce_event(
     )
     frames.prefetch_videos(rows)
     detectors: dict[str, Detector] = {}
+    configs: dict[str, dict[str, Any] | None] = {}
     results: list[FrameResult] = []
     for row in rows:
         res = FrameResult(
@@ -293,6 +313,15 @@ def reproduce_event(
             for t in store.messages.threats_of_message(conn, row.message_id)
         )
         model_sha, rules_sha = row.model_sha256, row.rules_sha256
+        if row.config_sha256 not in configs:
+            configs[row.config_sha256] = store.configs.get(conn, row.config_sha256)
+        config_doc = configs[row.config_sha256]
+        rules = rules_known.get(rules_sha)
+        if config_doc is None and rules is not None and rules.uses_zones():
+            res.missing.append(
+                f"agent config {row.config_sha256} (its rules name zones, and the config in "
+                "force never reached the aggregator in a status message)"
+            )
         if model_sha not in models:
             res.missing.append(f"model {model_sha} (not among the {len(models)} known model(s))")
         if rules_sha not in rules_known:
@@ -316,7 +345,13 @@ def reproduce_event(
         res.rerun = len(rerun)
         pairs, res.iou_min, res.score_delta_max, res.box_delta_max_px = compare(recorded, rerun)
         res.matched = len(pairs)
-        res.threats_rerun = _threat_keys(rules_known[rules_sha], row.camera, rerun)
+        res.threats_rerun = _threat_keys(
+            rules_known[rules_sha],
+            row.camera,
+            rerun,
+            zones=camera_zones(config_doc or {}, row.camera),
+            frame_wh=(row.frame_width, row.frame_height),
+        )
         same_count = res.matched == res.recorded == res.rerun
         if mode == "exact":
             close = (res.score_delta_max or 0) <= EXACT_SCORE and (

@@ -103,6 +103,10 @@ class RuleSet:
                 break
         return threats
 
+    def uses_zones(self) -> bool:
+        """True when a rule is limited to zones (applying it needs the camera's zones)."""
+        return any(rule.zones is not None for rule in self.rules)
+
     def check_zones(self, camera_zones: Mapping[str, Iterable[str]]) -> None:
         """RulesError when a rule names a zone that none of the cameras it applies to has."""
         for rule in self.rules:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from demo.broker import Mosquitto
 from demo.footage import sample_still
 from modelrt import load_manifest
-from tests.support import DEFAULT_RULES, MODEL_MANIFEST, wait_for
+from tests.support import DEFAULT_RULES, MODEL_MANIFEST, ROOT, wait_for
 from tests.support.processes import (
     BIN,
     run_agent_to_completion,
@@ -157,3 +158,61 @@ def test_reproduce_names_the_missing_model_and_frame(run, tmp_path: Path) -> Non
     assert f"MISSING model {MODEL_SHA}" in out.stdout
     assert "not among the 0 known model(s)" in out.stdout
     assert "no stored snapshot" in out.stdout and "1 missing" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def zoned_run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The clip on a camera with a zone (the right 40% of the view) and rules limited to it:
+    the same person is ``person_at_gate`` while her feet are in the zone, else
+    ``person_on_premises``. The aggregator keeps the config in force from the agent's status."""
+    work = tmp_path_factory.mktemp("reproduce-zones")
+    agg_conf, api = write_aggregator_config(work, broker, cutoff_s=10, client_id="secagg-zones")
+    with agg_conf.open("a") as fh:
+        fh.write(f"reproduce: {{model_paths: [{MODEL_MANIFEST.parent}]}}\n")
+    agent_conf = write_agent_config(
+        work,
+        broker,
+        agent_id="zones-host",
+        rules=ZONE_RULES,
+        cameras=(
+            f"  - name: yard\n    source: {{type: video, path: {clip_path}, fps: 2}}\n"
+            "    zones: {gate: [[0.6, 0.0], [1.0, 0.0], [1.0, 1.0], [0.6, 1.0]]}\n"
+        ),
+    )
+    with running_aggregator(agg_conf, api, work / "secagg.log"):
+        summary = run_agent_to_completion(agent_conf)
+        wait_for(
+            lambda: httpx.get(f"{api}/api/health").json()["messages"] >= summary["threat_messages"],
+            timeout_s=60,
+            what="every threat message stored",
+        )
+        events = httpx.get(f"{api}/api/events").json()
+        yield {"work": work, "config": agg_conf, "api": api, "events": events}
+
+
+ZONE_RULES = ROOT / "rules" / "example-zones.yaml"
+
+
+def test_an_event_of_a_zone_rule_reproduces_with_the_zones_the_agent_applied(zoned_run) -> None:  # type: ignore[no-untyped-def]
+    rules = {e["rule"] for e in zoned_run["events"]}
+    assert rules == {"person_at_gate", "person_on_premises"}, zoned_run["events"]
+    for event in zoned_run["events"]:
+        code, report = reproduce(zoned_run, event["id"])
+        assert code == 0, json.dumps(report["frames"], indent=1)[:3000]
+        assert all(f["threats_recorded"] == f["threats_rerun"] for f in report["frames"])
+
+
+def test_without_the_config_in_force_a_zone_rule_is_not_reproduced(zoned_run) -> None:  # type: ignore[no-untyped-def]
+    gate = next(e["id"] for e in zoned_run["events"] if e["rule"] == "person_at_gate")
+    copy = zoned_run["work"] / "without-configs.sqlite"
+    with sqlite3.connect(zoned_run["work"] / "secagg.sqlite") as conn:
+        conn.execute("VACUUM INTO ?", (str(copy),))
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DELETE FROM agent_configs")
+    config = zoned_run["work"] / "secagg-without-configs.yaml"
+    config.write_text(
+        zoned_run["config"].read_text().replace("path: secagg.sqlite", f"path: {copy}")
+    )
+    out = secagg("reproduce", str(gate), "--config", config)
+    assert out.returncode == 1
+    assert "MISSING agent config" in out.stdout and "never reached the aggregator" in out.stdout

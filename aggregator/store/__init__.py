@@ -3,7 +3,8 @@
 - :mod:`.schema`: migrations, connections, transactions and savepoints;
 - :mod:`.models`: the typed rows every function returns (never a database row);
 - one access module per group of tables: :mod:`.messages` (messages and threats),
-  :mod:`.events`, :mod:`.agents`, :mod:`.lineage` (artifacts, runs, used, generated),
+  :mod:`.events`, :mod:`.agents`, :mod:`.configs` (the agent configs in force),
+  :mod:`.lineage` (artifacts, runs, used, generated),
   :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`.
 
 Every function takes the connection first and keyword-only arguments beyond two, and runs in
@@ -14,6 +15,7 @@ Core): the same functions over another connection type, callers unchanged.
 
 from aggregator.store import (
     agents,
+    configs,
     counters,
     events,
     lineage,
@@ -38,6 +40,7 @@ __all__ = [
     "DatabaseError",
     "StoreUnavailable",
     "agents",
+    "configs",
     "connect",
     "counters",
     "events",

@@ -356,3 +356,14 @@ class savepoint:  # lower case: used like the function-style context managers ab
         if exc_type is not None:
             self.conn.execute(f"ROLLBACK TO {self.name}")
         self.conn.execute(f"RELEASE {self.name}")
+
+
+@migrations()
+def m009_agent_configs(db: sqlite_utils.Database) -> None:
+    """The agent configs in force, by the sha256 every result records
+    (``versions.config_sha256``): what an agent's status message carries, kept so that
+    ``secagg reproduce`` applies the camera zones the agent applied."""
+    db.conn.execute(
+        "CREATE TABLE agent_configs (sha256 TEXT PRIMARY KEY, agent_id TEXT NOT NULL, "
+        "received_ts REAL NOT NULL, doc_json TEXT NOT NULL)"
+    )
