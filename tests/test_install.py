@@ -9,6 +9,7 @@ system users or systemctl; tests/docker/ runs the same script in a container und
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -127,6 +128,24 @@ def test_a_release_with_its_own_venv_and_current_pointing_at_it(
     assert (release / "models" / "fall-detection-yolov8.yaml").is_file()
     assert (release / "rules" / "default.yaml").is_file()
     assert host.run("secagent", "--version").stdout.strip().endswith(version)
+
+
+def pins(lines: list[str]) -> dict[str, str]:
+    """name -> version of ``name==version`` lines (names normalised as pip does)."""
+    found = {}
+    for line in lines:
+        name, sep, version = line.strip().partition("==")
+        if sep and not line.startswith("#"):
+            found[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return found
+
+
+def test_every_package_of_the_release_is_pinned_by_the_constraints(host: Host) -> None:
+    frozen = host.run("python", "-m", "pip", "freeze", "--exclude", "secagent")
+    installed = pins(frozen.stdout.splitlines())
+    wanted = pins((ROOT / "constraints.txt").read_text().splitlines())
+    wanted |= pins((ROOT / "requirements-model.txt").read_text().splitlines())
+    assert installed and {n: v for n, v in installed.items() if wanted.get(n) != v} == {}
 
 
 def test_the_agent_runs_without_the_aggregator_packages(host: Host) -> None:
