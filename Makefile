@@ -9,9 +9,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SERVE ?= 0
 # ONNX Runtime extra: cpu (onnxruntime) or gpu (onnxruntime-gpu, CUDA/TensorRT); never both
 ORT ?= cpu
-SRC := agent aggregator modelrt appcommon wire demo tests bench setup.py
+SRC := agent aggregator modelrt appcommon wire demo tests bench docker/tests setup.py
 
-.PHONY: setup demo test lint format bench clean mosquitto install
+.PHONY: setup demo test lint format bench clean mosquitto install docker-test
 
 setup: $(STAMP) mosquitto
 
@@ -47,7 +47,7 @@ lint: setup
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
-	shellcheck deploy/*.sh
+	shellcheck deploy/*.sh docker/*.sh
 
 format: setup
 	$(VENV)/bin/ruff format $(SRC)
@@ -59,6 +59,18 @@ format: setup
 ROLE ?= all
 install:
 	deploy/install.sh --role $(ROLE) --ort $(ORT)
+
+# Docker (README, "Docker"): build every image from scratch here (mmdebstrap base, no registry,
+# no build cache; FRESH=0 reuses them), then test the compose stack and systemd in a container.
+# Needs Docker's engine (Debian: docker.io, docker-compose, mmdebstrap); not part of `make test`.
+FRESH ?= 1
+docker-test: setup
+	@command -v mmdebstrap >/dev/null && command -v docker-compose >/dev/null && [ -x /usr/bin/docker ] || { \
+		echo "installing docker.io, docker-compose and mmdebstrap (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			docker.io docker-compose mmdebstrap; }
+	time docker/build.sh $(if $(filter 1,$(FRESH)),--fresh,)
+	$(PY) -m pytest -q -p no:cacheprovider docker/tests
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
