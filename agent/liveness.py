@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,11 @@ def problems(agent: Agent, *, now: float, stall_s: float) -> list[str]:
     return found
 
 
+def kinds(found: list[str]) -> list[str]:
+    """Problems without their durations: what changes the state, not the clock."""
+    return [re.sub(r"[0-9]+ s\b", "", problem) for problem in found]
+
+
 def status_line(agent: Agent, found: Sequence[str]) -> str:
     """One line for ``systemctl status``."""
     states = [c.state for c in agent.cameras]
@@ -108,7 +114,7 @@ class Supervisor:
             self.notifier.ready(line)
             self._next_status = now + STATUS_EVERY_S
         found = problems(agent, now=now, stall_s=self.stall_s)
-        if found != self._last_problems:
+        if kinds(found) != kinds(self._last_problems):  # not again as each second passes
             if found:
                 log.error("agent=%s not alive, watchdog pings stop: %s", agent.agent_id, found)
             elif self._last_problems:

@@ -17,6 +17,7 @@ exits 0.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -39,6 +40,11 @@ DEFAULT_STALL_S = 30.0
 """How long the store writer may not turn, or the API not answer, without a watchdog."""
 
 STATUS_EVERY_S = 5.0
+
+
+def kinds(found: list[str]) -> list[str]:
+    """Problems without their durations: what changes the state, not the clock."""
+    return [re.sub(r"[0-9]+ s\b", "", problem) for problem in found]
 
 
 class ServiceError(RuntimeError):
@@ -141,7 +147,7 @@ class Service:
                 if not ready:
                     continue
                 found = self.problems(now)
-                if found != last_problems:
+                if kinds(found) != kinds(last_problems):  # not again as each second passes
                     if found:
                         log.error("not alive, watchdog pings stop: %s", found)
                     last_problems = found
