@@ -16,6 +16,9 @@ trap 'rm -rf "$WORK"' EXIT
 # shellcheck disable=SC2016  # "$1" in the hook is the root file system, for mmdebstrap to expand
 mmdebstrap --quiet --variant=minbase \
     --include=python3,python3-venv,ca-certificates,tini \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
     bookworm "$WORK/rootfs.tar" \
     "deb $MIRROR bookworm main" \

@@ -4,7 +4,7 @@
 # packages come from the package registry, pinned by constraints.txt.
 #
 #   docker/build.sh [--fresh] [IMAGE...]   IMAGE: agent agent-gpu aggregator mosquitto mailsink
-#                                          (default: agent aggregator mosquitto mailsink)
+#                                          (default: all of them)
 #   --fresh: rebuild the base image and every layer (no build cache): a cold build
 #
 # Images are tagged secagent/<image>:<version> and secagent/<image>:local (what
@@ -24,7 +24,7 @@ for arg in "$@"; do
         *) echo "build.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(agent aggregator mosquitto mailsink)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(agent agent-gpu aggregator mosquitto mailsink)
 
 if ! "$DOCKER" info >/dev/null 2>&1; then
     if [ "$(id -u)" != 0 ] || ! command -v dockerd >/dev/null; then
