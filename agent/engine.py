@@ -86,6 +86,9 @@ class Camera:
         self.drop_oldest = config.drops_when_busy()
         self.done = False
         self.error: str | None = None
+        self.beat = time.monotonic()
+        """When the camera's thread last got something from its source (a frame, or an idle tick
+        of a quiet source) or waited for the model: what the watchdog's liveness check reads."""
 
     @property
     def state(self) -> str:
@@ -148,6 +151,7 @@ class FrameQueues:
                     continue
                 if stop.is_set():
                     return False
+                camera.beat = time.monotonic()  # waiting for the model is not a stuck camera
                 self._cond.wait(WAKE_S)
             waiting.append(item)
             camera.counters.queued += 1
@@ -202,8 +206,17 @@ class DetectionEngine:
         self.queues = FrameQueues(cameras)
         self._results: queue.Queue[tuple[list[Admitted], np.ndarray]] = queue.Queue(maxsize=4)
         self._threads: list[threading.Thread] = []
+        self._detect_thread: threading.Thread | None = None
+        self._results_thread: threading.Thread | None = None
         self.batches = 0
         self.batched_frames = 0
+        now = time.monotonic()
+        self.worker_beat = now
+        """When the detection worker last turned its loop (it turns every WAKE_S when idle)."""
+        self.worker_busy_since: float | None = None
+        """When the worker began the inference it is running now; None between inferences."""
+        self.results_beat = now
+        """When the results thread last turned its loop."""
 
     # the stages, usable one frame at a time ----------------------------------------------------
     def admit(self, camera: Camera, frame: Frame) -> Admitted | None:
@@ -272,17 +285,27 @@ class DetectionEngine:
     def start(self) -> None:
         for cam in self.cameras:
             self._spawn(f"camera-{cam.name}", self._camera_loop, cam)
-        self._spawn("detect", self._detect_loop)
-        self._spawn("results", self._results_loop)
+        self._detect_thread = self._spawn("detect", self._detect_loop)
+        self._results_thread = self._spawn("results", self._results_loop)
 
-    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
+
+    def threads_alive(self) -> dict[str, bool]:
+        """The detection worker's and the results thread's state (False once they ended)."""
+        return {
+            t.name: t.is_alive()
+            for t in (self._detect_thread, self._results_thread)
+            if t is not None
+        }
 
     def _camera_loop(self, camera: Camera) -> None:
         try:
             for frame in camera.source.frames():
+                camera.beat = time.monotonic()
                 if self.stop.is_set():
                     return
                 if frame is None:
@@ -315,12 +338,15 @@ class DetectionEngine:
 
     def _detect_loop(self) -> None:
         while not self.stop.is_set():
+            self.worker_beat = time.monotonic()
             batch = self.queues.take(self.detector.max_batch, timeout_s=WAKE_S)
             if not batch:
                 continue
+            self.worker_busy_since = time.monotonic()
             try:
                 output = self.infer(batch)
             except DetectorError as exc:
+                self.worker_busy_since = None
                 for a in batch:
                     a.camera.counters.failed += 1
                     a.camera.counters.finished += 1
@@ -332,18 +358,27 @@ class DetectionEngine:
                     exc,
                 )
                 continue
-            while not self.stop.is_set():
+            self.worker_busy_since = None
+            # Inferred frames are in hand: they go on to rules and the outbox even when a stop
+            # came meanwhile (the results thread drains the queue before it ends).
+            while True:
                 try:
                     self._results.put((batch, output), timeout=WAKE_S)
                     break
                 except queue.Full:
-                    continue
+                    if self._results_thread is None or not self._results_thread.is_alive():
+                        break
 
     def _results_loop(self) -> None:
-        while not self.stop.is_set():
+        while True:
+            self.results_beat = time.monotonic()
             try:
                 batch, output = self._results.get(timeout=WAKE_S)
             except queue.Empty:
+                worker = self._detect_thread
+                finished = worker is None or not worker.is_alive()
+                if self.stop.is_set() and finished and self._results.empty():
+                    return  # stopped, and nothing more can come
                 continue
             for i, admitted in enumerate(batch):
                 try:

@@ -53,6 +53,8 @@ class MqttLink:
         self.outbox = outbox
         self._status = status
         self.connected = threading.Event()
+        self.attempted = threading.Event()
+        """Set once the first connection attempt has an outcome (connected, refused or failed)."""
         self._stop = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._receipts: queue.SimpleQueue[ReceiptMessage] = queue.SimpleQueue()
@@ -90,6 +92,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         self.client = client
@@ -104,6 +107,7 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: object,
     ) -> None:
+        self.attempted.set()
         if reason_code.is_failure:
             self.connect_failures += 1
             self.last_connect_error = f"refused: {reason_code}"
@@ -150,6 +154,7 @@ class MqttLink:
             self.connect_failures,
             self._next_retry_s(),
         )
+        self.attempted.set()
 
     def _next_retry_s(self) -> float:
         """paho's next reconnect wait: the minimum, doubled after each failed attempt up to the

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -260,13 +261,23 @@ class Agent:
         """Every source ended and every frame it gave is through the pipeline."""
         return self.engine.idle()
 
-    def run(self, *, exit_when_done: bool = False, drain_timeout_s: float = 60.0) -> None:
+    def run(
+        self,
+        *,
+        exit_when_done: bool = False,
+        drain_timeout_s: float = 60.0,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
         """Run until :meth:`stop`; with ``exit_when_done``, until every source finished and the
-        outbox is drained (or ``drain_timeout_s`` passed after the sources finished)."""
+        outbox is drained (or ``drain_timeout_s`` passed after the sources finished).
+        ``tick`` runs on every turn of the main loop (readiness and watchdog:
+        :mod:`agent.liveness`)."""
         self.start()
         next_status = time.monotonic() + self.config.mqtt.status_interval_s
         finished_at: float | None = None
         while not self._stop.is_set():
+            if tick is not None:
+                tick()
             now = time.monotonic()
             if now >= next_status:
                 self.link.publish_status()
@@ -288,6 +299,11 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.outbox.notify()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called (threads ending is then expected)."""
+        return self._stop.is_set()
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from aggregator import store
 from aggregator.config import AggregatorConfig, load_aggregator_config
-from appcommon.cli import config_option, log_level_option, setup_logging
+from appcommon.cli import config_option, log_format_option, log_level_option, setup_logging
 from appcommon.configfile import ConfigError
+
+if TYPE_CHECKING:  # the store needs the aggregator extra: imported where a command runs
+    from aggregator import store
 
 log = logging.getLogger("aggregator")
 
@@ -24,40 +28,50 @@ def _load(config_path: Path) -> AggregatorConfig:
     return config
 
 
+AGGREGATOR_MODULES = (
+    "sqlite_utils",
+    "fastapi",
+    "fastapi_offline",
+    "uvicorn",
+    "httpx",
+    "matplotlib",
+)
+"""What the ``aggregator`` extra installs; a camera host installs only the agent's."""
+
+
 @click.group()
 @click.version_option(package_name="secagent")
 def main() -> None:
     """secagg: collects threats from secagent agents, groups them into events, serves the API."""
+    missing = [m for m in AGGREGATOR_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"secagg needs the aggregator extra (missing: {', '.join(missing)}): "
+            "pip install 'secagent[aggregator,cpu]'"
+        )
 
 
 @main.command()
 @config_option("aggregator")
 @log_level_option
-def serve(config_path: Path, log_level: str) -> None:
-    """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM."""
-    import uvicorn
+@log_format_option
+def serve(config_path: Path, log_level: str, log_format: str) -> None:
+    """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM.
 
-    from aggregator.api import create_app
-    from aggregator.ingest import Ingest
+    Under systemd (Type=notify) it says READY=1 once the store is migrated and the API listens,
+    pings the watchdog while the store writer turns and the API answers, and on SIGTERM stores
+    what it holds, checkpoints the database and exits 0.
+    """
+    from aggregator import store
+    from aggregator.service import Service, ServiceError
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     config = _load(config_path)
-    ingest = Ingest(config)
-    ingest.start()
-    app = create_app(config, liveness=ingest.liveness)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.api.host,
-            port=config.api.port,
-            log_level=log_level,
-            access_log=log_level == "debug",
-        )
-    )
     try:
-        server.run()
-    finally:
-        ingest.stop()
+        service = Service(config, log_level=log_level, log_format=log_format)
+        service.run()
+    except (ServiceError, store.DatabaseError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("check-config")
@@ -81,6 +95,8 @@ def check_config(config_path: Path) -> None:
 @click.option("--event", "event_id", type=int, default=None, help="only this event's")
 def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
     """List the latest notifications (newest first): event, notifier, kind, state, attempts."""
+    from aggregator import store
+
     config = _load(config_path)
     try:
         conn = store.connect(config.store.path, readonly=True)
@@ -134,6 +150,8 @@ def broker_config(spec_path: Path, out_dir: Path) -> None:
 
 
 def _read_db(config: AggregatorConfig) -> store.Connection:
+    from aggregator import store
+
     if not config.store.path.exists():
         raise click.ClickException(f"no store at {config.store.path}")
     try:
@@ -271,7 +289,7 @@ def plot(
     KIND: threats_per_hour (stacked by camera), events_by_label (stacked by severity) or
     timeline. Prints the plot id (plot:<sha256 of the PNG>) and where the PNG is.
     """
-    from aggregator import plots
+    from aggregator import plots, store
     from appcommon.version import code_version
 
     config = _load(config_path)

@@ -219,8 +219,14 @@ class Ingest:
 
     def _write_loop(self) -> None:
         next_sweep = time.monotonic()
-        while not self._stop.is_set():
-            batch = self._take_batch(max(0.0, next_sweep - time.monotonic()))
+        while True:
+            now = time.monotonic()
+            stopping = self._stop.is_set()
+            # On stop, store what is already in hand (received), then end; what arrives later
+            # stays unacknowledged and the broker delivers it again after a restart.
+            batch = self._take_batch(0.0 if stopping else max(0.0, next_sweep - now))
+            if stopping and not batch:
+                return
             if batch:
                 self._busy_since = time.monotonic()
                 try:
@@ -250,8 +256,20 @@ class Ingest:
             grouping=self.grouping,
             now_ts=time.time(),
         )
+        stored = [
+            o for o in result.results if isinstance(o, records.Outcome) and o.kind == "stored"
+        ]
         if result.due and self.sender is not None:
             self.sender.wake()
+        for o in stored:
+            log.info(
+                "stored message=%s agent=%s camera=%s lineage=%s threats=%d",
+                o.message_id,
+                o.agent_id,
+                o.camera,
+                o.lineage_id,
+                o.threats,
+            )
         # Committed: now, and only now, the broker and the agents may forget these messages.
         receipts: dict[str, list[str]] = defaultdict(list)
         rejects: list[tuple[mqtt.MQTTMessage, PayloadError]] = []
@@ -381,11 +399,17 @@ class Ingest:
         self.client.loop_start()
 
     def stop(self) -> None:
+        """Store and acknowledge what is in hand, checkpoint the WAL into the database, then
+        disconnect (what the broker sends meanwhile is delivered again after a restart)."""
         self._stop.set()
-        self.client.disconnect()
-        self.client.loop_stop()
         self._queue.put(None)  # wake the writer
         self._writer.join(timeout=10)
         if self.sender is not None:
             self.sender.stop()
+        try:
+            store.checkpoint(self._conn)
+        except store.DatabaseError as exc:
+            log.warning("WAL checkpoint at stop failed: %s", exc)
+        self.client.disconnect()  # after the acks of the last batch (paho sends in order)
+        self.client.loop_stop()
         self._conn.close()

@@ -42,6 +42,8 @@ class Outcome:
     changes: list[EventChange] = field(default_factory=list)
     agent_id: str = ""
     message_id: str | None = None  # threat messages: what the receipt confirms
+    camera: str = ""
+    lineage_id: str = ""
     threats: int = 0  # threats stored
 
 
@@ -144,7 +146,13 @@ def record_threat(
     store.agents.heard_from(
         conn, agent_id=threat.agent_id, heard_ts=now.timestamp(), clock_ts=captured_ts
     )
-    outcome = Outcome("stored", agent_id=threat.agent_id, message_id=threat.message_id)
+    outcome = Outcome(
+        "stored",
+        agent_id=threat.agent_id,
+        message_id=threat.message_id,
+        camera=threat.camera,
+        lineage_id=threat.lineage_id,
+    )
     provenance.record_message(conn, row, detections=detections)
     shared_keys = (
         [

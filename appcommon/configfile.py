@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,12 +28,17 @@ DATA_DIR_ENV = "SECAGENT_DATA_DIR"
 
 def installation_data_dir() -> Path:
     """The folder holding the installation's ``models/`` and ``rules/``: ``$SECAGENT_DATA_DIR``
-    when set, else the checkout the code runs from (``/opt/secagent`` for the systemd units).
+    when set; else the release the program runs from (its virtualenv,
+    ``/opt/secagent/current`` for the systemd units: deploy/install.sh puts them there); else
+    the checkout the code runs from.
 
     Read when called, never at import time."""
     override = os.environ.get(DATA_DIR_ENV)
     if override:
         return Path(override).resolve()
+    release = Path(sys.prefix)
+    if (release / "models").is_dir() or (release / "rules").is_dir():
+        return release
     return Path(__file__).resolve().parent.parent
 
 

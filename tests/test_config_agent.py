@@ -4,7 +4,10 @@ path and the reason, and ``secagent check-config``."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,19 +102,39 @@ def test_the_systemd_units_paths_agree_with_the_installation() -> None:
     commands = dict(
         line.split("=", 1) for line in unit.splitlines() if line.startswith("ExecStart")
     )
-    install, config = Path("/opt/secagent"), Path("/etc/secagent/secagent.yaml")
-    assert commands["ExecStart"] == f"{install}/.venv/bin/secagent run --config {config}"
-    assert commands["ExecStartPre"] == (
-        f"{install}/.venv/bin/secagent check-config --config {config}"
-    )
-    # the checkout is what goes to /opt/secagent: its data folder is the checkout itself, with
-    # the venv where the unit runs it, and the example's model and rules inside
+    release, config = Path("/opt/secagent/current"), Path("/etc/secagent/secagent.yaml")
+    assert commands["ExecStart"] == f"{release}/bin/secagent run --config {config}"
+    assert commands["ExecStartPre"] == f"{release}/bin/secagent check-config --config {config}"
+    # deploy/install.sh makes each release a virtualenv holding models/ and rules/ (the
+    # installed program's data folder, sys.prefix); from a checkout, the checkout is
+    install = (ROOT / "deploy" / "install.sh").read_text()
+    assert '"$ROOT/models"' in install and '"$ROOT/rules"' in install
     assert installation_data_dir() == ROOT
-    assert (ROOT / ".venv" / "bin" / "secagent").exists()
     example = yaml.safe_load(EXAMPLE.read_text())
     for relative in (example["detect"]["model"], example["rules"]):
         assert not Path(relative).is_absolute()
         assert (ROOT / relative).is_file()
+
+
+def test_an_installed_release_is_its_own_data_folder(tmp_path: Path) -> None:
+    """Run by a release's interpreter (sys.prefix holds models/), the data folder is the
+    release, whatever the checkout."""
+    release = tmp_path / "releases" / "0.1.0+gabc"
+    (release / "models").mkdir(parents=True)
+    code = (
+        "import sys; sys.prefix = sys.argv[1]\n"
+        "from appcommon.configfile import installation_data_dir\n"
+        "print(installation_data_dir())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(release)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "SECAGENT_DATA_DIR"},
+    )
+    assert out.stdout.strip() == str(release)
 
 
 def test_agent_config_loads_with_defaults_and_relative_paths(tmp_path: Path) -> None:

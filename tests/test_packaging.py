@@ -16,20 +16,11 @@ from packaging.requirements import Requirement
 from appcommon.version import RELEASE, build_version, code_version, git_version
 from modelrt.runtime import INSTALL_HINT, runtime_problem
 from tests.support import ROOT
+from tests.support.packaging import build_wheel, pip
 
 SECAGENT = Path(sys.executable).parent / "secagent"
 PACKAGES = ("agent", "aggregator", "modelrt", "appcommon", "wire")
 STALE = ROOT / "build" / "lib" / "appcommon" / "_removed_module.py"
-
-
-def pip(*args: str | Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", *map(str, args)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +30,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # what an earlier build of a module deleted since left in the checkout's build folder
     STALE.parent.mkdir(parents=True, exist_ok=True)
     STALE.write_text("LEFT_OVER = True\n")
-    pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", out, ROOT)
-    (built,) = out.glob("secagent-*.whl")
-    return built
+    return build_wheel(ROOT, out)
 
 
 @pytest.fixture(scope="module")

@@ -325,6 +325,11 @@ def migrate(path: Path) -> None:
         conn.close()
 
 
+def checkpoint(conn: Connection) -> None:
+    """Move the write-ahead log into the database file and truncate it (at a clean stop)."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 @contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""

@@ -224,3 +224,57 @@ def unranked_model(
         helper.set_model_props(model, {"names": names})
     onnx.save(model, str(path))  # the checker wants a declared shape: that is the point
     return path
+
+
+def stalling_model(path: Path, *, rows: int = 10, width: int = 640, height: int = 640) -> Path:
+    """A YOLOv8-layout model (``[1, 6, rows]``, nothing found) whose inference never ends, for
+    all practical purposes, on a frame with any pixel brighter than half white: a ``Loop`` runs
+    ``floor(2 x max(input)) x 10^12`` times. A black frame letterboxed to the input (the
+    warm-up at load) has nothing above 114/255, so the model loads, then sticks on the first
+    bright frame: a stuck detection worker, for real."""
+    value = np.zeros((1, 6, rows), np.float32)
+
+    def const(name: str, array: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            const("one", np.array(1.0, np.float32)),
+            helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+        ],
+        "spin",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, []),
+        ],
+    )
+    nodes = [
+        const("raw", value),
+        helper.make_node("ReduceMax", ["images"], ["brightest"], keepdims=0),
+        const("two", np.array(2.0, np.float32)),
+        helper.make_node("Mul", ["brightest", "two"], ["doubled"]),
+        helper.make_node("Floor", ["doubled"], ["halves"]),
+        helper.make_node("Cast", ["halves"], ["halves64"], to=TensorProto.INT64),
+        const("forever", np.array(10**12, np.int64)),
+        helper.make_node("Mul", ["halves64", "forever"], ["trips"]),
+        const("go", np.array(True)),
+        const("start", np.array(0.0, np.float32)),
+        helper.make_node("Loop", ["trips", "go", "start"], ["spun"], body=body),
+        const("zero", np.array(0.0, np.float32)),
+        helper.make_node("Mul", ["spun", "zero"], ["nothing"]),
+        helper.make_node("Add", ["raw", "nothing"], ["output0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stalling",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(value.shape))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return _save(model, path, {"names": "{0: 'person', 1: 'car'}"})

@@ -43,6 +43,7 @@ def write_agent_config(
     agent_id: str,
     cameras: str,
     rules: Path = DEFAULT_RULES,
+    model: Path = MODEL_MANIFEST,
     outbox_max_bytes: int = 256 * 1024 * 1024,
 ) -> Path:
     path = work / "secagent.yaml"
@@ -51,7 +52,7 @@ def write_agent_config(
         f"mqtt: {{host: {broker.host}, port: {broker.port}, status_interval_s: 2, "
         "receipt_timeout_s: 5}\n"
         f"outbox: {{path: outbox.sqlite, max_bytes: {outbox_max_bytes}}}\n"
-        f"detect: {{model: {MODEL_MANIFEST}, providers: [CPUExecutionProvider]}}\n"
+        f"detect: {{model: {model}, providers: [CPUExecutionProvider]}}\n"
         f"rules: {rules}\n"
         f"cameras:\n{cameras}"
     )

@@ -1,0 +1,74 @@
+"""Docker and docker-compose for the stack and systemd tests: Debian's docker.io client (with
+BuildKit) and docker-compose 1.29, run as programs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
+ROOT = Path(__file__).resolve().parent.parent.parent
+COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
+
+
+def docker(*args: str, check: bool = True, timeout_s: float = 300) -> str:
+    done = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout_s)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {done.returncode}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def inspect(name: str, template: str) -> str:
+    return docker("inspect", "-f", template, name).strip()
+
+
+class Compose:
+    """One compose project (its own containers, network and volumes)."""
+
+    def __init__(self, project: str, env: dict[str, str]) -> None:
+        self.project = project
+        self.env = {**os.environ, **env}
+
+    def __call__(self, *args: str, check: bool = True, timeout_s: float = 300) -> str:
+        done = subprocess.run(
+            ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=self.env,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"docker-compose {' '.join(args)}: {done.returncode}\n{done.stderr[-3000:]}"
+            )
+        return done.stdout
+
+    def container(self, service: str) -> str:
+        return f"{self.project}_{service}_1"
+
+    def health(self, service: str) -> str:
+        return inspect(self.container(service), "{{.State.Health.Status}}")
+
+    def exec(self, service: str, *command: str, check: bool = True) -> str:
+        return self(*["exec", "-T", service, *command], check=check)
+
+    def logs(self, service: str) -> str:
+        """Everything the service's container wrote (all its runs), stdout and stderr."""
+        done = subprocess.run(
+            [DOCKER, "logs", self.container(service)], capture_output=True, text=True, timeout=60
+        )
+        return done.stdout + done.stderr
+
+    def agent_health(self) -> dict[str, object]:
+        out = self.exec(
+            "secagent",
+            "secagent",
+            "health",
+            "--file",
+            "/run/secagent/health.json",
+            "--allow-broker-down",
+            check=False,
+        )
+        return json.loads(out) if out.strip().startswith("{") else {}
