@@ -47,6 +47,7 @@ lint: setup
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --explicit-package-bases docker/tests
 	shellcheck deploy/*.sh docker/*.sh
 
 format: setup

@@ -197,7 +197,7 @@ def detect(
         click.echo(json.dumps(model_summary(detector)))
         return
     failed = 0
-    limits = ValidateConfig()  # type: ignore[call-arg]
+    limits = ValidateConfig()
     for path in images:
         record: dict[str, object] = {"path": str(path)}
         try:

@@ -98,7 +98,7 @@ class Agent:
                 "cameras": [
                     CameraStatus(
                         name=c.name,
-                        state=c.state,  # type: ignore[arg-type]
+                        state=c.state,
                         counters=c.counters.as_dict(),
                         detail=c.detail if c.state == "down" else None,
                     )
@@ -201,7 +201,7 @@ class Agent:
     ) -> ThreatMessage:
         dets = detections.to_wire()
         threat_out = [
-            ThreatOut(**dets[t.index].model_dump(), rule=t.rule, severity=t.severity)  # type: ignore[arg-type]
+            ThreatOut(**dets[t.index].model_dump(), rule=t.rule, severity=t.severity)
             for t in threats
         ]
         return ThreatMessage.model_validate(

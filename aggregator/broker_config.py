@@ -45,7 +45,7 @@ class DeploymentSpec(BaseModel):
     """``site.yaml``: who may connect to the site's broker."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    listener: ListenerSpec = Field(default_factory=ListenerSpec)  # type: ignore[arg-type]
+    listener: ListenerSpec = Field(default_factory=ListenerSpec)
     persistence_dir: Path = Field(
         Path("/var/lib/mosquitto/"), description="where Mosquitto keeps sessions and queues"
     )

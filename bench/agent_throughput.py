@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,8 +55,15 @@ def write_stills(folder: Path, frames: int) -> list[Path]:
     return paths
 
 
+def read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path))
+    if image is None:
+        raise SystemExit(f"cannot read {path}")
+    return image
+
+
 def ort_alone_fps(detector: Detector, paths: list[Path]) -> float:
-    tensors = [detector.preprocess(cv2.imread(str(p)))[0] for p in paths]
+    tensors = [detector.preprocess(read_image(p))[0] for p in paths]
     run, name = detector.session.run, detector.input_name
     run(None, {name: tensors[0]})
     start = time.perf_counter()
@@ -81,7 +89,7 @@ def agent_fps(detector: Detector, folder: Path, frames: int) -> tuple[float, dic
     engine = DetectionEngine(
         detector,
         [camera],
-        validate=ValidateConfig(),  # type: ignore[call-arg]
+        validate=ValidateConfig(),
         on_detections=on_detections,
         stop=stop,
     )

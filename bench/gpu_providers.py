@@ -135,7 +135,7 @@ def main() -> int:
     ):
         report["cuda_speedup_vs_cpu"] = round(
             cpu["ort_alone_ms"]["mean"] / cuda["ort_alone_ms"]["mean"], 2
-        )  # type: ignore[index]
+        )
     print(json.dumps(report))
     return 0
 

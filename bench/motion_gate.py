@@ -50,11 +50,12 @@ def main() -> int:
     gate_ms: list[float] = []
     moved = 0
     for _ in range(args.rounds):
-        gate = MotionGate(MotionConfig())  # type: ignore[call-arg]
+        gate = MotionGate(MotionConfig())
         for data in jpegs:
             start = time.perf_counter()
             image = cv2.imdecode(data, cv2.IMREAD_COLOR)
             decoded = time.perf_counter()
+            assert image is not None
             result = gate.check(image)
             done = time.perf_counter()
             decode_ms.append((decoded - start) * 1000)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.config import in_force, load_agent_config
+from agent.config import DirectorySourceConfig, VideoSourceConfig, in_force, load_agent_config
 from appcommon.configfile import DATA_DIR_ENV, ConfigError, installation_data_dir
 from modelrt import load_manifest
 from modelrt.rules import load_rules
@@ -152,6 +152,7 @@ def test_agent_config_loads_with_defaults_and_relative_paths(tmp_path: Path) -> 
     assert config.outbox.path == tmp_path.resolve() / "outbox.sqlite"
     assert [c.name for c in config.cameras] == ["door", "yard"]
     door, yard = (c.source for c in config.cameras)
+    assert isinstance(door, DirectorySourceConfig) and isinstance(yard, VideoSourceConfig)
     assert door.path == tmp_path.resolve() / "incoming" / "door"
     assert door.type == "directory" and door.settle_s == 1.0 and door.watch is True
     assert yard.type == "video" and yard.fps == 2

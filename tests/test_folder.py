@@ -13,6 +13,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
@@ -249,7 +250,7 @@ def test_the_file_system_type_decides_auto(path: str, expected: str) -> None:
 # ---------------------------------------------------------------- a real agent, restarted
 
 
-def stop_agent(proc: subprocess.Popen[str], sig: signal.Signals) -> dict | None:
+def stop_agent(proc: subprocess.Popen[str], sig: signal.Signals) -> dict[str, Any] | None:
     """Stop ``secagent run``; its summary (JSON last line) when it could print one."""
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
@@ -324,7 +325,7 @@ def test_a_pipe_is_counted_under_the_cameras_rejections_and_logged(
     engine = DetectionEngine(
         sample_detector,
         [camera],
-        validate=ValidateConfig(),  # type: ignore[call-arg]
+        validate=ValidateConfig(),
         on_detections=lambda admitted, detections: None,
         stop=threading.Event(),
         agent_id="host-1",

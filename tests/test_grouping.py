@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -158,7 +159,7 @@ def test_events_end_once_each_after_an_aggregator_outage_longer_than_the_cutoff(
     )
     start_s = (datetime.now(UTC) - T0).total_seconds()  # capture times: now on
 
-    def threat(at_s: float) -> dict:
+    def threat(at_s: float) -> dict[str, Any]:
         return threat_payload(at_s=start_s + at_s)
 
     sub, seen = subscribe_json(broker, "secagent/v1/events")
@@ -166,7 +167,7 @@ def test_events_end_once_each_after_an_aggregator_outage_longer_than_the_cutoff(
     agent.connect(broker.host, broker.port)
     agent.loop_start()
 
-    def send(payload: dict) -> None:
+    def send(payload: dict[str, Any]) -> None:
         topic = f"secagent/v1/{payload['agent_id']}/threats"
         agent.publish(topic, json.dumps(payload).encode(), qos=1).wait_for_publish(10)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -45,7 +46,7 @@ def test_a_missing_folder_is_down_and_retried_while_the_other_camera_goes_on(
         )
     try:
 
-        def cameras() -> dict[str, dict]:
+        def cameras() -> dict[str, dict[str, Any]]:
             assert proc.poll() is None, log.read_text()[-3000:]
             online = [s for s in statuses if s["state"] == "online"]
             return {c["name"]: c for c in online[-1]["cameras"]} if online else {}

@@ -4,6 +4,7 @@ Hopper): a static scene with sensor noise, a person walking, lights switching on
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,7 +79,7 @@ def test_without_recalibration_the_same_light_change_would_fire() -> None:
         ([[[0.6, 0], [1, 0], [1, 1], [0.6, 1]]], True),
     ],
 )
-def test_masked_areas_never_count_as_motion(masks: list, expected_moved: bool) -> None:
+def test_masked_areas_never_count_as_motion(masks: list[Any], expected_moved: bool) -> None:
     gate = MotionGate(config(masks=masks))
     gate.check(frame(None))
     # left edge 0..160 px with a 307 px wide person: all within x < 640 (half of 1280)
@@ -106,7 +107,7 @@ def test_disabled_gate_lets_everything_through() -> None:
         ({"recalibrate_fraction": 0}, "greater than 0"),
     ],
 )
-def test_bad_motion_config_is_refused(fields: dict, error: str) -> None:
+def test_bad_motion_config_is_refused(fields: dict[str, Any], error: str) -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=error):

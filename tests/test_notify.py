@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +30,7 @@ from tests.support.servers import SmtpServer, WebhookServer
 JPEG = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
 
 
-def smtp_notifier(port: int, **extra: object) -> dict:
+def smtp_notifier(port: int, **extra: object) -> dict[str, Any]:
     return {
         "name": "mail",
         "type": "smtp",
@@ -50,7 +51,7 @@ def now_s() -> float:
 
 def threat(
     *, at_s: float, camera: str = "yard", severity: str = "high", score: float = 0.8
-) -> dict:
+) -> dict[str, Any]:
     return {
         **threat_payload(at_s=at_s, camera=camera, severity=severity, score=score),
         "snapshot_jpeg_b64": base64.b64encode(JPEG).decode(),
@@ -58,25 +59,32 @@ def threat(
 
 
 class NotifyHarness(Harness):
-    def notifications(self) -> list[dict]:
+    def notifications(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.rows("SELECT * FROM notifications ORDER BY id")]
 
     def settled(self) -> bool:
         return not self.rows("SELECT 1 FROM notifications WHERE state = 'pending'")
 
-    def send_all(self, payloads: list[dict]) -> None:
+    def send_all(self, payloads: list[dict[str, Any]]) -> None:
         stored = self.ingest.stats.stored
         for p in payloads:
             self.send(p)
         wait_for(lambda: self.ingest.stats.stored == stored + len(payloads), what="stored")
 
 
+MakeIngest = Callable[..., NotifyHarness]
+"""The ``make_ingest`` fixture: an ingest with notifiers (keyword config sections)."""
+
+
 @pytest.fixture
-def make_ingest(broker: Mosquitto, tmp_path: Path) -> Iterator[Callable[..., NotifyHarness]]:
+def make_ingest(broker: Mosquitto, tmp_path: Path) -> Iterator[MakeIngest]:
     started: list[NotifyHarness] = []
 
     def make(
-        *, notifiers: list[dict], events: dict | None = None, notify: dict | None = None
+        *,
+        notifiers: list[dict[str, Any]],
+        events: dict[str, Any] | None = None,
+        notify: dict[str, Any] | None = None,
     ) -> NotifyHarness:
         config = ingest_config(
             broker,
@@ -106,7 +114,9 @@ def smtp() -> Iterator[SmtpServer]:
     server.stop()
 
 
-def test_a_burst_of_threat_frames_sends_one_email(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_of_threat_frames_sends_one_email(
+    make_ingest: MakeIngest, smtp: SmtpServer
+) -> None:
     # group_wait_s: the first (and only) email waits for the burst and sums it up
     h = make_ingest(notifiers=[smtp_notifier(smtp.port)], notify={"group_wait_s": 3})
     h.send_all([threat(at_s=i * 0.25, score=0.5 + i / 200) for i in range(40)])
@@ -134,7 +144,7 @@ def test_a_burst_of_threat_frames_sends_one_email(make_ingest, smtp: SmtpServer)
     assert attempt["outcome"] == "sent" and attempt["notification_id"] == row["id"]
 
 
-def test_two_intrusions_send_two_emails(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_two_intrusions_send_two_emails(make_ingest: MakeIngest, smtp: SmtpServer) -> None:
     h = make_ingest(notifiers=[smtp_notifier(smtp.port)])
     h.send_all([threat(at_s=t) for t in (0, 1, 2, 3, 40, 41, 42)])
     wait_for(lambda: len(smtp.messages) == 2, what="two emails")
@@ -143,7 +153,7 @@ def test_two_intrusions_send_two_emails(make_ingest, smtp: SmtpServer) -> None: 
     assert [n["event_id"] for n in h.notifications()] == [1, 2]
 
 
-def test_frames_without_threats_send_nothing(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_frames_without_threats_send_nothing(make_ingest: MakeIngest, smtp: SmtpServer) -> None:
     h = make_ingest(notifiers=[smtp_notifier(smtp.port)])
     h.send({**threat(at_s=0), "threats": []})  # a frame without threats is refused
     status = {"schema": "secagent.status/1", "agent_id": "cam-host", "state": "online"}
@@ -155,7 +165,7 @@ def test_frames_without_threats_send_nothing(make_ingest, smtp: SmtpServer) -> N
     wait_for(lambda: smtp.messages, what="an email")
 
 
-def test_an_email_is_sent_after_the_mail_server_comes_back(make_ingest) -> None:  # type: ignore[no-untyped-def]
+def test_an_email_is_sent_after_the_mail_server_comes_back(make_ingest: MakeIngest) -> None:
     port = free_port()
     h = make_ingest(notifiers=[smtp_notifier(port)])
     h.send_all([threat(at_s=0)])
@@ -179,7 +189,7 @@ def test_an_email_is_sent_after_the_mail_server_comes_back(make_ingest) -> None:
         server.stop()
 
 
-def test_a_higher_severity_notifies_once_more(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_a_higher_severity_notifies_once_more(make_ingest: MakeIngest, smtp: SmtpServer) -> None:
     h = make_ingest(notifiers=[smtp_notifier(smtp.port)])
     h.send_all([threat(at_s=0)])
     wait_for(lambda: smtp.messages, what="the first email")
@@ -198,8 +208,8 @@ def test_a_higher_severity_notifies_once_more(make_ingest, smtp: SmtpServer) -> 
 
 
 def test_group_wait_folds_an_early_escalation_into_the_first_email(
-    make_ingest, smtp: SmtpServer
-) -> None:  # type: ignore[no-untyped-def]
+    make_ingest: MakeIngest, smtp: SmtpServer
+) -> None:
     h = make_ingest(notifiers=[smtp_notifier(smtp.port)], notify={"group_wait_s": 1.0})
     h.send_all([threat(at_s=0), threat(at_s=1, severity="critical")])
     wait_for(lambda: smtp.messages, what="the email")
@@ -211,8 +221,8 @@ def test_group_wait_folds_an_early_escalation_into_the_first_email(
 
 
 def test_a_long_event_is_notified_again_every_repeat_interval(
-    make_ingest, smtp: SmtpServer
-) -> None:  # type: ignore[no-untyped-def]
+    make_ingest: MakeIngest, smtp: SmtpServer
+) -> None:
     h = make_ingest(
         notifiers=[smtp_notifier(smtp.port)],
         events={"cutoff_s": 60},
@@ -225,7 +235,7 @@ def test_a_long_event_is_notified_again_every_repeat_interval(
     assert "still going on" in smtp.messages[1]["Subject"]
 
 
-def test_a_camera_cooling_down_is_not_notified(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_a_camera_cooling_down_is_not_notified(make_ingest: MakeIngest, smtp: SmtpServer) -> None:
     h = make_ingest(notifiers=[smtp_notifier(smtp.port)], notify={"cooldown_s": 60})
     h.send_all([threat(at_s=0), threat(at_s=1)])
     h.send_all([threat(at_s=40), threat(at_s=41)])  # a new event, 39 s after: cooling down
@@ -244,7 +254,7 @@ def test_a_camera_cooling_down_is_not_notified(make_ingest, smtp: SmtpServer) ->
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_cameras_of_one_site_make_one_event(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_cameras_of_one_site_make_one_event(make_ingest: MakeIngest, smtp: SmtpServer) -> None:
     h = make_ingest(
         notifiers=[smtp_notifier(smtp.port)],
         events={"sites": {"yard": "home", "door": "home"}, "site_window_s": 5},
@@ -265,7 +275,7 @@ def test_cameras_of_one_site_make_one_event(make_ingest, smtp: SmtpServer) -> No
     assert [e["cameras"] for e in listed] == [["door"], ["yard", "door"]]
 
 
-def test_group_by_rule_only_joins_cameras(make_ingest, smtp: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_group_by_rule_only_joins_cameras(make_ingest: MakeIngest, smtp: SmtpServer) -> None:
     h = make_ingest(notifiers=[smtp_notifier(smtp.port)], events={"group_by": ["rule"]})
     h.send_all([threat(at_s=0), threat(at_s=1, camera="door")])
     wait_for(lambda: smtp.messages, what="an email")
@@ -275,7 +285,7 @@ def test_group_by_rule_only_joins_cameras(make_ingest, smtp: SmtpServer) -> None
     assert len(smtp.messages) == 1
 
 
-def test_a_webhook_receives_the_event_as_json_after_a_retry(make_ingest) -> None:  # type: ignore[no-untyped-def]
+def test_a_webhook_receives_the_event_as_json_after_a_retry(make_ingest: MakeIngest) -> None:
     with WebhookServer(fail_first=1) as hook:
         h = make_ingest(
             notifiers=[
@@ -305,7 +315,7 @@ def test_a_webhook_receives_the_event_as_json_after_a_retry(make_ingest) -> None
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-def test_smtp_auth(make_ingest) -> None:  # type: ignore[no-untyped-def]
+def test_smtp_auth(make_ingest: MakeIngest) -> None:
     server = SmtpServer(free_port(), credentials=("secagg", "s3cret")).start()
     try:
         h = make_ingest(
@@ -319,7 +329,7 @@ def test_smtp_auth(make_ingest) -> None:  # type: ignore[no-untyped-def]
         server.stop()
 
 
-def test_starttls_with_auth_verifies_the_server(make_ingest, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_starttls_with_auth_verifies_the_server(make_ingest: MakeIngest, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -370,7 +380,7 @@ def test_starttls_with_auth_verifies_the_server(make_ingest, tmp_path: Path) -> 
         ({"retry": {"backoff_base_s": 10, "backoff_max_s": 1}}, "backoff_max_s must be"),
     ],
 )
-def test_bad_notifier_configs_are_refused(notifier: dict, error: str) -> None:
+def test_bad_notifier_configs_are_refused(notifier: dict[str, Any], error: str) -> None:
     with pytest.raises(ValidationError, match=error):
         AggregatorConfig.model_validate(
             {"notify": {"notifiers": [{**smtp_notifier(25), **notifier}]}}
@@ -384,7 +394,7 @@ def test_notifier_names_are_unique() -> None:
         )
 
 
-def test_a_pending_notification_survives_a_restart(make_ingest) -> None:  # type: ignore[no-untyped-def]
+def test_a_pending_notification_survives_a_restart(make_ingest: MakeIngest) -> None:
     port = free_port()
     first = make_ingest(notifiers=[smtp_notifier(port)])
     first.send_all([threat(at_s=0)])
@@ -403,8 +413,8 @@ def test_a_pending_notification_survives_a_restart(make_ingest) -> None:  # type
 
 
 def test_the_notifications_command_lists_them(
-    make_ingest, smtp: SmtpServer, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    make_ingest: MakeIngest, smtp: SmtpServer, tmp_path: Path
+) -> None:
     from click.testing import CliRunner
 
     from aggregator.cli import main
@@ -444,7 +454,7 @@ def test_check_config_never_prints_notifier_secrets(tmp_path: Path) -> None:
 
 
 def test_the_lifecycle_of_a_site_event_is_published_with_a_summary(
-    make_ingest,  # type: ignore[no-untyped-def]
+    make_ingest: MakeIngest,
     broker: Mosquitto,
 ) -> None:
 
@@ -468,7 +478,7 @@ def test_the_lifecycle_of_a_site_event_is_published_with_a_summary(
     assert h.notifications() == []  # no notifier: nothing decided
 
 
-def test_a_notification_is_given_up_after_max_attempts(make_ingest) -> None:  # type: ignore[no-untyped-def]
+def test_a_notification_is_given_up_after_max_attempts(make_ingest: MakeIngest) -> None:
     retry = {"max_attempts": 2, "backoff_base_s": 0.1, "backoff_max_s": 0.1}
     h = make_ingest(notifiers=[smtp_notifier(free_port(), retry=retry)])
     h.send_all([threat(at_s=0)])

@@ -67,7 +67,7 @@ def _status_of(agent_id: str):  # type: ignore[no-untyped-def]
 def _subscriber(broker: Mosquitto, topic: str, received: list[bytes]) -> mqtt.Client:
     subscribed = threading.Event()
     sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: received.append(m.payload)
+    sub.on_message = lambda c, u, m: received.append(bytes(m.payload))
     sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
     sub.connect(broker.host, broker.port)
     sub.subscribe(topic, qos=1)
@@ -100,7 +100,7 @@ def test_a_message_leaves_the_outbox_on_the_receipt_not_on_puback(
         box.put(message_id=mid, topic="outbox-test/t", payload=f"{i:03d}".encode())
     link = MqttLink(
         agent_id="outbox-test",
-        config=MqttConfig(host=broker.host, port=broker.port),  # type: ignore[call-arg]
+        config=MqttConfig(host=broker.host, port=broker.port),
         outbox=box,
         status=_status_of("outbox-test"),
     )
@@ -129,7 +129,7 @@ def test_messages_without_a_receipt_are_sent_again_after_a_reconnect(
     ids = [f"{i:032x}" for i in range(5)]
     for i, mid in enumerate(ids):
         box.put(message_id=mid, topic="outbox-test2/t", payload=str(i).encode())
-    config = MqttConfig(host=broker.host, port=broker.port)  # type: ignore[call-arg]
+    config = MqttConfig(host=broker.host, port=broker.port)
     link = MqttLink(
         agent_id="outbox-test2", config=config, outbox=box, status=_status_of("outbox-test2")
     )
@@ -148,7 +148,7 @@ def test_messages_without_a_receipt_are_sent_again_after_a_reconnect(
 def test_delete_on_puback_mode_forgets_on_puback(tmp_path: Path, broker: Mosquitto) -> None:
     box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20)
     box.put(message_id="a" * 32, topic="outbox-test3/t", payload=b"x")
-    config = MqttConfig(host=broker.host, port=broker.port)  # type: ignore[call-arg]
+    config = MqttConfig(host=broker.host, port=broker.port)
     link = MqttLink(
         agent_id="outbox-test3",
         config=config,
@@ -170,7 +170,7 @@ def test_nothing_leaves_the_outbox_while_the_broker_is_away(tmp_path: Path) -> N
     box.put(message_id="m1", topic="outbox-test/t", payload=b"1")
     link = MqttLink(
         agent_id="outbox-test",
-        config=MqttConfig(host=own.host, port=own.port),  # type: ignore[call-arg]
+        config=MqttConfig(host=own.host, port=own.port),
         outbox=box,
         status=_status_of("outbox-test"),
     )
@@ -192,7 +192,7 @@ def test_an_unreachable_broker_is_logged_with_host_port_reason_and_next_attempt(
     caplog.set_level(logging.WARNING, logger="agent.mqtt")
     link = MqttLink(
         agent_id="outbox-test",
-        config=MqttConfig(host="127.0.0.1", port=port),  # type: ignore[call-arg]
+        config=MqttConfig(host="127.0.0.1", port=port),
         outbox=Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20),
         status=_status_of("outbox-test"),
     )
@@ -209,7 +209,7 @@ def test_an_unreachable_broker_is_logged_with_host_port_reason_and_next_attempt(
     assert re.fullmatch(
         rf"agent=outbox-test cannot reach broker 127\.0\.0\.1:{port}: Connection refused; "
         r"attempt 1, next in [123] s",
-        line,
+        line or "",
     ), line
     assert link.last_connect_error == "Connection refused"
 
@@ -225,7 +225,7 @@ def test_the_outbox_file_shrinks_once_drained(tmp_path: Path) -> None:
     box = Outbox(path, max_bytes=64 << 20)
     link = MqttLink(
         agent_id="outbox-test4",
-        config=MqttConfig(host=own.host, port=own.port),  # type: ignore[call-arg]
+        config=MqttConfig(host=own.host, port=own.port),
         outbox=box,
         status=_status_of("outbox-test4"),
         delete_on="puback",

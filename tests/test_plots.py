@@ -36,7 +36,7 @@ def test_a_plot_is_recorded_and_re_renders_to_the_same_sha256(
     config: AggregatorConfig, kind: str
 ) -> None:
     conn = store.connect(config.store.path)
-    query = plots.PlotQuery(kind=kind)  # type: ignore[arg-type]
+    query = plots.PlotQuery(kind=kind)
     row = plots.make_plot(conn, query, plots_dir=config.store.plots_dir, code_version="test")
     png = plots.plot_path(config.store.plots_dir, row.id).read_bytes()
     assert png.startswith(PNG_MAGIC) and hashlib.sha256(png).hexdigest() == row.id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlite_utils
@@ -32,6 +33,7 @@ from tests.support.ingest import (
     store_payloads,
     threat_payload,
 )
+from wire.payloads import ThreatMessage, parse_payload
 
 
 def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None:
@@ -165,7 +167,7 @@ def test_an_older_store_is_backfilled_by_the_migration(tmp_path: Path) -> None:
     conn = store.connect(config.store.path)
     with store.transaction(conn):
         snap = records.save_snapshot(config.store.snapshots_dir, p["snapshot_jpeg_b64"])
-        msg = records.parse_payload(json.dumps(p).encode(), records.ThreatMessage)
+        msg = parse_payload(json.dumps(p).encode(), ThreatMessage)
         row = records.message_row(
             msg, received_at="2026-11-28T12:00:00+00:00", snapshot_sha256=snap
         )
@@ -222,7 +224,7 @@ def test_snapshot_retention_deletes_old_snapshots_and_keeps_the_lineage(tmp_path
         ({"reproduce": {"model_dirs": ["models"]}}, "reproduce.model_dirs"),
     ],
 )
-def test_bad_provenance_settings_are_refused(config: dict, error: str) -> None:
+def test_bad_provenance_settings_are_refused(config: dict[str, Any], error: str) -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError) as info:

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -67,8 +68,8 @@ def secagg(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def event_of(run: dict, camera: str) -> int:
-    return min(e["id"] for e in run["events"] if e["camera"] == camera)
+def event_of(run: dict[str, Any], camera: str) -> int:
+    return min(int(e["id"]) for e in run["events"] if e["camera"] == camera)
 
 
 def test_the_lineage_of_an_event_reaches_model_rules_frames_and_code(run) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +99,7 @@ def test_the_event_snapshot_is_served(run) -> None:  # type: ignore[no-untyped-d
     assert r.content == (run["still"] / "visitor.jpg").read_bytes()
 
 
-def reproduce(run: dict, event_id: int, *extra: str) -> tuple[int, dict]:
+def reproduce(run: dict[str, Any], event_id: int, *extra: str) -> tuple[int, dict[str, Any]]:
     out = secagg("reproduce", str(event_id), "--config", run["config"], "--json", *extra)
     assert out.returncode in (0, 1), out.stderr
     return out.returncode, json.loads(out.stdout)

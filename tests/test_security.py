@@ -10,11 +10,13 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from aggregator.broker_config import DeploymentSpec, acl_text, write_broker_config
 from aggregator.config import AggregatorConfig
@@ -49,8 +51,8 @@ class Client:
     """A paho MQTT 5 client that records its CONNACK, PUBACK reason codes and messages."""
 
     def __init__(self, broker: Mosquitto, username: str | None, password: str | None) -> None:
-        self.connack: mqtt.ReasonCode | None = None
-        self.pubacks: dict[int, mqtt.ReasonCode] = {}
+        self.connack: ReasonCode | None = None
+        self.pubacks: dict[int, ReasonCode] = {}
         self.messages: list[tuple[str, bytes]] = []
         self.subscribed = threading.Event()
         self.c = mqtt.Client(
@@ -62,14 +64,14 @@ class Client:
             self.c.username_pw_set(username, password)
         self.c.on_connect = lambda c, u, f, rc, p: setattr(self, "connack", rc)
         self.c.on_publish = lambda c, u, mid, rc, p: self.pubacks.__setitem__(mid, rc)
-        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.c.reconnect_delay_set(60, 120)  # no retry storm with a refused password
         self.c.connect_async(broker.host, broker.port)
         self.c.loop_start()
         wait_for(lambda: self.connack is not None, what="CONNACK")
 
-    def publish(self, topic: str, payload: bytes) -> mqtt.ReasonCode:
+    def publish(self, topic: str, payload: bytes) -> ReasonCode:
         info = self.c.publish(topic, payload, qos=1)
         return wait_for(lambda: self.pubacks.get(info.mid), what="PUBACK")
 
@@ -199,7 +201,7 @@ def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> Non
         ({"agents": ["a"], "listener": {"port": 0}}, "listener.port"),
     ],
 )
-def test_bad_specs_are_refused(spec: dict, message: str, tmp_path: Path) -> None:
+def test_bad_specs_are_refused(spec: dict[str, Any], message: str, tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(spec))
     done = subprocess.run(

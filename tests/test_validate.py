@@ -18,11 +18,11 @@ from agent.folder import DirectorySource
 from agent.validate import REASONS, FrameRejected, header_size_wh, validate_frame
 from demo.footage import bomb_png
 
-LIMITS = ValidateConfig()  # type: ignore[call-arg]
+LIMITS = ValidateConfig()
 
 
 def limits(**fields: int) -> ValidateConfig:
-    return ValidateConfig(**fields)  # type: ignore[arg-type]
+    return ValidateConfig(**fields)
 
 
 def sample_image() -> np.ndarray:
@@ -208,7 +208,7 @@ def test_looks_complete(data: bytes, expected: bool) -> None:
 
 
 def folder_source(folder: Path, **fields: object) -> DirectorySource:
-    config = DirectorySourceConfig(type="directory", path=folder, **fields)  # type: ignore[arg-type]
+    config = DirectorySourceConfig(type="directory", path=folder, **fields)
     return DirectorySource("door", config)
 
 

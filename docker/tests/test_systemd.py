@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ class Host:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def api_health(self) -> dict[str, object]:
+    def api_health(self) -> dict[str, Any]:
         out = self.sh(
             '/opt/secagent/current/bin/python -c "import urllib.request; print(urllib.request.'
             "urlopen('http://127.0.0.1:8080/api/health', timeout=5).read().decode())\"",

@@ -22,8 +22,11 @@ DEFAULT_RULES = ROOT / "rules" / "default.yaml"
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], *, timeout_s: float = 30.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail the test after ``timeout_s``."""
+def wait_for(
+    check: Callable[[], T | None], *, timeout_s: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll ``check`` until it returns something truthy (and return it); fail the test after
+    ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()

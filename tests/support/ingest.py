@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import paho.mqtt.client as mqtt
@@ -36,7 +37,7 @@ def threat_payload(
     severity: str = "high",
     score: float = 0.8,
     frame_sha256: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """A valid secagent.threat/1 payload as an agent would send it: a still of its own (its
     sha256 from its frame id) unless ``frame_sha256`` names one."""
     box = {"label": "person", "class_id": 0, "score": score, "xyxy": [10.0, 20.0, 110.0, 220.0]}
@@ -76,7 +77,9 @@ class Harness:
         self.pub.connect(broker.host, broker.port)
         self.pub.loop_start()
 
-    def send(self, payload: bytes | dict, *, topic: str = "secagent/v1/cam-host/threats") -> None:
+    def send(
+        self, payload: bytes | dict[str, Any], *, topic: str = "secagent/v1/cam-host/threats"
+    ) -> None:
         raw = json.dumps(payload).encode() if isinstance(payload, dict) else payload
         self.pub.publish(topic, raw, qos=1).wait_for_publish(10)
 
@@ -88,10 +91,10 @@ class Harness:
             conn.close()
 
 
-def ingest_config(broker: Mosquitto, work: Path, **sections: dict) -> AggregatorConfig:
+def ingest_config(broker: Mosquitto, work: Path, **sections: dict[str, Any]) -> AggregatorConfig:
     """An in-process aggregator config: a fresh session on ``broker``, a store under ``work``,
     events with a 10 s cutoff; ``sections`` are merged over that (e.g. ``notify={...}``)."""
-    doc: dict = {
+    doc: dict[str, Any] = {
         "mqtt": {
             "host": broker.host,
             "port": broker.port,
@@ -106,9 +109,9 @@ def ingest_config(broker: Mosquitto, work: Path, **sections: dict) -> Aggregator
     return AggregatorConfig.model_validate(doc)
 
 
-def subscribe_json(broker: Mosquitto, topic: str) -> tuple[mqtt.Client, list[dict]]:
+def subscribe_json(broker: Mosquitto, topic: str) -> tuple[mqtt.Client, list[dict[str, Any]]]:
     """A subscriber on ``topic`` that decodes each message as JSON; returned once subscribed."""
-    seen: list[dict] = []
+    seen: list[dict[str, Any]] = []
     subscribed: list[int] = []
     sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
     sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
@@ -125,7 +128,9 @@ JPEG_SHA = hashlib.sha256(JPEG).hexdigest()
 MODEL_SHA, RULES_SHA, CONFIG_SHA = "a1" * 32, "b2" * 32, "c3" * 32
 
 
-def payload(*, at_s: float = 0.0, camera: str = "yard", agent_id: str = "cam-host") -> dict:
+def payload(
+    *, at_s: float = 0.0, camera: str = "yard", agent_id: str = "cam-host"
+) -> dict[str, Any]:
     """A threat payload with a JPEG snapshot: a frame of a video at 2 fps (its position from
     ``at_s``) whose pixels are all the same (sha256 JPEG_SHA), as a still scene gives."""
     p = threat_payload(at_s=at_s, camera=camera, agent_id=agent_id)
@@ -144,7 +149,7 @@ def payload(*, at_s: float = 0.0, camera: str = "yard", agent_id: str = "cam-hos
 
 def status_payload(
     *, agent_id: str = "cam-host", state: str = "online", sent_at: datetime | None = None
-) -> dict:
+) -> dict[str, Any]:
     """A valid secagent.status/1 payload with one running camera."""
     return {
         "schema": "secagent.status/1",
@@ -164,7 +169,7 @@ def status_payload(
     }
 
 
-def store_payloads(config: AggregatorConfig, payloads: list[dict]) -> records.BatchResult:
+def store_payloads(config: AggregatorConfig, payloads: list[dict[str, Any]]) -> records.BatchResult:
     """What the ingest writer does with a batch of messages (threats or statuses, by their
     schema), in its one transaction: the real code path, without a broker."""
     store.migrate(config.store.path)
@@ -188,10 +193,10 @@ def store_payloads(config: AggregatorConfig, payloads: list[dict]) -> records.Ba
         conn.close()
 
 
-def make_config(tmp_path: Path, **sections: dict) -> AggregatorConfig:
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> AggregatorConfig:
     """An aggregator config with its store under ``tmp_path`` and events with a 10 s cutoff;
     ``sections`` are merged over that (e.g. ``notify={...}``)."""
-    doc: dict = {
+    doc: dict[str, Any] = {
         "store": {
             "path": str(tmp_path / "secagg.sqlite"),
             "snapshots_dir": str(tmp_path / "snapshots"),

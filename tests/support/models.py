@@ -13,12 +13,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-ELEM = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+ELEM: dict[type[np.floating[Any]], int] = {
+    np.float32: TensorProto.FLOAT,
+    np.float16: TensorProto.FLOAT16,
+}
 
 
 def _save(model: onnx.ModelProto, path: Path, metadata: dict[str, str] | None) -> Path:

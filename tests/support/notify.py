@@ -68,7 +68,8 @@ class NotifySocket:
             hits = [m for t, m in self.received(key, value) if t >= after]
             return hits[0] if hits else None
 
-        message: dict[str, str] = wait_for(found, timeout_s=timeout_s, what=f"{key}={value}")
+        message = wait_for(found, timeout_s=timeout_s, what=f"{key}={value}")
+        assert message is not None
         return message
 
     def pings(self, *, since: float = 0.0) -> list[float]:

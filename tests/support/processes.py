@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -89,7 +90,7 @@ def running_aggregator(config: Path, api: str, log: Path) -> Iterator[subprocess
                 proc.kill()
 
 
-def run_agent_to_completion(config: Path, *, timeout_s: float = 300) -> dict:
+def run_agent_to_completion(config: Path, *, timeout_s: float = 300) -> dict[str, Any]:
     """``secagent run --exit-when-done``; return its summary (the JSON last line)."""
     done = subprocess.run(
         [
@@ -108,7 +109,8 @@ def run_agent_to_completion(config: Path, *, timeout_s: float = 300) -> dict:
     )
     assert done.returncode == 0, f"secagent failed ({done.returncode}):\n{done.stderr[-4000:]}"
     (config.parent / "secagent.log").write_text(done.stderr)
-    return json.loads(done.stdout.strip().splitlines()[-1])["summary"]
+    summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])["summary"]
+    return summary
 
 
 class AggregatorProcess:
@@ -138,10 +140,11 @@ class AggregatorProcess:
         except httpx.HTTPError:
             return False
 
-    def health(self) -> dict:
-        return httpx.get(f"{self.api}/api/health", timeout=5).json()
+    def health(self) -> dict[str, Any]:
+        health: dict[str, Any] = httpx.get(f"{self.api}/api/health", timeout=5).json()
+        return health
 
-    def agent(self, agent_id: str) -> dict | None:
+    def agent(self, agent_id: str) -> dict[str, Any] | None:
         r = httpx.get(f"{self.api}/api/agents/{agent_id}", timeout=5)
         return r.json() if r.status_code == 200 else None
 
@@ -195,8 +198,9 @@ def start_test_threats(
     )
 
 
-def finish(proc: subprocess.Popen[str], *, timeout_s: float = 180) -> dict:
+def finish(proc: subprocess.Popen[str], *, timeout_s: float = 180) -> dict[str, Any]:
     """Wait for a send-test-threats process; return its summary."""
     out, err = proc.communicate(timeout=timeout_s)
     assert proc.returncode == 0, f"send-test-threats exited {proc.returncode}:\n{err[-3000:]}"
-    return json.loads(out.strip().splitlines()[-1])["summary"]
+    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])["summary"]
+    return summary

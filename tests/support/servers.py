@@ -84,7 +84,7 @@ class WebhookServer:
     """A real HTTP server; answers ``fail_first`` POSTs with 503, then 200."""
 
     def __init__(self, *, fail_first: int = 0) -> None:
-        self.requests: list[tuple[dict[str, str], dict]] = []
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.fail_first = fail_first
         self.answered = 0
         outer = self

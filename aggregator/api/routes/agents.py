@@ -14,7 +14,7 @@ def agent_public(agent: AgentRow) -> AgentPublic:
     return AgentPublic(
         agent_id=agent.agent_id,
         state=agent.state,
-        last_seen_at=dt(agent.last_seen_ts),  # type: ignore[arg-type]
+        last_seen_at=dt(agent.last_seen_ts),
         last_status_at=dt(agent.last_status_ts),
         clock_at=dt(agent.clock_ts),
         versions=agent.versions,

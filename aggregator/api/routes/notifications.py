@@ -68,8 +68,8 @@ def get_notification(conn: Db, notification_id: int) -> NotificationDetail:
     attempts = [
         NotificationAttemptPublic(
             attempt=a.attempt,
-            started_at=dt(a.started_ts),  # type: ignore[arg-type]
-            finished_at=dt(a.finished_ts),  # type: ignore[arg-type]
+            started_at=dt(a.started_ts),
+            finished_at=dt(a.finished_ts),
             outcome=a.outcome,
             error=a.error,
         )

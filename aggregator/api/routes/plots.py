@@ -20,7 +20,7 @@ def plot_public(plot: PlotRow) -> PlotPublic:
         query=plot.query,
         event_ids=plot.event_ids,
         code_version=plot.code_version,
-        created_at=dt(plot.created_ts),  # type: ignore[arg-type]
+        created_at=dt(plot.created_ts),
         png_url=f"/api/plots/{plot.id}.png",
     )
 

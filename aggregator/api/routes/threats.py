@@ -25,7 +25,7 @@ def threat_public(found: ThreatWithMessage) -> ThreatPublic:
         label=t.label,
         score=t.score,
         xyxy=t.xyxy,
-        captured_at=dt(t.captured_ts),  # type: ignore[arg-type]
+        captured_at=dt(t.captured_ts),
         provenance=Provenance(
             agent_id=m.agent_id,
             message_id=m.message_id,
