@@ -9,9 +9,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SERVE ?= 0
 SRC := agent aggregator modelrt appcommon wire demo tests bench
 
-.PHONY: setup demo test lint format bench clean mosquitto
+.PHONY: setup demo test lint format bench clean mosquitto rtsp-server
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP) mosquitto rtsp-server
 
 $(STAMP): pyproject.toml constraints.txt requirements-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -29,6 +29,17 @@ mosquitto:
 		echo "installing mosquitto and openssl (Debian packages)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto openssl; }
 	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
+
+# The RTSP tests serve a live H.264 stream with GStreamer's RTSP server, driven by the system
+# Python (its GObject bindings come from Debian, not PyPI): tests/support/rtsp_server.py.
+RTSP_PACKAGES := python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+rtsp-server:
+	@/usr/bin/python3 tests/support/rtsp_server.py --check 2>/dev/null || { \
+		echo "installing GStreamer's RTSP server for the RTSP tests (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $(RTSP_PACKAGES) && \
+		/usr/bin/python3 tests/support/rtsp_server.py --check; }
 
 demo: setup
 	$(PY) -m demo $(if $(filter 1,$(SERVE)),--serve,)
