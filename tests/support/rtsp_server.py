@@ -23,7 +23,6 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
-
 ELEMENTS = ("videotestsrc", "x264enc", "rtph264pay")
 """gstreamer1.0-plugins-base, -ugly and -good."""
 
