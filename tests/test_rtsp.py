@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -153,7 +154,23 @@ def test_stop_is_prompt_while_a_stream_stalls(server: RtspServer) -> None:
     server.stall()
     seen = len(reader.frames)
     wait_for(lambda: len(reader.frames) == seen, timeout_s=5, what="the frames to stop coming")
-    assert reader.stop() < 1.0
+    took_s = reader.stop()
+    assert took_s < 1.0, took_s
+    print(f"stopped during a stalled grab in {took_s:.3f} s")
+
+
+def test_stop_is_prompt_while_a_stream_opens(server: RtspServer) -> None:
+    server.stall()  # it accepts the TCP connection, then never answers
+    source = stream(server.url)
+    reader = Reader(source)
+    wait_for(
+        lambda: any(t.name == "grab-gate" and t.is_alive() for t in threading.enumerate()),
+        what="the grabber to be opening the stream",
+    )
+    took_s = reader.stop()
+    assert took_s < 1.0, took_s
+    assert source.connects == 0
+    print(f"stopped during an open in {took_s:.3f} s")
 
 
 # --------------------------------------------------------------------- a real secagent process
