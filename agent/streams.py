@@ -89,18 +89,19 @@ class _Grabber(threading.Thread):
         """monotonic time the ``grab()`` in progress began; None between grabs"""
 
     def run(self) -> None:
-        cap = self.open_capture()
-        if cap is None:
-            self._hand(_Ended("cannot open the stream"))
-            return
+        reason = "cannot open the stream"
+        cap: cv2.VideoCapture | None = None
         try:
-            if self._hand(_Opened()):
-                self._hand(_Ended(self._grab_all(cap)))
-        except cv2.error as exc:  # a message names OpenCV's source file, never the stream
-            log.warning("camera=%s source=%s OpenCV error: %s", self.camera, self.source_name, exc)
-            self._hand(_Ended("OpenCV error while reading the stream"))
+            cap = self.open_capture()
+            if cap is not None and self._hand(_Opened()):
+                reason = self._grab_all(cap)
+        except Exception as exc:  # the source must never wait on a dead grabber
+            # only the type: a message could quote the URL, credentials and all
+            reason = f"reading failed: {type(exc).__name__}"
         finally:
-            cap.release()
+            if cap is not None:
+                cap.release()
+            self._hand(_Ended(reason))
 
     def _grab_all(self, cap: cv2.VideoCapture) -> str:
         step_s = 1.0 / self.fps
