@@ -198,16 +198,25 @@ def test_agent_reports_a_dead_camera_down_and_back_while_another_goes_on(
     def when(check: Callable[[Cameras], bool], what: str, timeout_s: float = 20) -> Cameras:
         """The cameras of the agent's latest status message, once ``check`` holds for them."""
 
-        def latest() -> Cameras | None:
+        def cameras() -> Cameras:
             statuses = [
                 m
                 for m in messages
                 if m.get("schema", "").startswith("secagent.status/") and m["agent_id"] == agent_id
             ]
-            cameras = {c["name"]: c for c in statuses[-1]["cameras"]} if statuses else {}
-            return cameras if cameras and check(cameras) else None
+            return {c["name"]: c for c in statuses[-1]["cameras"]} if statuses else {}
 
-        found = wait_for(latest, timeout_s=timeout_s, what=what)
+        def latest() -> Cameras | None:
+            now = cameras()
+            return now if now and check(now) else None
+
+        try:
+            found = wait_for(latest, timeout_s=timeout_s, what=what)
+        except pytest.fail.Exception:
+            pytest.fail(
+                f"no {what} after {timeout_s} s; cameras: {cameras()}\n"
+                f"secagent stderr:\n{stderr.read_text()[-5000:]}"
+            )
         assert found is not None
         return found
 
