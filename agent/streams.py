@@ -14,7 +14,15 @@ grabber thread that makes the blocking calls, and a ``grab()`` that took ``read_
 longer is a stalled stream, whatever it returned. The source also watches the grabber: a
 ``grab()`` still blocked after ``read_timeout_s`` is a stall too. Either way the source reports
 it down and reconnects, and ``stop`` ends it at once; an abandoned grabber releases its capture
-itself when OpenCV lets go.
+itself when OpenCV lets go. Grabbers are not daemon threads: the process waits for them to leave
+OpenCV before it exits, since a thread that returns from OpenCV while Python finalizes aborts
+the process (``terminate called without an active exception``).
+
+OpenCV opens one FFmpeg stream at a time in a process. An open that waits on a server that
+accepted the connection but never answers (a hung camera) would hold up, for
+``open_timeout_s``, every other camera's open: a looping video, another camera reconnecting.
+So before OpenCV opens an ``rtsp://`` stream, the grabber asks the server for its OPTIONS
+itself, and leaves OpenCV alone unless the server answers.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import cv2
 
@@ -44,6 +54,33 @@ _CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
 def redact_url(url: str) -> str:
     """``rtsp://user:secret@host/x`` -> ``rtsp://***@host/x``: URLs go into logs and messages."""
     return _CREDENTIALS.sub(r"\1***@", url)
+
+
+def silent_server(url: str, *, timeout_s: float, cancel: threading.Event) -> str | None:
+    """Why the RTSP server of ``url`` cannot be asked for a stream, or None when it answers an
+    ``OPTIONS`` request (with anything, 401 included) within ``timeout_s``. Other schemes are
+    left to OpenCV (None). The request carries no credentials."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme.lower() != "rtsp" or not parts.hostname:
+            return None
+        address = (parts.hostname, parts.port or 554)
+    except ValueError:  # a bad port: OpenCV will say it cannot open it
+        return None
+    deadline = time.monotonic() + timeout_s
+    try:
+        with socket.create_connection(address, timeout=timeout_s) as conn:
+            conn.sendall(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: secagent\r\n\r\n")
+            conn.settimeout(WAKE_S)
+            while time.monotonic() < deadline and not cancel.is_set():
+                try:
+                    answer = conn.recv(16)
+                except TimeoutError:
+                    continue
+                return None if answer else "cannot open the stream"
+    except OSError:  # refused, unreachable, unknown name
+        return "cannot open the stream"
+    return f"cannot open the stream: no answer in {timeout_s:g} s"
 
 
 def stalled(read_timeout_s: float) -> str:
@@ -70,14 +107,14 @@ class _Grabber(threading.Thread):
 
     def __init__(
         self,
-        open_capture: Callable[[], cv2.VideoCapture | None],
+        open_capture: Callable[[threading.Event], cv2.VideoCapture | str],
         *,
         camera: str,
         name: str,
         fps: float,
         read_timeout_s: float,
     ) -> None:
-        super().__init__(name=f"grab-{camera}", daemon=True)
+        super().__init__(name=f"grab-{camera}", daemon=False)  # not inherited from the caller
         self.open_capture = open_capture
         self.camera = camera
         self.source_name = name
@@ -89,12 +126,16 @@ class _Grabber(threading.Thread):
         """monotonic time the ``grab()`` in progress began; None between grabs"""
 
     def run(self) -> None:
-        reason = "cannot open the stream"
+        reason = "stopped"
         cap: cv2.VideoCapture | None = None
         try:
-            cap = self.open_capture()
-            if cap is not None and self._hand(_Opened()):
-                reason = self._grab_all(cap)
+            opened = self.open_capture(self.quit)
+            if isinstance(opened, str):
+                reason = opened
+            else:
+                cap = opened
+                if self._hand(_Opened()):
+                    reason = self._grab_all(cap)
         except Exception as exc:  # the source must never wait on a dead grabber
             # only the type: a message could quote the URL, credentials and all
             reason = f"reading failed: {type(exc).__name__}"
@@ -188,7 +229,12 @@ class StreamSource:
     def finished(self) -> bool:
         return self.stop.is_set()
 
-    def _open(self) -> cv2.VideoCapture | None:
+    def _open(self, cancel: threading.Event) -> cv2.VideoCapture | str:
+        """The opened capture, or why it could not be opened."""
+        if isinstance(self.target, str):
+            silent = silent_server(self.target, timeout_s=self.open_timeout_s, cancel=cancel)
+            if silent is not None:
+                return silent
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             int(self.open_timeout_s * 1000),
@@ -205,7 +251,7 @@ class StreamSource:
             cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            return None
+            return "cannot open the stream"
         return cap
 
     def _went_down(self, reason: str) -> None:

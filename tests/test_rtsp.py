@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 
 from agent.streams import StreamSource
@@ -38,12 +39,18 @@ def server(tmp_path: Path) -> Iterator[RtspServer]:
         yield s
 
 
-def stream(url: str, *, fps: float = 10, read_timeout_s: float = READ_TIMEOUT_S) -> StreamSource:
+def stream(
+    url: str,
+    *,
+    fps: float = 10,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    open_timeout_s: float = OPEN_TIMEOUT_S,
+) -> StreamSource:
     return StreamSource(
         "gate",
         target=url,
         fps=fps,
-        open_timeout_s=OPEN_TIMEOUT_S,
+        open_timeout_s=open_timeout_s,
         read_timeout_s=read_timeout_s,
         reconnect_min_s=RECONNECT_MIN_S,
         reconnect_max_s=RECONNECT_MAX_S,
@@ -68,9 +75,9 @@ def test_frames_flow_from_a_live_stream_with_credentials(
         assert frame.source.startswith(f"rtsp://***@127.0.0.1:{server.port}/cam#")
     indexes = [int(f.source.rsplit("#", 1)[1]) for f in frames]
     assert indexes == sorted(set(indexes))
-    # FFmpeg probed ~30 frames before the stream opened: #0 is kept, the backlog skipped. Then
-    # 25 fps served, 10 kept: about 0.1 s and 2.5 frames apart.
-    assert indexes[1] > 20, indexes
+    # FFmpeg probed ~30 frames before the stream opened: they come at once, and the sampling
+    # keeps #0 and skips the rest of them. Then 25 fps served, 10 kept: 0.1 s, 2.5 frames apart.
+    assert indexes[-1] > 40, indexes
     span_s = (frames[-1].captured_at - frames[2].captured_at).total_seconds()
     assert 0.7 < span_s < 1.4, span_s
     assert 18 <= indexes[-1] - indexes[2] <= 30, indexes
@@ -159,6 +166,25 @@ def test_stop_is_prompt_while_a_stream_stalls(server: RtspServer) -> None:
     print(f"stopped during a stalled grab in {took_s:.3f} s")
 
 
+def test_a_grabber_stopped_mid_stall_lets_go_of_the_stream_before_the_process_exits(
+    server: RtspServer,
+) -> None:
+    source = stream(server.url)
+    reader = Reader(source)  # a daemon thread, as the agent's camera threads are
+    wait_for(lambda: len(reader.frames) >= 3, timeout_s=20, what="frames")
+    grabbers = [t for t in threading.enumerate() if t.name == "grab-gate"]
+    # a thread that returns from OpenCV while Python finalizes aborts the process: the
+    # interpreter must wait for the grabber, so it is no daemon, whoever started it
+    assert len(grabbers) == 1 and not grabbers[0].daemon
+    server.stall()
+    seen = len(reader.frames)
+    wait_for(lambda: len(reader.frames) == seen, timeout_s=5, what="the frames to stop coming")
+    reader.stop()
+    # and it does not linger: it ends once OpenCV gives up (up to 3 x read_timeout_s)
+    grabbers[0].join(timeout=3 * READ_TIMEOUT_S + 2)
+    assert not grabbers[0].is_alive()
+
+
 def test_stop_is_prompt_while_a_stream_opens(server: RtspServer) -> None:
     server.stall()  # it accepts the TCP connection, then never answers
     source = stream(server.url)
@@ -171,6 +197,33 @@ def test_stop_is_prompt_while_a_stream_opens(server: RtspServer) -> None:
     assert took_s < 1.0, took_s
     assert source.connects == 0
     print(f"stopped during an open in {took_s:.3f} s")
+
+
+def test_a_server_that_never_answers_holds_up_no_other_camera(
+    server: RtspServer, tmp_path: Path
+) -> None:
+    # OpenCV opens one stream at a time in a process: an open that waits on a silent server
+    # would hold up every other camera's open (a looping video, another camera reconnecting)
+    clip = write_clip(tmp_path / "other.avi")
+    server.stall()  # it accepts the TCP connection, then never answers
+    source = stream(server.url, open_timeout_s=2)
+    reader = Reader(source)
+    try:
+        wait_for(lambda: source.failures >= 1, timeout_s=20, what="the first attempt to fail")
+        assert source.down_reason == "cannot open the stream: no answer in 2 s"
+        slowest_s, opens = 0.0, 0
+        retried, deadline = source.failures + 2, time.monotonic() + 30
+        while source.failures < retried:  # open another camera again and again meanwhile
+            assert time.monotonic() < deadline, "no retry"
+            started = time.monotonic()
+            other = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
+            slowest_s = max(slowest_s, time.monotonic() - started)
+            opens += 1
+            assert other.isOpened()
+            other.release()
+        assert slowest_s < 0.5, (slowest_s, opens)
+    finally:
+        reader.stop()
 
 
 # --------------------------------------------------------------------- a real secagent process
@@ -261,14 +314,18 @@ def test_agent_reports_a_dead_camera_down_and_back_while_another_goes_on(
         assert stalled["gate"]["detail"] == f"no frame for {READ_TIMEOUT_S:g} s"
         server.resume()
         when(lambda c: c["gate"]["state"] == "running", "gate running after the stall", 30)
+        server.stall()  # stopped while a grab() waits on a stalled stream
     finally:
-        if server.stalled:
-            server.resume()
+        stopping = time.monotonic()
         agent.terminate()
         agent.wait(timeout=30)
+        exit_s = time.monotonic() - stopping
         sub.loop_stop()
         sub.disconnect()
-    assert agent.returncode == 0
+    # it waited for OpenCV to return (up to 3 x read_timeout_s): a thread that returns from
+    # OpenCV while Python finalizes aborts the process
+    assert agent.returncode == 0, stderr.read_text()[-3000:]
+    assert exit_s < 3 * READ_TIMEOUT_S + 2, exit_s
     log = stderr.read_text()
     assert "camera=gate" in log and "down" in log  # the log says it, without the password
     assert PASSWORD not in log
