@@ -211,17 +211,20 @@ def test_a_server_that_never_answers_holds_up_no_other_camera(
     try:
         wait_for(lambda: source.failures >= 1, timeout_s=20, what="the first attempt to fail")
         assert source.down_reason == "cannot open the stream: no answer in 2 s"
-        slowest_s, opens = 0.0, 0
-        retried, deadline = source.failures + 2, time.monotonic() + 30
-        while source.failures < retried:  # open another camera again and again meanwhile
-            assert time.monotonic() < deadline, "no retry"
+        took_s: list[float] = []
+
+        def open_another_until_two_more_retries(retried: int = source.failures + 2) -> bool:
             started = time.monotonic()
             other = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
-            slowest_s = max(slowest_s, time.monotonic() - started)
-            opens += 1
+            took_s.append(time.monotonic() - started)
             assert other.isOpened()
             other.release()
+            return source.failures >= retried
+
+        wait_for(open_another_until_two_more_retries, timeout_s=30, what="two more retries")
+        slowest_s, opens = max(took_s), len(took_s)
         assert slowest_s < 0.5, (slowest_s, opens)
+        print(f"other camera: {opens} opens, slowest {slowest_s * 1000:.1f} ms")
     finally:
         reader.stop()
 
@@ -326,6 +329,7 @@ def test_agent_reports_a_dead_camera_down_and_back_while_another_goes_on(
     # OpenCV while Python finalizes aborts the process
     assert agent.returncode == 0, stderr.read_text()[-3000:]
     assert exit_s < 3 * READ_TIMEOUT_S + 2, exit_s
+    print(f"agent stopped mid-stall: exited 0 after {exit_s:.2f} s")
     log = stderr.read_text()
     assert "camera=gate" in log and "down" in log  # the log says it, without the password
     assert PASSWORD not in log
