@@ -11,9 +11,9 @@ SERVE ?= 0
 ORT ?= cpu
 SRC := agent aggregator modelrt appcommon wire demo tests bench docker/tests setup.py
 
-.PHONY: setup demo test lint format bench clean mosquitto install docker-test
+.PHONY: setup demo test lint format bench clean mosquitto rtsp-server install docker-test
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP) mosquitto rtsp-server
 
 $(STAMP): pyproject.toml setup.py constraints.txt requirements-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -36,6 +36,17 @@ mosquitto:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			mosquitto openssl systemd shellcheck; }
 	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
+
+# The RTSP tests serve a live H.264 stream with GStreamer's RTSP server, driven by the system
+# Python (its GObject bindings come from Debian, not PyPI): tests/support/rtsp_server.py.
+RTSP_PACKAGES := python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+rtsp-server:
+	@/usr/bin/python3 tests/support/rtsp_server.py --check 2>/dev/null || { \
+		echo "installing GStreamer's RTSP server for the RTSP tests (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $(RTSP_PACKAGES) && \
+		/usr/bin/python3 tests/support/rtsp_server.py --check; }
 
 demo: setup
 	$(PY) -m demo $(if $(filter 1,$(SERVE)),--serve,)

@@ -169,7 +169,7 @@ class VideoFileSource(RetryingSource):
         self.config = config
 
     def _attempt(self) -> Iterator[Frame | None]:
-        while True:
+        while not self.stop.is_set():  # a stop ends a read: never open the file again then
             yield from self._read_once()
             if not self.config.loop:
                 return

@@ -226,6 +226,28 @@ def test_a_missing_video_is_down_then_read_once_it_appears(tmp_path: Path, clip_
     assert len(got) > 10 and source.finished and source.down_reason is None
 
 
+def test_a_looping_video_stops_reading_once_stopped(clip_path: Path) -> None:
+    """A stop ends a looping video's read for good: it never opens the file again (it used to
+    reopen it at once, without yielding, so the camera thread never saw the stop)."""
+    stop = threading.Event()
+    config = VideoSourceConfig.model_validate(
+        {"type": "video", "path": clip_path, "fps": 2, "loop": True}
+    )
+    source = VideoFileSource("yard", config, stop=stop)
+    seen: list[Frame | None] = []
+
+    def read() -> None:
+        for frame in source.frames():
+            seen.append(frame)
+            if len(seen) == 3:
+                stop.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_for(lambda: not reader.is_alive(), timeout_s=10, what="the looping video to stop")
+    assert len(seen) == 3
+
+
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 40 22 0:35 / /mnt/cam\\040share rw,relatime shared:20 - nfs4 nas:/export/cams rw,vers=4.2

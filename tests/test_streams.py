@@ -4,55 +4,15 @@ localhost port, a missing device, a video file that is missing, then appears, th
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
-from agent.capture import Frame
-from agent.streams import StreamSource, redact_url
+from agent.config import redact_url
+from agent.streams import StreamSource
 from demo.broker import free_port
 from tests.support import wait_for
-
-
-def write_clip(path: Path, frames: int = 10) -> Path:
-    tmp = path.with_suffix(".tmp.avi")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"MJPG"), 10, (160, 120))
-    assert writer.isOpened()
-    for i in range(frames):
-        writer.write(np.full((120, 160, 3), (20 * i) % 256, np.uint8))
-    writer.release()
-    tmp.replace(path)
-    return path
-
-
-class Reader:
-    """Runs a source's ``frames()`` on a thread, collecting frames and ``None`` ticks."""
-
-    def __init__(self, source: StreamSource) -> None:
-        self.source = source
-        self.frames: list[Frame] = []
-        self.nones = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for item in self.source.frames():
-            if item is None:
-                self.nones += 1
-            else:
-                self.frames.append(item)
-
-    def stop(self) -> float:
-        """Stop the source; return how long its thread took to end."""
-        start = time.monotonic()
-        self.source.stop.set()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
-        return time.monotonic() - start
+from tests.support.streams import Reader, write_clip
 
 
 @pytest.mark.parametrize(

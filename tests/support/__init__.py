@@ -5,6 +5,8 @@ deadline. The modules of this package hold the shared helpers (no test module im
 - :mod:`tests.support.ingest`: threat payloads, an in-process ingest and what it stored
 - :mod:`tests.support.models`: tiny ONNX models with known outputs
 - :mod:`tests.support.servers`: real SMTP and webhook servers
+- :mod:`tests.support.rtsp`: a real RTSP server (GStreamer's, run by the system Python)
+- :mod:`tests.support.streams`: a small video file, a thread that drains a live source
 """
 
 from __future__ import annotations

@@ -46,11 +46,13 @@ def write_agent_config(
     rules: Path = DEFAULT_RULES,
     model: Path = MODEL_MANIFEST,
     outbox_max_bytes: int = 256 * 1024 * 1024,
+    status_interval_s: float = 2,
 ) -> Path:
     path = work / "secagent.yaml"
     path.write_text(
         f"agent_id: {agent_id}\n"
-        f"mqtt: {{host: {broker.host}, port: {broker.port}, status_interval_s: 2, "
+        f"mqtt: {{host: {broker.host}, port: {broker.port}, "
+        f"status_interval_s: {status_interval_s}, "
         "receipt_timeout_s: 5}\n"
         f"outbox: {{path: outbox.sqlite, max_bytes: {outbox_max_bytes}}}\n"
         f"detect: {{model: {model}, providers: [CPUExecutionProvider]}}\n"
