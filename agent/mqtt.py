@@ -64,6 +64,7 @@ class MqttLink:
         self._status_lock = threading.Lock()
         self._last_seq = 0
         self._resend = threading.Event()
+        self._reconnected = threading.Event()
         self._receipt_wait_s = config.receipt_timeout_s
         self._next_receipt_check = 0.0
         self.published = 0
@@ -129,11 +130,24 @@ class MqttLink:
         )
         self.connect_failures = 0
         self.last_connect_error = None
+        self._forget_unacknowledged(client)
         client.subscribe(self.topics.receipts, qos=1)
+        self._reconnected.set()
         self._resend.set()
         self.connected.set()
         self.publish_status()
         self.outbox.notify()
+
+    @staticmethod
+    def _forget_unacknowledged(client: mqtt.Client) -> None:
+        """Drop paho's copies of the messages it published on the last connection and had no
+        PUBACK for. paho would send them again as soon as this callback returns, ahead of older
+        messages the broker did acknowledge but may have lost in a crash; the publisher sends
+        everything without a receipt again anyway, oldest first, so the order per camera holds.
+        (paho has no public call for this: its outgoing queue and counter, under its lock.)"""
+        with client._out_message_mutex:
+            client._out_messages.clear()
+            client._inflight_messages = 0
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         """A connection attempt failed before MQTT spoke (refused, unreachable, DNS, TLS).
@@ -255,6 +269,10 @@ class MqttLink:
     def _publish_some(self) -> None:
         if not self.connected.is_set():
             return
+        if self._reconnected.is_set():  # paho forgot the last connection's messages
+            self._reconnected.clear()
+            self._inflight.clear()
+            self._early.clear()
         if self._resend.is_set():
             self._resend.clear()
             self._last_seq = 0  # everything without a receipt goes out again, oldest first
