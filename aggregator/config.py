@@ -85,6 +85,8 @@ class StoreConfig(_Section):
     _resolve = field_validator("path", "snapshots_dir", "plots_dir")(_relative_to_config)
 
 
+YEAR_S = 365.25 * 86400
+
 GroupKey = Literal["agent_id", "camera", "rule"]
 DEFAULT_GROUP_BY: tuple[GroupKey, ...] = ("agent_id", "camera", "rule")
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -153,6 +155,52 @@ class IngestConfig(_Section):
         le=3600,
         description="the store writer counts as stalled (GET /api/health answers 503) when one "
         "batch or sweep takes longer than this",
+    )
+    max_clock_ahead_s: float = Field(
+        86400.0,
+        gt=0,
+        le=10 * YEAR_S,
+        description="a capture or status time more than this ahead of the aggregator's clock is "
+        "refused (reason time_out_of_window): an agent clock far in the future would end every "
+        "event at once and freeze its record",
+    )
+    max_clock_behind_s: float = Field(
+        10 * YEAR_S,
+        gt=0,
+        le=100 * YEAR_S,
+        description="a capture or status time more than this behind the aggregator's clock is "
+        "refused (reason time_out_of_window)",
+    )
+    max_rules_per_message: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="most distinct rules one threat message may name; each can start an event "
+        "and its notifications, so this bounds what one message can cause (more: refused as "
+        "too_many_rules)",
+    )
+    max_rules_per_agent: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="most distinct rule names an agent may report while its rules file (by "
+        "sha256) is not among reproduce.rules_paths; a further name is refused as "
+        "too_many_rules. With the file known, only its rules and severities are accepted "
+        "(unknown_rule)",
+    )
+    snapshot_max_side_px: int = Field(
+        8192,
+        ge=16,
+        le=65535,
+        description="a snapshot whose JPEG header is wider or higher than this is dropped (the "
+        "threat is kept; counted as snapshot_dropped_bad_dimensions)",
+    )
+    store_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="while the store cannot be written (disk full, I/O error), the batch in "
+        "hand is tried again after 1 s, doubling up to this; it stays unacknowledged meanwhile",
     )
 
 

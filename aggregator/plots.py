@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aggregator import provenance, store
 from aggregator.store.models import PlotRow
+from aggregator.timestamps import utc
 from wire.payloads import SEVERITY_RANK
 
 PlotKind = Literal["threats_per_hour", "events_by_label", "timeline"]
@@ -86,7 +87,7 @@ class PlotQuery(BaseModel):
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    return None if ts is None else utc(ts).isoformat()
 
 
 def collect(conn: store.Connection, query: PlotQuery) -> tuple[dict[str, Any], list[int]]:
@@ -126,8 +127,8 @@ def collect(conn: store.Connection, query: PlotQuery) -> tuple[dict[str, Any], l
 
 def _title(what: str, query: dict[str, Any], data_range: tuple[float, float]) -> str:
     fmt = "%Y-%m-%d %H:%M UTC"
-    since = query["since"] or datetime.fromtimestamp(data_range[0], UTC).isoformat()
-    until = query["until"] or datetime.fromtimestamp(data_range[1], UTC).isoformat()
+    since = query["since"] or utc(data_range[0]).isoformat()
+    until = query["until"] or utc(data_range[1]).isoformat()
     span = (
         f"{datetime.fromisoformat(since).strftime(fmt)} to "
         f"{datetime.fromisoformat(until).strftime(fmt)}"
@@ -143,7 +144,7 @@ def _draw_threats_per_hour(fig: Figure, query: dict[str, Any], rows: list[list[A
     hours = sorted({r[0] for r in rows})
     cameras = sorted({r[1] for r in rows})
     counts = {(r[0], r[1]): r[2] for r in rows}
-    x = [mdates.date2num(datetime.fromtimestamp(h, UTC)) for h in hours]
+    x = [mdates.date2num(utc(h)) for h in hours]
     bottom = [0] * len(hours)
     for i, camera in enumerate(cameras):
         heights = [counts.get((h, camera), 0) for h in hours]
@@ -204,7 +205,7 @@ def _draw_timeline(fig: Figure, query: dict[str, Any], rows: list[list[Any]]) ->
     min_width_d = max(end - start, 60.0) / 86400 / 120  # a one-threat event stays visible
     for event_id, lane, severity, started, last_seen in rows:
         y = lanes.index(lane)
-        x0 = mdates.date2num(datetime.fromtimestamp(started, UTC))
+        x0 = mdates.date2num(utc(started))
         width = max((last_seen - started) / 86400, min_width_d)
         ax.broken_barh([(x0, width)], (y - 0.35, 0.7), facecolors=SEVERITY_COLOURS[severity])
         ax.annotate(f"#{event_id}", (x0, y + 0.4), fontsize=8, va="bottom")

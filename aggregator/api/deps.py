@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Query
 
 from aggregator import store
 from aggregator.config import AggregatorConfig, get_settings
+from aggregator.timestamps import utc
 
 Settings = Annotated[AggregatorConfig, Depends(get_settings)]
 
@@ -43,7 +44,7 @@ BeforeId = Annotated[
 
 def dt(ts: float | None) -> datetime | None:
     """A stored epoch timestamp as an aware UTC datetime."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+    return None if ts is None else utc(ts)
 
 
 def epoch(value: datetime | None) -> float | None:

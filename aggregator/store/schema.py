@@ -337,9 +337,15 @@ def transaction(conn: Connection) -> Iterator[Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back itself (a full disk: SQLITE_FULL)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class savepoint:  # lower case: used like the function-style context managers above
@@ -358,6 +364,8 @@ class savepoint:  # lower case: used like the function-style context managers ab
         return self.conn
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if not self.conn.in_transaction:
+            return  # SQLite ended the transaction itself (a full disk): nothing to undo here
         if exc_type is not None:
             self.conn.execute(f"ROLLBACK TO {self.name}")
         self.conn.execute(f"RELEASE {self.name}")
