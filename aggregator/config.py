@@ -239,6 +239,19 @@ class ApiConfig(_Section):
     host: str = Field("127.0.0.1", description="address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="REST API port (0 = any free port)")
     page_size_max: int = Field(1000, ge=1, le=100000, description="largest ?limit= accepted")
+    plots_per_minute: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="POST /api/plots draws at most this many new plots a minute (more: 429 "
+        "with Retry-After); a query already drawn on the same data returns its plot",
+    )
+    graph_nodes_max: int = Field(
+        500,
+        ge=10,
+        le=100_000,
+        description="largest ?limit= of GET /api/provenance: artifacts in one page of a graph",
+    )
     public_url: str | None = Field(
         None,
         pattern=r"^https?://[^\s]+$",

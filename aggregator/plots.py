@@ -52,8 +52,18 @@ RC: dict[str, Any] = {
 }
 
 
+MAX_SPAN_S = 366 * 86400.0
+"""The longest capture-time span one plot covers (hourly bars over more are no plot)."""
+MAX_ROWS = 20_000
+"""The most rows (hour and camera, or events) one plot draws."""
+
+
 class PlotError(ValueError):
     """A plot cannot be made (nothing in the range, unknown plot)."""
+
+
+class PlotTooLarge(PlotError):
+    """The data of a plot spans more time or rows than one plot draws: narrow the query."""
 
 
 class PlotQuery(BaseModel):
@@ -122,7 +132,27 @@ def collect(conn: store.Connection, query: PlotQuery) -> tuple[dict[str, Any], l
             }
     if not data["rows"]:
         raise PlotError(f"nothing to plot: no data for {json.dumps(query.recorded())}")
+    check_size(query.kind, data["rows"])
     return data, event_ids
+
+
+def check_size(kind: str, rows: list[list[Any]]) -> None:
+    """PlotTooLarge when ``rows`` span more than :data:`MAX_SPAN_S` or number more than
+    :data:`MAX_ROWS`."""
+    if len(rows) > MAX_ROWS:
+        raise PlotTooLarge(f"{len(rows)} rows to draw, at most {MAX_ROWS}: narrow since/until")
+    if kind == "threats_per_hour":
+        times = [float(r[0]) for r in rows]
+    elif kind == "events_by_label":
+        times = [float(r[2]) for r in rows]
+    else:
+        times = [float(r[3]) for r in rows] + [float(r[4]) for r in rows]
+    span_s = max(times) - min(times)
+    if span_s > MAX_SPAN_S:
+        raise PlotTooLarge(
+            f"the data spans {span_s / 86400:.0f} days, at most {MAX_SPAN_S / 86400:.0f} in one "
+            "plot: narrow since/until"
+        )
 
 
 def _title(what: str, query: dict[str, Any], data_range: tuple[float, float]) -> str:
@@ -258,6 +288,9 @@ def make_plot(
     transaction of ``conn`` (a writable connection). Returns the plot's record."""
     data, event_ids = collect(conn, query)
     recorded = query.recorded()
+    drawn = store.plots.find(conn, query=recorded, data=data, code_version=code_version)
+    if drawn is not None and plot_path(plots_dir, drawn).is_file():
+        return plot_row(conn, drawn)  # the same query on the same data: the same plot
     png = render(recorded, data)
     sha = hashlib.sha256(png).hexdigest()
     path = plot_path(plots_dir, sha)

@@ -35,6 +35,8 @@ def create_app(
     if config is not None:
         app.dependency_overrides[get_settings] = lambda: config
     app.state.liveness = liveness or (lambda: NO_INGEST)
+    app.state.read_pools = {}
+    app.state.plot_rate = plots.PlotRate()
     for module in (health, threats, events, agents, notifications, provenance, plots):
         app.include_router(module.router)
     return app

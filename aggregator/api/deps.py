@@ -6,29 +6,40 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query
+from fastapi import Depends, HTTPException, Path, Query, Request
 
 from aggregator import store
 from aggregator.config import AggregatorConfig, get_settings
 from aggregator.timestamps import utc
 
 Settings = Annotated[AggregatorConfig, Depends(get_settings)]
+MAX_ID = 2**63 - 1
+"""The largest integer SQLite stores: a bigger id in a path or query is refused (422)."""
+READ_CONNECTIONS = 4
 
 
-def get_db(settings: Settings) -> Iterator[store.Connection]:
+def read_pool(request: Request, settings: Settings) -> store.ReadPool:
+    """The app's pool of read-only connections (made on first use, one per database)."""
+    pools: dict[str, store.ReadPool] = request.app.state.read_pools
+    key = str(settings.store.path)
+    pool = pools.get(key)
+    if pool is None:
+        pool = pools.setdefault(key, store.ReadPool(settings.store.path, size=READ_CONNECTIONS))
+    return pool
+
+
+def get_db(pool: Annotated[store.ReadPool, Depends(read_pool)]) -> Iterator[store.Connection]:
     """A read-only connection for one request (the ingest writer owns the writes)."""
     try:
-        conn = store.connect(settings.store.path, readonly=True)
+        with pool.connection() as conn:
+            yield conn
     except store.StoreUnavailable as exc:
         raise HTTPException(503, f"store not available: {exc}") from exc
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def page_limit(
-    settings: Settings, limit: Annotated[int, Query(ge=1, description="page size")] = 100
+    settings: Settings,
+    limit: Annotated[int, Query(ge=1, le=MAX_ID, description="page size")] = 100,
 ) -> int:
     if limit > settings.api.page_size_max:
         raise HTTPException(422, f"limit must be <= {settings.api.page_size_max}")
@@ -38,8 +49,11 @@ def page_limit(
 Db = Annotated[store.Connection, Depends(get_db)]
 Limit = Annotated[int, Depends(page_limit)]
 BeforeId = Annotated[
-    int | None, Query(ge=1, description="next page: only items with an id below this one")
+    int | None,
+    Query(ge=1, le=MAX_ID, description="next page: only items with an id below this one"),
 ]
+EventId = Annotated[int, Path(ge=1, le=MAX_ID, description="event id")]
+NotificationId = Annotated[int, Path(ge=1, le=MAX_ID, description="notification id")]
 
 
 def dt(ts: float | None) -> datetime | None:

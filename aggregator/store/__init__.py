@@ -27,6 +27,7 @@ from aggregator.store import (
 from aggregator.store.schema import (
     Connection,
     DatabaseError,
+    ReadPool,
     StoreUnavailable,
     checkpoint,
     connect,
@@ -39,6 +40,7 @@ from aggregator.store.schema import (
 __all__ = [
     "Connection",
     "DatabaseError",
+    "ReadPool",
     "StoreUnavailable",
     "agents",
     "checkpoint",

@@ -7,7 +7,9 @@ explicit (:func:`transaction`, :func:`savepoint`).
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -314,6 +316,54 @@ def connect(path: Path, *, readonly: bool = False) -> Connection:
         raise StoreUnavailable(f"{path}: {exc}") from exc
     conn.row_factory = sqlite3.Row
     return conn
+
+
+class ReadPool:
+    """A few read-only connections, each lent to one request at a time: opening a connection
+    (and its WAL index) per request costs more than most queries the API runs."""
+
+    def __init__(self, path: Path, *, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Lend a connection (a new one while fewer than ``size`` exist, else wait for one);
+        StoreUnavailable when the database cannot be opened."""
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                make = self._made < self.size
+                if make:
+                    self._made += 1
+            if make:
+                try:
+                    conn = connect(self.path, readonly=True)
+                except StoreUnavailable:
+                    with self._lock:
+                        self._made -= 1
+                    raise
+            else:
+                conn = self._idle.get()
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        finally:
+            self._idle.put(conn)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
 
 def migrate(path: Path) -> None:
