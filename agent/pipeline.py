@@ -107,6 +107,7 @@ class Agent:
                 "outbox_depth": self.outbox.depth(),
                 "outbox_dropped": self.outbox.dropped(),
                 "outbox_oldest_age_s": round(self.outbox.oldest_age_s(), 3),
+                "outbox_lost": self.outbox.losses_wire(),
                 "config": self.config_in_force,
                 "sent_at": datetime.now(UTC),
             }

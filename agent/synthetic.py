@@ -98,6 +98,7 @@ def send_test_threats(
                 "outbox_depth": outbox.depth(),
                 "outbox_dropped": outbox.dropped(),
                 "outbox_oldest_age_s": outbox.oldest_age_s(),
+                "outbox_lost": outbox.losses_wire(),
                 "config": config_doc,
                 "sent_at": datetime.now(UTC),
             }

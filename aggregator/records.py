@@ -284,9 +284,21 @@ def record_status(
             outbox_dropped=status.outbox_dropped,
             outbox_oldest_age_s=status.outbox_oldest_age_s,
             cameras_json=json.dumps([c.model_dump(mode="json") for c in status.cameras]),
+            outbox_lost_json=json.dumps([o.model_dump(mode="json") for o in status.outbox_lost]),
         ),
         clock_max_ts=context.clock_max_ts,
     )
+    for loss in status.outbox_lost:
+        log.warning(
+            "agent=%s reports a broken outbox set aside at %s (%s messages lost, committed "
+            "%s to %s): %s",
+            status.agent_id,
+            loss.at.isoformat(),
+            "unknown" if loss.messages is None else loss.messages,
+            loss.first_at,
+            loss.last_at,
+            loss.reason,
+        )
     log.info(
         "agent=%s is %s (outbox depth %d, dropped %d)",
         status.agent_id,

@@ -437,6 +437,8 @@ def test_120_poison_messages_are_acked_receipted_and_never_come_back(
             qos=1,
         )
         wait_for(lambda: second.stats.stored == 1, what="a new one stored after the restart")
-        assert second.stats.received == 1  # nothing of the poison came back
+        # nothing of the poison came back (retained statuses of other agents may)
+        assert second.stats.received - second.stats.statuses == 1
+        assert not second.stats.rejected
     finally:
         second.stop()

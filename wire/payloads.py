@@ -180,6 +180,18 @@ class CameraStatus(_Wire):
     detail: str | None = Field(None, max_length=1000, description="why the camera is down")
 
 
+class OutboxLoss(_Wire):
+    """An outbox file found broken at start and set aside: what it held is lost to the
+    aggregator (counted when the broken file could still be read)."""
+
+    at: WireTime = Field(description="when the agent found it")
+    reason: str = Field(max_length=500, description="what SQLite said about the file")
+    moved_to: str = Field(max_length=1024, description="where the broken file was moved")
+    messages: int | None = Field(None, ge=0, description="messages it held (None: unreadable)")
+    first_at: WireTime | None = Field(None, description="when the oldest of them was committed")
+    last_at: WireTime | None = Field(None, description="when the newest of them was committed")
+
+
 class StatusMessage(_Wire):
     """``secagent/v1/<agent_id>/status`` (retained; the last will says offline)."""
 
@@ -195,6 +207,11 @@ class StatusMessage(_Wire):
     outbox_depth: int = Field(0, ge=0)
     outbox_dropped: int = Field(0, ge=0, description="messages dropped to keep the bound")
     outbox_oldest_age_s: float = Field(0.0, ge=0, description="age of the oldest unsent message")
+    outbox_lost: list[OutboxLoss] = Field(
+        default_factory=list,
+        max_length=100,
+        description="outbox files found broken at start and set aside, newest last",
+    )
     config: dict[str, Any] | None = Field(
         None,
         description="the agent config in force (defaults filled in, secrets left out); its "

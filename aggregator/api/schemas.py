@@ -103,6 +103,11 @@ class AgentPublic(BaseModel):
     outbox_depth: int = Field(description="threat messages waiting on the agent")
     outbox_dropped: int = Field(description="messages the agent dropped to stay in its bound")
     outbox_oldest_age_s: float = Field(description="age of the oldest waiting message")
+    outbox_lost: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="outbox files the agent found broken at start and set aside: when, why, "
+        "where it moved them, and the messages they held (count and commit times, if readable)",
+    )
     cameras: list[CameraPublic]
 
 

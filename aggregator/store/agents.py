@@ -11,7 +11,8 @@ from aggregator.store.schema import Connection
 
 _COLUMNS = (
     "agent_id, state, last_seen_ts, last_status_ts, status_sent_ts, versions_json, provider, "
-    "outbox_depth, outbox_dropped, outbox_oldest_age_s, cameras_json, clock_ts"
+    "outbox_depth, outbox_dropped, outbox_oldest_age_s, cameras_json, clock_ts, "
+    "outbox_lost_json"
 )
 
 
@@ -29,6 +30,7 @@ def _agent(row: Sequence[Any]) -> AgentRow:
         outbox_oldest_age_s=row[9],
         cameras=json.loads(row[10]),
         clock_ts=row[11],
+        outbox_lost=json.loads(row[12] or "[]"),
     )
 
 
@@ -65,9 +67,9 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
     row = conn.execute(
         f"""INSERT INTO agents (agent_id, state, last_seen_ts, last_status_ts, status_sent_ts,
                versions_json, provider, outbox_depth, outbox_dropped, outbox_oldest_age_s,
-               cameras_json, clock_ts)
+               cameras_json, clock_ts, outbox_lost_json)
            VALUES (:agent_id, :state, :heard, :heard, :sent, :versions, :provider, :depth,
-                   :dropped, :oldest, :cameras, :sent)
+                   :dropped, :oldest, :cameras, :sent, :lost)
            ON CONFLICT (agent_id) DO UPDATE SET
                state = excluded.state, last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts),
                last_status_ts = excluded.last_status_ts,
@@ -82,6 +84,8 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
                outbox_oldest_age_s = excluded.outbox_oldest_age_s,
                cameras_json = CASE WHEN excluded.cameras_json = '[]' THEN cameras_json
                                    ELSE excluded.cameras_json END,
+               outbox_lost_json = CASE WHEN excluded.outbox_lost_json = '[]'
+                                       THEN outbox_lost_json ELSE excluded.outbox_lost_json END,
                {_CLOCK}
            WHERE agents.status_sent_ts IS NULL OR excluded.status_sent_ts >= agents.status_sent_ts
                OR agents.status_sent_ts > :clock_max
@@ -99,6 +103,7 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
             "dropped": status.outbox_dropped,
             "oldest": status.outbox_oldest_age_s,
             "cameras": status.cameras_json,
+            "lost": status.outbox_lost_json,
             "clock_max": clock_max_ts,
         },
     ).fetchone()

@@ -430,3 +430,10 @@ def m009_agent_configs(db: sqlite_utils.Database) -> None:
         "CREATE TABLE agent_configs (sha256 TEXT PRIMARY KEY, agent_id TEXT NOT NULL, "
         "received_ts REAL NOT NULL, doc_json TEXT NOT NULL)"
     )
+
+
+@migrations()
+def m010_outbox_losses(db: sqlite_utils.Database) -> None:
+    """What each agent reported lost with an outbox file it found broken at start and set aside
+    (``secagent.status/1`` ``outbox_lost``), shown by ``GET /api/agents``."""
+    db.conn.execute("ALTER TABLE agents ADD COLUMN outbox_lost_json TEXT NOT NULL DEFAULT '[]'")
