@@ -77,6 +77,11 @@ class StoreConfig(_Section):
         description="delete a snapshot once the newest threat that refers to it is this old "
         "(days of capture time); null keeps snapshots forever",
     )
+    check_on_start: bool = Field(
+        True,
+        description="run SQLite's quick_check on the database at start and refuse a corrupt "
+        "one with the recovery steps (it reads the whole file: about 1 s per GB)",
+    )
     plots_dir: Path = Field(
         Path("plots"),
         validate_default=True,

@@ -104,6 +104,8 @@ class Ingest:
         self._listening_since: float | None = None  # wall clock; subscribed since
         self._broker_up = False
         self._reconnect_waits = 0
+        if config.store.check_on_start:
+            store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         snapshots.recover(self._conn, config.store.snapshots_dir)

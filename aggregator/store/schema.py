@@ -28,6 +28,64 @@ class StoreUnavailable(Exception):
     """The database cannot be opened (missing file, no permission, not a database)."""
 
 
+class StoreCorrupt(StoreUnavailable):
+    """The database file fails SQLite's integrity check: ``secagg`` refuses to start on it."""
+
+
+RECOVERY_STEPS = """The store is corrupt; secagg will not write to it. To recover:
+  1. stop secagg and keep the broken file: mv {path} {path}.broken (and its -wal, -shm);
+  2. restore the latest backup (`secagg backup` writes one while secagg runs):
+     cp BACKUP.sqlite {path}
+     or salvage what SQLite can read:
+     sqlite3 {path}.broken .recover | sqlite3 {path}
+  3. start secagg: the agents send again what they still hold (their outboxes keep every
+     threat until a receipt), the broker what waited for the aggregator's session."""
+
+
+def check(path: Path) -> None:
+    """StoreCorrupt (with the recovery steps) when the database at ``path`` fails
+    ``PRAGMA quick_check``; nothing when it passes or does not exist yet."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            found = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorrupt(
+            f"{path}: {type(exc).__name__}: {exc}\n{RECOVERY_STEPS.format(path=path)}"
+        ) from exc
+    if found != ["ok"]:
+        raise StoreCorrupt(
+            f"{path}: quick_check: {'; '.join(found[:3])}\n{RECOVERY_STEPS.format(path=path)}"
+        )
+
+
+def backup(path: Path, out: Path, *, pages_per_step: int = 4096) -> int:
+    """Copy the database to ``out`` with SQLite's online backup, while the ingest goes on
+    writing (each step copies ``pages_per_step`` pages; a write in between restarts nothing
+    that was copied consistently). The copy is checked and renamed into place; returns its
+    size in bytes."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = connect(path, readonly=True)
+    try:
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst, pages=pages_per_step)
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    check(tmp)
+    tmp.replace(out)
+    return out.stat().st_size
+
+
 migrations = sqlite_utils.Migrations("secagg")
 
 
