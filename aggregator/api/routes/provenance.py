@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from aggregator import lineage, provenance
-from aggregator.api.deps import Db
+from aggregator.api.deps import MAX_ID, Db, Settings
 from aggregator.api.schemas import ProvenanceGraph
 
 router = APIRouter(tags=["provenance"])
@@ -14,7 +14,8 @@ router = APIRouter(tags=["provenance"])
 @router.get(
     "/api/provenance/{artifact_id:path}",
     response_model=ProvenanceGraph,
-    summary="The lineage graph of an artifact (event:12, notification:3, plot:<sha256>, ...); "
+    summary="The lineage graph of an artifact (event:12, notification:3, plot:<sha256>, ...), "
+    "a page at a time (?limit=, ?offset=; truncated and next_offset say what follows); "
     "content-addressed ids may be shortened to a unique prefix (model:eee43d6844)",
     responses={
         404: {"description": "no such artifact, or no artifact starts with this prefix"},
@@ -24,11 +25,18 @@ router = APIRouter(tags=["provenance"])
 )
 def get_provenance(
     conn: Db,
+    settings: Settings,
     artifact_id: str,
     direction: Annotated[str, Query(pattern="^(upstream|downstream)$")] = "upstream",
+    limit: Annotated[int, Query(ge=1, le=MAX_ID, description="artifacts per page")] = 200,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="skip this many artifacts")] = 0,
 ) -> ProvenanceGraph:
+    if limit > settings.api.graph_nodes_max:
+        raise HTTPException(422, f"limit must be <= {settings.api.graph_nodes_max}")
+    if offset > 10 * settings.api.graph_nodes_max * settings.api.graph_nodes_max:
+        raise HTTPException(422, "offset is beyond any graph this API pages through")
     try:
-        graph = lineage.graph(conn, artifact_id, direction=direction)
+        graph = lineage.graph(conn, artifact_id, direction=direction, offset=offset, limit=limit)
     except lineage.ArtifactNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except lineage.AmbiguousArtifact as exc:
