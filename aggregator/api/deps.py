@@ -39,11 +39,12 @@ def get_db(pool: Annotated[store.ReadPool, Depends(read_pool)]) -> Iterator[stor
 
 def page_limit(
     settings: Settings,
-    limit: Annotated[int, Query(ge=1, le=MAX_ID, description="page size")] = 100,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_ID, description="page size (at most api.page_size_max)")
+    ] = 100,
 ) -> int:
-    if limit > settings.api.page_size_max:
-        raise HTTPException(422, f"limit must be <= {settings.api.page_size_max}")
-    return limit
+    """The page size asked for, capped at ``api.page_size_max``."""
+    return min(limit, settings.api.page_size_max)
 
 
 Db = Annotated[store.Connection, Depends(get_db)]

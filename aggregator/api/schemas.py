@@ -176,3 +176,9 @@ class PlotPublic(BaseModel):
     code_version: str
     created_at: datetime
     png_url: str
+
+
+class Problem(BaseModel):
+    """An error: FastAPI's validation errors (a list) or one message."""
+
+    detail: str | list[dict[str, Any]] = Field(description="what is wrong")

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from aggregator import plots, store
 from aggregator.api.deps import Db, Settings, dt
 from aggregator.api.routes.events import NOSNIFF
-from aggregator.api.schemas import PlotPublic
+from aggregator.api.schemas import PlotPublic, Problem
 from aggregator.store.models import PlotRow
 from appcommon.version import code_version
 
@@ -57,7 +57,10 @@ def plot_public(plot: PlotRow) -> PlotPublic:
     "on the same data returns the plot already drawn)",
     responses={
         404: {"description": "no data in the range"},
-        422: {"description": "bad query, or more data than one plot draws (narrow the range)"},
+        422: {
+            "model": Problem,
+            "description": "bad query, or more data than one plot draws (narrow the range)",
+        },
         429: {"description": "too many new plots this minute (see Retry-After)"},
     },
 )
