@@ -37,6 +37,7 @@ from tests.support.servers import WebhookServer
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 COVERED = {
+    ("GET", "/api/ping"),
     ("GET", "/api/health"),
     ("GET", "/api/threats"),
     ("GET", "/api/events"),
@@ -351,6 +352,10 @@ def test_plots(site: Site) -> None:
 
 
 # health ----------------------------------------------------------------------------------------
+
+
+def test_ping_answers_without_the_store(site: Site) -> None:
+    assert site.client.get("/api/ping").json() == {"ok": True}
 
 
 def test_health_without_an_ingest_is_503_with_the_counts(site: Site) -> None:

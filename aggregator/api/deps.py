@@ -4,22 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, TypeAdapter
 
 from aggregator import store
 from aggregator.config import AggregatorConfig, get_settings
 from aggregator.timestamps import utc
 
-Settings = Annotated[AggregatorConfig, Depends(get_settings)]
+
+async def app_settings(request: Request) -> AggregatorConfig:
+    """The config the app was made with (:func:`aggregator.api.create_app`), else the cached
+    :func:`get_settings` (``SECAGG_CONFIG``)."""
+    config: AggregatorConfig | None = request.app.state.config
+    return config if config is not None else get_settings()
+
+
+Settings = Annotated[AggregatorConfig, Depends(app_settings)]
 MAX_ID = 2**63 - 1
 """The largest integer SQLite stores: a bigger id in a path or query is refused (422)."""
 READ_CONNECTIONS = 4
 
 
-def read_pool(request: Request, settings: Settings) -> store.ReadPool:
-    """The app's pool of read-only connections (made on first use, one per database)."""
+async def read_pool(request: Request, settings: Settings) -> store.ReadPool:
+    """The app's pool of read-only connections (made on first use, one per database). Async
+    (it does no I/O): FastAPI runs a plain function dependency on its thread pool, and each
+    hop there costs more than the query of a page."""
     pools: dict[str, store.ReadPool] = request.app.state.read_pools
     key = str(settings.store.path)
     pool = pools.get(key)
@@ -37,7 +48,7 @@ def get_db(pool: Annotated[store.ReadPool, Depends(read_pool)]) -> Iterator[stor
         raise HTTPException(503, f"store not available: {exc}") from exc
 
 
-def page_limit(
+async def page_limit(
     settings: Settings,
     limit: Annotated[
         int, Query(ge=1, le=MAX_ID, description="page size (at most api.page_size_max)")
@@ -67,3 +78,15 @@ def epoch(value: datetime | None) -> float | None:
     if value is None:
         return None
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class JsonList:
+    """A list of response models serialised once, by pydantic-core straight to JSON bytes
+    (FastAPI would validate the models again and encode them twice). The route keeps its
+    ``response_model`` for the OpenAPI schema."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self._adapter: TypeAdapter[list[Any]] = TypeAdapter(list[model])  # type: ignore[valid-type]
+
+    def response(self, items: list[Any]) -> Response:
+        return Response(self._adapter.dump_json(items), media_type="application/json")

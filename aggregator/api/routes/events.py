@@ -4,16 +4,17 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from aggregator import store
-from aggregator.api.deps import BeforeId, Db, EventId, Limit, Settings, dt, epoch
+from aggregator.api.deps import BeforeId, Db, EventId, JsonList, Limit, Settings, dt, epoch
 from aggregator.api.routes.threats import threat_public
 from aggregator.api.schemas import EventDetail, EventPublic
 from aggregator.snapshots import snapshot_path
 from aggregator.store.models import EventRow
 
 router = APIRouter(tags=["events"])
+EVENTS = JsonList(EventPublic)
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 """Images are served as what they are: a browser never guesses another type from the bytes."""
 
@@ -46,7 +47,7 @@ def list_events(
     since: Annotated[datetime | None, Query(description="last seen at or after")] = None,
     state: Annotated[str | None, Query(pattern="^(open|ended)$")] = None,
     before_id: BeforeId = None,
-) -> list[EventPublic]:
+) -> Response:
     found = store.events.list_events(
         conn,
         limit=limit,
@@ -57,7 +58,7 @@ def list_events(
         state=state,
         before_id=before_id,
     )
-    return [EventPublic(**event_fields(e)) for e in found]
+    return EVENTS.response([EventPublic(**event_fields(e)) for e in found])
 
 
 @router.get(
