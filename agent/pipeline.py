@@ -68,7 +68,12 @@ class Agent:
         self._stop = threading.Event()
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
         ledger = SqliteLedger(self.outbox)
-        self.cameras = [Camera(c, stop=self._stop, ledger=ledger) for c in config.cameras]
+        self.cameras = [
+            Camera(
+                c, stop=self._stop, ledger=ledger, max_file_bytes=config.validate_.max_file_bytes
+            )
+            for c in config.cameras
+        ]
         self.link = MqttLink(
             agent_id=config.agent_id,
             config=config.mqtt,
