@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -76,7 +77,7 @@ def test_a_full_disk_is_reported_and_ingest_resumes_once_space_is_freed(
     ingest = Ingest(config)
     ingest.start()
     agent = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    receipts: list[dict] = []
+    receipts: list[dict[str, Any]] = []
     agent.on_message = lambda c, u, m: receipts.append(json.loads(m.payload))
     agent.connect(broker.host, broker.port)
     agent.loop_start()

@@ -56,7 +56,7 @@ def png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def sparse(size: int) -> Callable[[Path], None]:
+def sparse(size: int) -> Callable[[Path], object]:
     """A JPEG start, then ``size`` bytes of a sparse file (no disk used)."""
 
     def make(path: Path) -> None:
@@ -66,7 +66,7 @@ def sparse(size: int) -> Callable[[Path], None]:
     return make
 
 
-HOSTILE: list[tuple[str, Callable[[Path], None], str]] = [
+HOSTILE: list[tuple[str, Callable[[Path], object], str]] = [
     (
         "jpeg header claims 16000x3000",
         lambda p: p.write_bytes(jpeg_claiming(16000, 3000)),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,7 +40,7 @@ def filled(path: Path) -> None:
     outbox.close()
 
 
-def overwrite(offset_of: Callable[[int], int], data: bytes) -> Callable[[Path], None]:
+def overwrite(offset_of: Callable[[int], int], data: bytes) -> Callable[[Path], object]:
     def damage(path: Path) -> None:
         size = path.stat().st_size
         with open(path, "r+b") as fh:
@@ -57,7 +58,7 @@ def random_file(path: Path) -> None:
     path.write_bytes(os.urandom(8192))
 
 
-BREAKS: list[tuple[str, Callable[[Path], None], bool]] = [
+BREAKS: list[tuple[str, Callable[[Path], object], bool]] = [
     # (damage, how, count readable from the broken file)
     ("garbage in the middle", overwrite(lambda size: size // 2, os.urandom(4096)), True),
     ("a page of zeros after the schema", overwrite(lambda size: 4096, bytes(4096)), True),
@@ -70,7 +71,7 @@ BREAKS: list[tuple[str, Callable[[Path], None], bool]] = [
     ("damage", "readable"), [b[1:] for b in BREAKS], ids=[b[0] for b in BREAKS]
 )
 def test_a_broken_outbox_is_set_aside_and_the_loss_reported(
-    tmp_path: Path, damage: Callable[[Path], None], readable: bool
+    tmp_path: Path, damage: Callable[[Path], object], readable: bool
 ) -> None:
     path = tmp_path / "outbox.sqlite"
     filled(path)
@@ -147,7 +148,7 @@ def test_the_aggregator_shows_what_a_broken_outbox_lost(tmp_path: Path) -> None:
             summary = finish(start_test_threats(agent_conf, count=3, cameras=1))
             assert summary["outbox_depth"] == 0
 
-            def reported() -> list[dict]:
+            def reported() -> list[dict[str, Any]]:
                 agent = httpx.get(f"{api}/api/agents/lossy-host", timeout=5)
                 return agent.json()["outbox_lost"] if agent.status_code == 200 else []
 

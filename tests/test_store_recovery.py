@@ -42,7 +42,7 @@ def filled(tmp_path: Path) -> Path:
     return config.store.path
 
 
-def overwrite_at(fraction: float, data: bytes) -> Callable[[Path], None]:
+def overwrite_at(fraction: float, data: bytes) -> Callable[[Path], object]:
     def damage(path: Path) -> None:
         with open(path, "r+b") as fh:
             fh.seek(int(path.stat().st_size * fraction) // 4096 * 4096)
@@ -51,7 +51,7 @@ def overwrite_at(fraction: float, data: bytes) -> Callable[[Path], None]:
     return damage
 
 
-BREAKS: list[tuple[str, Callable[[Path], None]]] = [
+BREAKS: list[tuple[str, Callable[[Path], object]]] = [
     ("garbage in the middle", overwrite_at(0.5, os.urandom(8192))),
     ("a page of zeros", overwrite_at(0.3, bytes(4096))),
     ("truncated", lambda p: os.truncate(p, p.stat().st_size // 3)),
@@ -70,7 +70,7 @@ def serve(config: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("damage", [b[1] for b in BREAKS], ids=[b[0] for b in BREAKS])
 def test_secagg_refuses_a_corrupt_store_with_the_recovery_steps(
-    tmp_path: Path, damage: Callable[[Path], None]
+    tmp_path: Path, damage: Callable[[Path], object]
 ) -> None:
     db = filled(tmp_path)
     damage(db)
