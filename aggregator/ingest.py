@@ -9,9 +9,14 @@ inside a savepoint so one bad message cannot undo the others; after COMMIT it ac
 and publishes the event changes. The notifications those changes call for are decided in the
 same transaction; a sender thread sends them afterwards (:mod:`aggregator.notify`).
 
+Every message is stored or refused (acknowledged and receipted either way), so none can hold a
+place in the broker's in-flight window. When the store itself cannot be written (a full disk),
+the batch is rolled back, held unacknowledged and tried again with backoff until it commits;
+health says so meanwhile. A writer thread that dies records why, and the service exits.
+
 A failed connection attempt is logged with the broker's host and port, the reason and when paho
-tries again; :meth:`Ingest.liveness` tells the health endpoint whether the broker is connected
-and the writer is alive and not stalled.
+tries again; :meth:`Ingest.liveness` tells the health endpoint whether the broker is connected,
+the writer is alive and not stalled, and the store writable.
 """
 
 from __future__ import annotations
