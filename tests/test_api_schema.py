@@ -39,7 +39,7 @@ def api_schema(
 ) -> Iterator[OpenApiSchema]:
     """The API of a running ingest (so health is what it is: ok) over a store with data."""
     work = tmp_path_factory.mktemp("schema")
-    config = ingest_config(broker, work)
+    config = ingest_config(broker, work, store={"plots_dir": str(work / "plots")})
     start_s = (datetime.now(UTC) - T0).total_seconds()
     store_payloads(
         config,
