@@ -8,6 +8,7 @@ bytes (validated and decoded later); video frames come decoded. The folder sourc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -79,6 +80,22 @@ class FrameSource(Protocol):
 
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
+SOURCE_MAX_CHARS = 1024
+"""The wire's limit on ``frame.source``."""
+
+
+def safe_text(name: str, *, limit: int = SOURCE_MAX_CHARS) -> str:
+    """A file name (any bytes the file system allows) as text that is valid UTF-8 and holds no
+    control character: bytes that are not UTF-8, and control or separator characters (a
+    newline, an ANSI escape), are written ``\\xNN`` / ``\\uNNNN``. So the name can go on
+    the wire (``frame.source``) and into a log line without forging one; at most ``limit``
+    characters (a longer one ends in ``...``)."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    out = "".join(
+        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in text
+    )
+    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def looks_complete(data: bytes) -> bool:
@@ -223,13 +240,17 @@ def open_source(
     *,
     stop: threading.Event | None = None,
     ledger: FileLedger | None = None,
+    max_file_bytes: int | None = None,
 ) -> FrameSource:
     """The source for one camera's config; ``stop`` ends its retry and reconnect waits;
-    ``ledger`` is where a folder camera remembers what it processed (default: in memory)."""
+    ``ledger`` is where a folder camera remembers what it processed (default: in memory);
+    a still larger than ``max_file_bytes`` is rejected unread (``validate.max_file_bytes``)."""
     if isinstance(config, DirectorySourceConfig):
         from agent.folder import DirectorySource
 
-        return DirectorySource(camera, config, stop=stop, ledger=ledger)
+        return DirectorySource(
+            camera, config, stop=stop, ledger=ledger, max_file_bytes=max_file_bytes
+        )
     if isinstance(config, VideoSourceConfig):
         return VideoFileSource(camera, config, stop=stop)
     from agent.streams import open_stream

@@ -68,7 +68,7 @@ def run(
     and stops cleanly on SIGTERM (exit 0).
     """
     from agent.liveness import Supervisor
-    from agent.pipeline import build_agent
+    from agent.pipeline import AgentDied, build_agent
 
     setup_logging(log_level, log_format)
     notifier = Notifier()
@@ -87,7 +87,10 @@ def run(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    agent.run(exit_when_done=exit_when_done, tick=supervisor.tick)
+    try:
+        agent.run(exit_when_done=exit_when_done, tick=supervisor.tick)
+    except AgentDied as exc:
+        raise click.ClickException(str(exc)) from exc
     log.info("agent=%s stopped cleanly", agent.agent_id)
     click.echo(json.dumps({"summary": agent.summary()}))
 

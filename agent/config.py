@@ -69,12 +69,18 @@ class MqttConfig(_Section):
     )
 
 
+MAX_PIXELS_8K = 7680 * 4320
+
+
 class ValidateConfig(_Section):
     max_file_bytes: int = Field(
         25 * 1024 * 1024, ge=1024, description="stills larger than this are rejected unread"
     )
     max_pixels: int = Field(
-        50_000_000, ge=1, description="width x height above which a frame is rejected"
+        MAX_PIXELS_8K,
+        ge=1,
+        description="width x height above which a frame is rejected before it is decoded "
+        "(default: an 8K camera, 7680x4320; decoding one takes 100 MB)",
     )
     min_side_px: int = Field(16, ge=1, description="frames narrower or lower are rejected")
     max_side_px: int = Field(16384, ge=16, description="frames wider or higher are rejected")

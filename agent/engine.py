@@ -77,10 +77,13 @@ class Camera:
         *,
         stop: threading.Event | None = None,
         ledger: FileLedger | None = None,
+        max_file_bytes: int | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
-        self.source: FrameSource = open_source(config.name, config.source, stop=stop, ledger=ledger)
+        self.source: FrameSource = open_source(
+            config.name, config.source, stop=stop, ledger=ledger, max_file_bytes=max_file_bytes
+        )
         self.gate = MotionGate(config.motion)
         self.counters = CameraCounters()
         self.drop_oldest = config.drops_when_busy()

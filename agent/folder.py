@@ -29,7 +29,14 @@ from pathlib import Path
 
 import watchfiles
 
-from agent.capture import IGNORED_SUFFIXES, Frame, RetryingSource, SourceError, looks_complete
+from agent.capture import (
+    IGNORED_SUFFIXES,
+    Frame,
+    RetryingSource,
+    SourceError,
+    looks_complete,
+    safe_text,
+)
 from agent.config import DirectorySourceConfig
 from agent.filesystems import NETWORK_FILE_SYSTEMS, entry_kind, filesystem_type
 from agent.ledger import CHUNK, FileLedger, FileMark, MemoryLedger, Signature, all_rows
@@ -53,6 +60,7 @@ class DirectorySource(RetryingSource):
         *,
         stop: threading.Event | None = None,
         ledger: FileLedger | None = None,
+        max_file_bytes: int | None = None,
     ) -> None:
         super().__init__(
             camera, retry_min_s=config.retry_min_s, retry_max_s=config.retry_max_s, stop=stop
@@ -60,6 +68,8 @@ class DirectorySource(RetryingSource):
         self.config = config
         self.root = config.path
         self.ledger: FileLedger = ledger or MemoryLedger()
+        self.max_file_bytes = max_file_bytes
+        """A still larger than this is rejected (``too_large``) without being read."""
         self.mode: str | None = None
         """How the folder is watched now: inotify, poll, or once (``watch: false``)."""
         self._pattern = re.compile(
@@ -352,7 +362,7 @@ class DirectorySource(RetryingSource):
             Frame(
                 camera=self.camera,
                 kind="file",
-                source=str(self.root / key),
+                source=safe_text(str(self.root / key)),
                 captured_at=datetime.now(UTC),
                 file=mark,
                 rejected=(NOT_A_FILE, f"{entry_kind(st.st_mode)}, not a regular file"),
@@ -407,16 +417,33 @@ class DirectorySource(RetryingSource):
             if now_sig != sig:
                 sig, first = now_sig, now
                 self._pending[key] = (sig, first)
-            data = fh.read()
-        if not (take_all or looks_complete(data) or now - first >= self.config.settle_s):
+            limit = self.max_file_bytes
+            if limit is not None and st.st_size > limit:
+                if not (take_all or now - first >= self.config.settle_s):
+                    return None  # maybe still being written: decided once it settles
+                data = None  # rejected unread: never in memory
+            else:
+                data = fh.read() if limit is None else fh.read(limit + 1)
+        if data is not None and not (
+            take_all or looks_complete(data) or now - first >= self.config.settle_s
+        ):
             return None
         del self._pending[key]
         mark = FileMark(self.camera, key, st.st_size, st.st_mtime_ns)
         self._remember(mark)
+        if data is None or (limit is not None and len(data) > limit):
+            return Frame(
+                camera=self.camera,
+                kind="file",
+                source=safe_text(str(path)),
+                captured_at=datetime.fromtimestamp(st.st_mtime, UTC),
+                file=mark,
+                rejected=("too_large", f"{st.st_size} bytes > {limit}, not read"),
+            )
         return Frame(
             camera=self.camera,
             kind="file",
-            source=str(path),
+            source=safe_text(str(path)),
             captured_at=datetime.fromtimestamp(st.st_mtime, UTC),
             data=data,
             file=mark,

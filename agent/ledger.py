@@ -10,6 +10,7 @@ kill between the two can neither lose nor repeat it. Rows of files that are gone
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,24 @@ Signature = tuple[int, int]
 CHUNK = 500
 """Rows read or written per statement: memory stays bounded however large the folder."""
 
+_RAW = "\x00"
+"""Starts a stored key that is a file name's bytes in hex (no file name holds a NUL)."""
+
+
+def db_key(key: str) -> str:
+    """``key`` as SQLite stores it: itself when it is valid UTF-8, else its bytes (a file name
+    that is not UTF-8 decodes with surrogates, which SQLite cannot store) after a NUL."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return _RAW + os.fsencode(key).hex()
+    return key
+
+
+def fs_key(stored: str) -> str:
+    """The key a stored one stands for (see :func:`db_key`)."""
+    return os.fsdecode(bytes.fromhex(stored[1:])) if stored.startswith(_RAW) else stored
+
 
 @dataclass(frozen=True)
 class FileMark:
@@ -54,7 +73,7 @@ def record_marks(db: sqlite3.Connection, marks: Iterable[FileMark]) -> None:
     db.executemany(
         "INSERT INTO processed_files (camera, key, size, mtime_ns) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(camera, key) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns",
-        [(m.camera, m.key, m.size, m.mtime_ns) for m in marks],
+        [(m.camera, db_key(m.key), m.size, m.mtime_ns) for m in marks],
     )
 
 
@@ -133,14 +152,14 @@ class SqliteLedger:
         out: dict[str, Signature] = {}
         with self._owner.database() as db:
             for start in range(0, len(keys), CHUNK):
-                chunk = keys[start : start + CHUNK]
+                chunk = [db_key(k) for k in keys[start : start + CHUNK]]
                 marks = ",".join("?" * len(chunk))
                 for key, size, mtime_ns in db.execute(
                     "SELECT key, size, mtime_ns FROM processed_files "
                     f"WHERE camera = ? AND key IN ({marks})",
                     (camera, *chunk),
                 ):
-                    out[key] = (int(size), int(mtime_ns))
+                    out[fs_key(key)] = (int(size), int(mtime_ns))
         return out
 
     def record(self, marks: list[FileMark]) -> None:
@@ -163,7 +182,7 @@ class SqliteLedger:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for start in range(0, len(keys), CHUNK):
-                    chunk = keys[start : start + CHUNK]
+                    chunk = [db_key(k) for k in keys[start : start + CHUNK]]
                     marks = ",".join("?" * len(chunk))
                     db.execute(
                         f"DELETE FROM processed_files WHERE camera = ? AND key IN ({marks})",
@@ -179,6 +198,6 @@ class SqliteLedger:
             rows = db.execute(
                 "SELECT key, size, mtime_ns FROM processed_files WHERE camera = ? AND key > ? "
                 "ORDER BY key LIMIT ?",
-                (camera, after, limit),
+                (camera, db_key(after), limit),
             ).fetchall()
-        return [(str(k), (int(s), int(m))) for k, s, m in rows]
+        return [(fs_key(str(k)), (int(s), int(m))) for k, s, m in rows]

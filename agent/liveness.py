@@ -51,6 +51,9 @@ def problems(agent: Agent, *, now: float, stall_s: float) -> list[str]:
     for name, alive in engine.threads_alive().items():
         if not alive and not agent.stopping:
             found.append(f"{name} thread ended")
+    if agent.link.started and not agent.link.publisher_alive() and not agent.stopping:
+        died = agent.link.died or "ended"
+        found.append(f"outbox-publisher thread died of {died}")
     busy = engine.worker_busy_since
     if busy is not None and now - busy > stall_s:
         found.append(f"detection worker stuck on one inference for {now - busy:.0f} s")

@@ -97,7 +97,10 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         self.client = client
-        self._thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
+        self.died: str | None = None
+        """Why the publisher thread ended unasked (liveness then stops the watchdog)."""
+        self.started = False
+        self._thread = threading.Thread(target=self._guarded, name="outbox-publisher", daemon=True)
 
     # paho callbacks (network thread) -------------------------------------------------------
     def _on_connect(
@@ -217,6 +220,20 @@ class MqttLink:
         self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self.client.loop_start()
         self._thread.start()
+        self.started = True
+
+    def publisher_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _guarded(self) -> None:
+        """The publisher thread: never half-alive. Whatever ends it unasked is recorded; the
+        liveness check then stops the watchdog pings and systemd restarts the agent."""
+        try:
+            self._run()
+        except BaseException as exc:
+            self.died = f"{type(exc).__name__}: {exc}"
+            log.critical("agent=%s the outbox publisher died: %s", self.agent_id, self.died)
+            raise
 
     def publish_status(self, state: str = "online") -> mqtt.MQTTMessageInfo:
         with self._status_lock:

@@ -6,8 +6,17 @@ dropped, counted and logged.
 
 Space is given back once the queue drains: the file uses incremental auto-vacuum (an outbox
 file from before is converted once, at open), and when the last message is deleted the free
-pages are released and the write-ahead log is checkpointed and truncated, so an outage does not
-leave the file at its high-water size.
+pages are released, so an outage does not leave the file at its high-water size.
+
+Durability: a rollback journal (``journal_mode=TRUNCATE``) with ``synchronous=FULL``. A commit
+is in the database file itself once ``put`` returns, so neither a power cut nor a journal file
+deleted by hand loses a committed message (with a write-ahead log, deleting the ``-wal`` file
+after a crash loses its last commits silently). ``bench/outbox.py`` measures what this costs.
+
+A broken file is never fatal: at open the file is checked (``PRAGMA quick_check``); one that
+fails is moved aside (``<name>.broken-<time>``, with its journal), what it held is counted if it
+can still be read, and the agent starts on a fresh file. The loss is logged, kept in the new
+file and reported in every status message (``outbox_lost``, the latest 100).
 
 The same database holds the folder cameras' record of processed files (:mod:`agent.ledger`).
 """
@@ -15,13 +24,13 @@ The same database holds the folder cameras' record of processed files (:mod:`age
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import ledger
@@ -44,15 +53,29 @@ CREATE TABLE IF NOT EXISTS outbox_counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox_losses (
+    at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    moved_to TEXT NOT NULL,
+    messages INTEGER,
+    first_at REAL,
+    last_at REAL
+);
 """
     + ledger.SCHEMA
 )
 
 AUTO_VACUUM_INCREMENTAL = 2
 RECLAIM_MIN_BYTES = 256 * 1024
-"""Once drained, free pages are released and the WAL truncated when either is over this."""
-WAL_LIMIT_BYTES = 4 * 1024 * 1024
-"""``journal_size_limit``: what a checkpointed WAL is cut back to at most."""
+"""Once drained, free pages are released when they are over this."""
+JOURNAL_MODE = "TRUNCATE"
+SYNCHRONOUS = "FULL"
+"""A commit is on disk when ``put`` returns (``bench/outbox.py`` measures the other modes)."""
+SIDE_FILES = ("-journal", "-wal", "-shm")
+
+
+def _iso(ts: float | None) -> str:
+    return "?" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,85 @@ class OutboxEntry:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class OutboxLoss:
+    """A broken outbox file set aside at start, and what it held (None: unreadable)."""
+
+    at: float
+    reason: str
+    moved_to: str
+    messages: int | None = None
+    first_at: float | None = None
+    last_at: float | None = None
+
+
+def check_file(path: Path) -> str | None:
+    """What is wrong with the outbox file at ``path`` (``PRAGMA quick_check``), None if nothing
+    (or no file yet)."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    found = [str(r[0]) for r in rows]
+    return None if found == ["ok"] else "quick_check: " + "; ".join(found[:5])
+
+
+def _held(path: Path) -> tuple[int | None, float | None, float | None, bool]:
+    """(messages, first, last commit time, whole count) of a broken outbox, as far as it can be
+    read: all of it, else the rows before the damage (a lower bound), else nothing."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError:
+        return None, None, None, False
+    try:
+        try:
+            count, first, last = db.execute(
+                "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM outbox"
+            ).fetchone()
+            return int(count), first, last, True
+        except sqlite3.DatabaseError:
+            pass
+        times: list[float] = []
+        try:
+            for (created,) in db.execute("SELECT created_at FROM outbox"):
+                times.append(float(created))
+        except sqlite3.DatabaseError:
+            pass
+        if not times:
+            return None, None, None, False
+        return len(times), min(times), max(times), False
+    finally:
+        db.close()
+
+
+def set_aside(path: Path, reason: str) -> OutboxLoss:
+    """Move a broken outbox file (and its journal) aside; what it held, if readable."""
+    now = time.time()
+    messages, first, last, whole = _held(path)
+    if messages is not None and not whole:
+        reason = f"at least {messages} message(s) read before the damage; {reason}"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    moved = path.with_name(f"{path.name}.broken-{stamp}")
+    for suffix in ("", *SIDE_FILES):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            side.replace(Path(f"{moved}{suffix}"))
+    return OutboxLoss(
+        at=now,
+        reason=reason[:500],
+        moved_to=str(moved),
+        messages=messages,
+        first_at=first,
+        last_at=last,
+    )
+
+
 class Outbox:
     """SQLite outbox shared by the pipeline (put) and the publisher (pending, ack)."""
 
@@ -71,16 +173,60 @@ class Outbox:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        problem = check_file(path)
+        loss = set_aside(path, problem) if problem is not None else None
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._incremental_vacuum()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        self._db.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
+        self._db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "sent_at" not in columns:  # an outbox file from before receipts
             self._db.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
+        if loss is not None:
+            self._db.execute(
+                "INSERT INTO outbox_losses (at, reason, moved_to, messages, first_at, last_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (loss.at, loss.reason, loss.moved_to, loss.messages, loss.first_at, loss.last_at),
+            )
+            log.error(
+                "outbox %s was broken (%s): moved to %s; %s message(s) lost%s; started a fresh one",
+                path,
+                loss.reason,
+                loss.moved_to,
+                "an unknown number of" if loss.messages is None else loss.messages,
+                ""
+                if loss.first_at is None
+                else f", committed {_iso(loss.first_at)} to {_iso(loss.last_at)}",
+            )
         self._changed = threading.Condition()
+
+    def losses(self) -> list[OutboxLoss]:
+        """Broken outbox files set aside at start (this file's record), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, reason, moved_to, messages, first_at, last_at FROM outbox_losses "
+                "ORDER BY at"
+            ).fetchall()
+        return [OutboxLoss(*r) for r in rows][-100:]
+
+    def losses_wire(self) -> list[dict[str, object]]:
+        """:meth:`losses` in the status message's form (``outbox_lost``)."""
+
+        def iso(ts: float | None) -> str | None:
+            return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+        return [
+            {
+                "at": iso(loss.at),
+                "reason": loss.reason[:500],
+                "moved_to": loss.moved_to[:1024],
+                "messages": loss.messages,
+                "first_at": iso(loss.first_at),
+                "last_at": iso(loss.last_at),
+            }
+            for loss in self.losses()
+        ]
 
     def _incremental_vacuum(self) -> None:
         """New files get incremental auto-vacuum; a file made without it is converted once."""
@@ -94,28 +240,18 @@ class Outbox:
             self._db.execute("VACUUM")
 
     def _reclaim_if_drained(self) -> None:
-        """The queue is empty: release free pages and truncate the WAL when worth it (holding
+        """The queue is empty: release free pages when worth it (holding
         the lock)."""
         if self._db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None:
             return
         (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
         (free_pages,) = self._db.execute("PRAGMA freelist_count").fetchone()
-        try:
-            wal_bytes = os.path.getsize(f"{self.path}-wal")
-        except OSError:
-            wal_bytes = 0
         free_bytes = int(free_pages) * int(page_size)
-        if max(free_bytes, wal_bytes) < RECLAIM_MIN_BYTES:
+        if free_bytes < RECLAIM_MIN_BYTES:
             return
         # executescript steps the pragma to the end (execute would free one page per step)
         self._db.executescript("PRAGMA incremental_vacuum;")
-        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        log.info(
-            "outbox drained: released %d free bytes, checkpointed a %d byte WAL%s",
-            free_bytes,
-            wal_bytes,
-            " (a reader kept it from being truncated)" if busy else "",
-        )
+        log.info("outbox drained: released %d free bytes", free_bytes)
 
     def close(self) -> None:
         with self._lock:

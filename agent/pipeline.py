@@ -39,12 +39,16 @@ from wire.payloads import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Agent", "Camera", "CameraCounters", "build_agent", "frame_sha256"]
+__all__ = ["Agent", "AgentDied", "Camera", "CameraCounters", "build_agent", "frame_sha256"]
 
 
 def frame_sha256(frame: Frame, image: np.ndarray) -> str:
     """sha256 of a still's file bytes, or of a video frame's raw BGR pixels."""
     return still_sha256(frame.data) if frame.data is not None else pixels_sha256(image)
+
+
+class AgentDied(RuntimeError):
+    """A thread the agent cannot work without ended unasked: the process exits non-zero."""
 
 
 class Agent:
@@ -68,7 +72,12 @@ class Agent:
         self._stop = threading.Event()
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
         ledger = SqliteLedger(self.outbox)
-        self.cameras = [Camera(c, stop=self._stop, ledger=ledger) for c in config.cameras]
+        self.cameras = [
+            Camera(
+                c, stop=self._stop, ledger=ledger, max_file_bytes=config.validate_.max_file_bytes
+            )
+            for c in config.cameras
+        ]
         self.link = MqttLink(
             agent_id=config.agent_id,
             config=config.mqtt,
@@ -107,6 +116,7 @@ class Agent:
                 "outbox_depth": self.outbox.depth(),
                 "outbox_dropped": self.outbox.dropped(),
                 "outbox_oldest_age_s": round(self.outbox.oldest_age_s(), 3),
+                "outbox_lost": self.outbox.losses_wire(),
                 "config": self.config_in_force,
                 "sent_at": datetime.now(UTC),
             }
@@ -278,6 +288,9 @@ class Agent:
         while not self._stop.is_set():
             if tick is not None:
                 tick()
+            if not self.link.publisher_alive():  # never half-alive: end, systemd restarts us
+                self.shutdown()
+                raise AgentDied(f"the outbox publisher died: {self.link.died or 'ended'}")
             now = time.monotonic()
             if now >= next_status:
                 self.link.publish_status()

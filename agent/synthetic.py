@@ -31,8 +31,16 @@ def serial_of(frame_id: str) -> int:
 
 
 def synthetic_threat(
-    *, agent_id: str, camera: str, serial: int, versions: Versions, snapshot_b64: str | None
+    *,
+    agent_id: str,
+    camera: str,
+    serial: int,
+    versions: Versions,
+    snapshot_b64: str | None,
+    rule: tuple[str, str] = ("test", "low"),
 ) -> ThreatMessage:
+    """A numbered threat under ``rule`` (name, severity): one of the rules file the versions
+    name, since the aggregator accepts only those when it knows the file."""
     box = {"label": "person", "class_id": 0, "score": 0.9, "xyxy": (10.0, 20.0, 110.0, 220.0)}
     return ThreatMessage.model_validate(
         {
@@ -50,7 +58,7 @@ def synthetic_threat(
                 "height": 720,
             },
             "detections": [box],
-            "threats": [{**box, "rule": "test", "severity": "low"}],
+            "threats": [{**box, "rule": rule[0], "severity": rule[1]}],
             "versions": versions,
             "snapshot_jpeg_b64": snapshot_b64,
             "sent_at": datetime.now(UTC),
@@ -70,10 +78,13 @@ def send_test_threats(
     """Commit ``count`` numbered threats to the outbox (at ``rate_hz``, 0 = as fast as
     possible), publish everything in the outbox, return once it is drained or the time is up."""
     config_doc = in_force(config)
+    rules = load_rules(config.rules)
+    anywhere = [r for r in rules.rules if r.cameras is None] or list(rules.rules)
+    rule = (anywhere[0].name, anywhere[0].severity)
     versions = Versions(
         code=code_version(),
         model_sha256=load_manifest(config.detect.model).sha256,
-        rules_sha256=load_rules(config.rules).sha256,
+        rules_sha256=rules.sha256,
         config_sha256=canonical_sha256(config_doc),
     )
     outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
@@ -87,6 +98,7 @@ def send_test_threats(
                 "outbox_depth": outbox.depth(),
                 "outbox_dropped": outbox.dropped(),
                 "outbox_oldest_age_s": outbox.oldest_age_s(),
+                "outbox_lost": outbox.losses_wire(),
                 "config": config_doc,
                 "sent_at": datetime.now(UTC),
             }
@@ -111,6 +123,7 @@ def send_test_threats(
                 serial=serial,
                 versions=versions,
                 snapshot_b64=None,
+                rule=rule,
             )
             dropped += outbox.put(
                 message_id=msg.message_id, topic=link.topics.threats, payload=dump_payload(msg)

@@ -7,13 +7,13 @@ decompression bomb is refused without allocating its pixels.
 
 from __future__ import annotations
 
-import struct
-
 import cv2
 import numpy as np
 
 from agent.capture import Frame, looks_complete
 from agent.config import ValidateConfig
+from modelrt import images
+from modelrt.images import image_format
 
 REASONS = (
     "empty",
@@ -36,44 +36,12 @@ class FrameRejected(ValueError):
         self.detail = detail
 
 
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def image_format(data: bytes) -> str | None:
-    """``"jpeg"``, ``"png"`` or None, from the magic bytes."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    return None
-
-
 def header_size_wh(data: bytes, fmt: str) -> tuple[int, int]:
-    """(width, height) from a JPEG SOF segment or the PNG IHDR chunk, without decoding pixels."""
-    if fmt == "png":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise FrameRejected("truncated", "PNG has no IHDR chunk")
-        width, height = struct.unpack(">II", data[16:24])
-        return int(width), int(height)
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise FrameRejected("undecodable", f"JPEG marker expected at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _JPEG_SOF:
-            if pos + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return int(width), int(height)
-        pos += 2 + length
-    raise FrameRejected("truncated", "JPEG ends before its frame header (SOF)")
+    """(width, height) from the header, without decoding pixels (:mod:`modelrt.images`)."""
+    try:
+        return images.header_size_wh(data, fmt)
+    except images.ImageHeaderError as exc:
+        raise FrameRejected(exc.reason, exc.detail) from exc
 
 
 def check_dimensions(width: int, height: int, config: ValidateConfig) -> None:

@@ -34,18 +34,35 @@ class TlsSpec(BaseModel):
     keyfile: Path = Field(description="server private key (PEM)")
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 class ListenerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     host: str = Field("0.0.0.0", description="address the broker listens on")
     port: int = Field(8883, ge=1, le=65535, description="TCP port (8883 = MQTT over TLS)")
     tls: TlsSpec | None = Field(None, description="TLS files; leave out only on loopback")
+    allow_plaintext: bool = Field(
+        False,
+        description="allow a listener without tls on an address other than loopback (passwords "
+        "and threats then cross the network readable by anyone on it)",
+    )
+
+    @model_validator(mode="after")
+    def _no_plaintext_on_the_network(self) -> ListenerSpec:
+        if self.tls is None and self.host not in LOOPBACK and not self.allow_plaintext:
+            raise ValueError(
+                f"a listener on {self.host} without tls sends passwords and threats in plain "
+                "text: add tls, bind it to 127.0.0.1, or set allow_plaintext: true"
+            )
+        return self
 
 
 class DeploymentSpec(BaseModel):
     """``site.yaml``: who may connect to the site's broker."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    listener: ListenerSpec = Field(default_factory=ListenerSpec)
+    listener: ListenerSpec = Field(description="where the broker listens (TLS unless loopback)")
     persistence_dir: Path = Field(
         Path("/var/lib/mosquitto/"), description="where Mosquitto keeps sessions and queues"
     )
@@ -130,6 +147,9 @@ def mosquitto_conf_text(spec: DeploymentSpec, out_dir: Path) -> str:
         "max_inflight_messages 100",
         "message_size_limit 4194304",
         f"listener {lis.port} {lis.host}",
+        # (a listener option) The client id is the account: nobody can connect under another's
+        # id (an agent's or the aggregator's) and take its session over.
+        "use_username_as_clientid true",
     ]
     if lis.tls is not None:
         lines += [

@@ -70,8 +70,33 @@ def serve(config_path: Path, log_level: str, log_format: str) -> None:
     try:
         service = Service(config, log_level=log_level, log_format=log_format)
         service.run()
-    except (ServiceError, store.DatabaseError, OSError) as exc:
+    except (ServiceError, store.StoreUnavailable, store.DatabaseError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@config_option("aggregator")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the backup file to write (replaced atomically)",
+)
+def backup(config_path: Path, out_path: Path) -> None:
+    """Copy the store to a backup file while secagg runs (SQLite's online backup), checked.
+
+    Restore by stopping secagg and copying the file back to store.path (what was stored after
+    the backup is not in it).
+    """
+    from aggregator import store
+
+    config = _load(config_path)
+    try:
+        size = store.backup(config.store.path, out_path)
+    except (store.StoreUnavailable, store.DatabaseError, OSError) as exc:
+        raise click.ClickException(f"backup of {config.store.path} failed: {exc}") from exc
+    click.echo(f"ok: {config.store.path} -> {out_path} ({size} bytes, quick_check ok)")
 
 
 @main.command("check-config")

@@ -77,6 +77,11 @@ class StoreConfig(_Section):
         description="delete a snapshot once the newest threat that refers to it is this old "
         "(days of capture time); null keeps snapshots forever",
     )
+    check_on_start: bool = Field(
+        True,
+        description="run SQLite's quick_check on the database at start and refuse a corrupt "
+        "one with the recovery steps (it reads the whole file: about 1 s per GB)",
+    )
     plots_dir: Path = Field(
         Path("plots"),
         validate_default=True,
@@ -84,6 +89,8 @@ class StoreConfig(_Section):
     )
     _resolve = field_validator("path", "snapshots_dir", "plots_dir")(_relative_to_config)
 
+
+YEAR_S = 365.25 * 86400
 
 GroupKey = Literal["agent_id", "camera", "rule"]
 DEFAULT_GROUP_BY: tuple[GroupKey, ...] = ("agent_id", "camera", "rule")
@@ -154,6 +161,52 @@ class IngestConfig(_Section):
         description="the store writer counts as stalled (GET /api/health answers 503) when one "
         "batch or sweep takes longer than this",
     )
+    max_clock_ahead_s: float = Field(
+        86400.0,
+        gt=0,
+        le=10 * YEAR_S,
+        description="a capture or status time more than this ahead of the aggregator's clock is "
+        "refused (reason time_out_of_window): an agent clock far in the future would end every "
+        "event at once and freeze its record",
+    )
+    max_clock_behind_s: float = Field(
+        10 * YEAR_S,
+        gt=0,
+        le=100 * YEAR_S,
+        description="a capture or status time more than this behind the aggregator's clock is "
+        "refused (reason time_out_of_window)",
+    )
+    max_rules_per_message: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="most distinct rules one threat message may name; each can start an event "
+        "and its notifications, so this bounds what one message can cause (more: refused as "
+        "too_many_rules)",
+    )
+    max_rules_per_agent: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="most distinct rule names an agent may report while its rules file (by "
+        "sha256) is not among reproduce.rules_paths; a further name is refused as "
+        "too_many_rules. With the file known, only its rules and severities are accepted "
+        "(unknown_rule)",
+    )
+    snapshot_max_side_px: int = Field(
+        8192,
+        ge=16,
+        le=65535,
+        description="a snapshot whose JPEG header is wider or higher than this is dropped (the "
+        "threat is kept; counted as snapshot_dropped_bad_dimensions)",
+    )
+    store_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="while the store cannot be written (disk full, I/O error), the batch in "
+        "hand is tried again after 1 s, doubling up to this; it stays unacknowledged meanwhile",
+    )
 
 
 def _relative_list(value: list[Path], info: ValidationInfo) -> list[Path]:
@@ -191,6 +244,19 @@ class ApiConfig(_Section):
     host: str = Field("127.0.0.1", description="address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="REST API port (0 = any free port)")
     page_size_max: int = Field(1000, ge=1, le=100000, description="largest ?limit= accepted")
+    plots_per_minute: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="POST /api/plots draws at most this many new plots a minute (more: 429 "
+        "with Retry-After); a query already drawn on the same data returns its plot",
+    )
+    graph_nodes_max: int = Field(
+        500,
+        ge=10,
+        le=100_000,
+        description="largest ?limit= of GET /api/provenance: artifacts in one page of a graph",
+    )
     public_url: str | None = Field(
         None,
         pattern=r"^https?://[^\s]+$",

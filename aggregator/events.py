@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from aggregator import store
 from aggregator.config import EventsConfig
 from aggregator.store.models import EventRow, NewEvent, OpenEventClock
+from aggregator.timestamps import utc
 from wire.payloads import SEVERITY_RANK, EventMessage
 
 KEY_ORDER = ("agent_id", "camera", "rule")
@@ -68,7 +69,7 @@ class Grouping:
 
 
 def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
+    return None if value is None else utc(value)
 
 
 def end_behind_clock(
@@ -213,8 +214,8 @@ def event_message(conn: store.Connection, change: EventChange) -> EventMessage:
 
 def summary(event: EventRow) -> str:
     """One line about an event: severity, rule, cameras, threat count, top score, time range."""
-    first = datetime.fromtimestamp(event.started_ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    last = datetime.fromtimestamp(event.last_seen_ts, UTC).strftime("%H:%M:%S")
+    first = utc(event.started_ts).strftime("%Y-%m-%d %H:%M:%S")
+    last = utc(event.last_seen_ts).strftime("%H:%M:%S")
     return (
         f"{event.severity} {event.rule} on {', '.join(event.cameras)} ({event.agent_id}): "
         f"{event.threat_count} threat(s), top {event.label} {event.top_score:.2f}, "

@@ -9,9 +9,14 @@ inside a savepoint so one bad message cannot undo the others; after COMMIT it ac
 and publishes the event changes. The notifications those changes call for are decided in the
 same transaction; a sender thread sends them afterwards (:mod:`aggregator.notify`).
 
+Every message is stored or refused (acknowledged and receipted either way), so none can hold a
+place in the broker's in-flight window. When the store itself cannot be written (a full disk),
+the batch is rolled back, held unacknowledged and tried again with backoff until it commits;
+health says so meanwhile. A writer thread that dies records why, and the service exits.
+
 A failed connection attempt is logged with the broker's host and port, the reason and when paho
-tries again; :meth:`Ingest.liveness` tells the health endpoint whether the broker is connected
-and the writer is alive and not stalled.
+tries again; :meth:`Ingest.liveness` tells the health endpoint whether the broker is connected,
+the writer is alive and not stalled, and the store writable.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from aggregator import events, notify, records, snapshots, store
+from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
 from aggregator.liveness import Liveness
@@ -73,7 +79,7 @@ class IngestStats:
     statuses: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     batches: int = 0
-    failed_batches: int = 0  # not committed (nothing acked: sent again)
+    failed_batches: int = 0  # not committed (nothing acked: held and tried again)
     failed_sweeps: int = 0
 
 
@@ -90,14 +96,24 @@ class Ingest:
         self._stop = threading.Event()
         self._last_reject_log: dict[str, float] = {}
         self.grouping = events.Grouping.from_config(config.events)
+        self.admission = Admission(config)
+        self._held: list[mqtt.MQTTMessage] = []
+        """A batch the store could not take (disk full): tried again until it can."""
+        self.store_error: str | None = None
+        """Why the store cannot be written now (None: it can)."""
+        self.died: str | None = None
+        """Why the writer thread ended without being stopped (the service then exits)."""
         self.sender = notify.NotificationSender(config) if config.notify.notifiers else None
         self._next_prune = 0.0
         self._busy_since: float | None = None  # monotonic; the writer is inside a transaction
         self._listening_since: float | None = None  # wall clock; subscribed since
         self._broker_up = False
         self._reconnect_waits = 0
+        if config.store.check_on_start:
+            store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
+        snapshots.recover(self._conn, config.store.snapshots_dir)
         client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.mqtt.client_id,
@@ -115,7 +131,7 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
-        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer = threading.Thread(target=self._guarded_loop, name="store-writer", daemon=True)
 
     # paho callbacks (network thread) -------------------------------------------------------
     def _retry_in_s(self) -> float:
@@ -217,26 +233,64 @@ class Ingest:
                 batch.append(more)
         return batch
 
+    def _guarded_loop(self) -> None:
+        """The writer thread: never half-alive. Whatever ends it unasked is recorded (health and
+        the service's main loop see it, and the service exits so systemd restarts it)."""
+        try:
+            self._write_loop()
+        except BaseException as exc:
+            self.died = f"{type(exc).__name__}: {exc}"
+            log.critical("the store writer died: %s", self.died, exc_info=True)
+            raise
+
     def _write_loop(self) -> None:
         next_sweep = time.monotonic()
+        retry_s = 1.0
         while True:
             now = time.monotonic()
             stopping = self._stop.is_set()
-            # On stop, store what is already in hand (received), then end; what arrives later
-            # stays unacknowledged and the broker delivers it again after a restart.
-            batch = self._take_batch(0.0 if stopping else max(0.0, next_sweep - now))
+            if self._held:
+                if stopping:
+                    return  # unacknowledged: the broker delivers it again after a restart
+                batch, self._held = self._held, []
+            else:
+                # On stop, store what is already in hand (received), then end; what arrives
+                # later stays unacknowledged and the broker delivers it again after a restart.
+                batch = self._take_batch(0.0 if stopping else max(0.0, next_sweep - now))
             if stopping and not batch:
                 return
             if batch:
                 self._busy_since = time.monotonic()
                 try:
                     self._write_batch(batch)
-                except Exception:
-                    # Nothing of the batch was committed or acked: the broker redelivers it.
+                except records.StoreFailure as exc:
+                    # Nothing committed or acked: hold the batch and try it again, later.
                     self.stats.failed_batches += 1
-                    log.exception("a batch of %d message(s) could not be stored", len(batch))
+                    self._held = batch
+                    if self.store_error is None:
+                        log.error(
+                            "store %s cannot be written: %s; %d message(s) held unacknowledged, "
+                            "trying again every %.0f s at most",
+                            self.config.store.path,
+                            exc,
+                            len(batch),
+                            self.config.ingest.store_retry_max_s,
+                        )
+                    self.store_error = str(exc)
+                except Exception:
+                    self.stats.failed_batches += 1
+                    log.exception("a batch of %d message(s) failed after its commit", len(batch))
+                else:
+                    if self.store_error is not None:
+                        log.info("store %s writable again", self.config.store.path)
+                    self.store_error = None
+                    retry_s = 1.0
                 finally:
                     self._busy_since = None
+            if self._held:
+                self._stop.wait(retry_s)
+                retry_s = min(retry_s * 2, self.config.ingest.store_retry_max_s)
+                continue
             if time.monotonic() >= next_sweep:
                 self._busy_since = time.monotonic()
                 try:
@@ -255,6 +309,7 @@ class Ingest:
             config=self.config,
             grouping=self.grouping,
             now_ts=time.time(),
+            admission=self.admission,
         )
         stored = [
             o for o in result.results if isinstance(o, records.Outcome) and o.kind == "stored"
@@ -379,6 +434,9 @@ class Ingest:
         return Liveness(
             broker_connected=self.connected.is_set(),
             writer_alive=self._writer.is_alive(),
+            writer_died=self.died,
+            store_error=self.store_error,
+            sender_died=None if self.sender is None else self.sender.died,
             writer_busy_s=None if busy_since is None else time.monotonic() - busy_since,
             writer_stall_s=self.config.ingest.writer_stall_s,
         )

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aggregator import provenance, store
 from aggregator.store.models import PlotRow
+from aggregator.timestamps import utc
 from wire.payloads import SEVERITY_RANK
 
 PlotKind = Literal["threats_per_hour", "events_by_label", "timeline"]
@@ -51,8 +52,18 @@ RC: dict[str, Any] = {
 }
 
 
+MAX_SPAN_S = 366 * 86400.0
+"""The longest capture-time span one plot covers (hourly bars over more are no plot)."""
+MAX_ROWS = 20_000
+"""The most rows (hour and camera, or events) one plot draws."""
+
+
 class PlotError(ValueError):
     """A plot cannot be made (nothing in the range, unknown plot)."""
+
+
+class PlotTooLarge(PlotError):
+    """The data of a plot spans more time or rows than one plot draws: narrow the query."""
 
 
 class PlotQuery(BaseModel):
@@ -86,7 +97,7 @@ class PlotQuery(BaseModel):
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    return None if ts is None else utc(ts).isoformat()
 
 
 def collect(conn: store.Connection, query: PlotQuery) -> tuple[dict[str, Any], list[int]]:
@@ -121,13 +132,33 @@ def collect(conn: store.Connection, query: PlotQuery) -> tuple[dict[str, Any], l
             }
     if not data["rows"]:
         raise PlotError(f"nothing to plot: no data for {json.dumps(query.recorded())}")
+    check_size(query.kind, data["rows"])
     return data, event_ids
+
+
+def check_size(kind: str, rows: list[list[Any]]) -> None:
+    """PlotTooLarge when ``rows`` span more than :data:`MAX_SPAN_S` or number more than
+    :data:`MAX_ROWS`."""
+    if len(rows) > MAX_ROWS:
+        raise PlotTooLarge(f"{len(rows)} rows to draw, at most {MAX_ROWS}: narrow since/until")
+    if kind == "threats_per_hour":
+        times = [float(r[0]) for r in rows]
+    elif kind == "events_by_label":
+        times = [float(r[2]) for r in rows]
+    else:
+        times = [float(r[3]) for r in rows] + [float(r[4]) for r in rows]
+    span_s = max(times) - min(times)
+    if span_s > MAX_SPAN_S:
+        raise PlotTooLarge(
+            f"the data spans {span_s / 86400:.0f} days, at most {MAX_SPAN_S / 86400:.0f} in one "
+            "plot: narrow since/until"
+        )
 
 
 def _title(what: str, query: dict[str, Any], data_range: tuple[float, float]) -> str:
     fmt = "%Y-%m-%d %H:%M UTC"
-    since = query["since"] or datetime.fromtimestamp(data_range[0], UTC).isoformat()
-    until = query["until"] or datetime.fromtimestamp(data_range[1], UTC).isoformat()
+    since = query["since"] or utc(data_range[0]).isoformat()
+    until = query["until"] or utc(data_range[1]).isoformat()
     span = (
         f"{datetime.fromisoformat(since).strftime(fmt)} to "
         f"{datetime.fromisoformat(until).strftime(fmt)}"
@@ -143,7 +174,7 @@ def _draw_threats_per_hour(fig: Figure, query: dict[str, Any], rows: list[list[A
     hours = sorted({r[0] for r in rows})
     cameras = sorted({r[1] for r in rows})
     counts = {(r[0], r[1]): r[2] for r in rows}
-    x = [mdates.date2num(datetime.fromtimestamp(h, UTC)) for h in hours]
+    x = [mdates.date2num(utc(h)) for h in hours]
     bottom = [0] * len(hours)
     for i, camera in enumerate(cameras):
         heights = [counts.get((h, camera), 0) for h in hours]
@@ -204,7 +235,7 @@ def _draw_timeline(fig: Figure, query: dict[str, Any], rows: list[list[Any]]) ->
     min_width_d = max(end - start, 60.0) / 86400 / 120  # a one-threat event stays visible
     for event_id, lane, severity, started, last_seen in rows:
         y = lanes.index(lane)
-        x0 = mdates.date2num(datetime.fromtimestamp(started, UTC))
+        x0 = mdates.date2num(utc(started))
         width = max((last_seen - started) / 86400, min_width_d)
         ax.broken_barh([(x0, width)], (y - 0.35, 0.7), facecolors=SEVERITY_COLOURS[severity])
         ax.annotate(f"#{event_id}", (x0, y + 0.4), fontsize=8, va="bottom")
@@ -257,6 +288,9 @@ def make_plot(
     transaction of ``conn`` (a writable connection). Returns the plot's record."""
     data, event_ids = collect(conn, query)
     recorded = query.recorded()
+    drawn = store.plots.find(conn, query=recorded, data=data, code_version=code_version)
+    if drawn is not None and plot_path(plots_dir, drawn).is_file():
+        return plot_row(conn, drawn)  # the same query on the same data: the same plot
     png = render(recorded, data)
     sha = hashlib.sha256(png).hexdigest()
     path = plot_path(plots_dir, sha)

@@ -10,22 +10,22 @@ acknowledged so the broker does not resend it).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aggregator import events, notify, provenance, store
+from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
+from aggregator.snapshots import PendingSnapshots, SnapshotRefused, check_snapshot
 from aggregator.store.models import MessageRow, NewThreat, StatusUpdate
 from appcommon.version import code_version
 from wire.payloads import PayloadError, StatusMessage, ThreatMessage, parse_payload
@@ -45,24 +45,20 @@ class Outcome:
     camera: str = ""
     lineage_id: str = ""
     threats: int = 0  # threats stored
+    snapshot_dropped: str | None = None  # why the snapshot was not kept (the threat was)
 
 
-def save_snapshot(snapshots_dir: Path, jpeg_b64: str) -> str:
-    """Write the snapshot under its sha256 (idempotent); return the sha256."""
-    try:
-        jpeg = base64.b64decode(jpeg_b64, validate=True)
-    except binascii.Error as exc:
-        raise PayloadError("schema_violation", f"snapshot is not base64: {exc}") from exc
-    if not jpeg.startswith(b"\xff\xd8"):
-        raise PayloadError("schema_violation", "snapshot is not a JPEG")
-    sha = hashlib.sha256(jpeg).hexdigest()
-    path = snapshots_dir / sha[:2] / f"{sha}.jpg"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(jpeg)
-        tmp.replace(path)
-    return sha
+class StoreFailure(RuntimeError):
+    """The store cannot be written now (disk full, I/O error, locked, corrupt): the batch in hand
+    is rolled back and stays unacknowledged, to be tried again. Chained to the cause."""
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Is ``exc`` about the store rather than about the message being stored? The store's
+    errors are tried again; a message's (a value SQLite refuses) refuse that message only."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return False
+    return isinstance(exc, sqlite3.Error | OSError | MemoryError)
 
 
 def check_agent(topic: str, agent_id: str) -> None:
@@ -114,14 +110,34 @@ def record_threat(
     topic: str,
     payload: bytes,
     *,
-    snapshots_dir: Path,
-    grouping: events.Grouping,
+    context: BatchContext,
 ) -> Outcome:
     threat = parse_payload(payload, ThreatMessage)
     check_agent(topic, threat.agent_id)
-    snapshot_sha = (
-        save_snapshot(snapshots_dir, threat.snapshot_jpeg_b64) if threat.snapshot_jpeg_b64 else None
+    captured_ts = context.admission.check_time(
+        "frame.captured_at", threat.frame.captured_at, now_ts=context.now_ts
     )
+    context.admission.check_rules(conn, threat)
+    grouping = context.grouping
+    jpeg: bytes | None = None
+    snapshot_sha: str | None = None
+    dropped: str | None = None
+    if threat.snapshot_jpeg_b64:
+        try:
+            jpeg = check_snapshot(
+                threat.snapshot_jpeg_b64, max_side_px=context.config.ingest.snapshot_max_side_px
+            )
+            snapshot_sha = hashlib.sha256(jpeg).hexdigest()
+        except SnapshotRefused as exc:
+            dropped = exc.reason
+            log.warning(
+                "agent=%s camera=%s message=%s snapshot dropped (%s): %s; the threat is kept",
+                threat.agent_id,
+                threat.camera,
+                threat.message_id,
+                exc.reason,
+                exc.detail,
+            )
     now = datetime.now(UTC)
     detections = [d.model_dump(mode="json") for d in threat.detections]
     row = message_row(
@@ -142,9 +158,14 @@ def record_threat(
                 original,
             )
         return Outcome("duplicate", agent_id=threat.agent_id, message_id=threat.message_id)
-    captured_ts = row.captured_ts
+    if jpeg is not None and snapshot_sha is not None:
+        context.snapshots.add(snapshot_sha, jpeg)  # written only for a stored row
     store.agents.heard_from(
-        conn, agent_id=threat.agent_id, heard_ts=now.timestamp(), clock_ts=captured_ts
+        conn,
+        agent_id=threat.agent_id,
+        heard_ts=now.timestamp(),
+        clock_ts=captured_ts,
+        clock_max_ts=context.clock_max_ts,
     )
     outcome = Outcome(
         "stored",
@@ -152,6 +173,7 @@ def record_threat(
         message_id=threat.message_id,
         camera=threat.camera,
         lineage_id=threat.lineage_id,
+        snapshot_dropped=dropped,
     )
     provenance.record_message(conn, row, detections=detections)
     shared_keys = (
@@ -228,12 +250,13 @@ def record_threat(
 
 
 def record_status(
-    conn: store.Connection, topic: str, payload: bytes, *, grouping: events.Grouping
+    conn: store.Connection, topic: str, payload: bytes, *, context: BatchContext
 ) -> Outcome:
     if not payload:
         return Outcome("status")  # a retained status being cleared
     status = parse_payload(payload, StatusMessage)
     check_agent(topic, status.agent_id)
+    sent_ts = context.admission.check_time("sent_at", status.sent_at, now_ts=context.now_ts)
     heard_ts = datetime.now(UTC).timestamp()
     # a config is checked on receipt: its canonical JSON has the sha256 its results record
     if (
@@ -254,15 +277,28 @@ def record_status(
             agent_id=status.agent_id,
             state=status.state,
             heard_ts=heard_ts,
-            sent_ts=status.sent_at.timestamp(),
+            sent_ts=sent_ts,
             versions_json=status.versions.model_dump_json() if status.versions else None,
             provider=status.provider,
             outbox_depth=status.outbox_depth,
             outbox_dropped=status.outbox_dropped,
             outbox_oldest_age_s=status.outbox_oldest_age_s,
             cameras_json=json.dumps([c.model_dump(mode="json") for c in status.cameras]),
+            outbox_lost_json=json.dumps([o.model_dump(mode="json") for o in status.outbox_lost]),
         ),
+        clock_max_ts=context.clock_max_ts,
     )
+    for loss in status.outbox_lost:
+        log.warning(
+            "agent=%s reports a broken outbox set aside at %s (%s messages lost, committed "
+            "%s to %s): %s",
+            status.agent_id,
+            loss.at.isoformat(),
+            "unknown" if loss.messages is None else loss.messages,
+            loss.first_at,
+            loss.last_at,
+            loss.reason,
+        )
     log.info(
         "agent=%s is %s (outbox depth %d, dropped %d)",
         status.agent_id,
@@ -273,23 +309,33 @@ def record_status(
     outcome = Outcome("status", agent_id=status.agent_id)
     if clock_ts is not None:
         outcome.changes += events.end_behind_clock(
-            conn, grouping=grouping, agent_id=status.agent_id, clock_ts=clock_ts
+            conn, grouping=context.grouping, agent_id=status.agent_id, clock_ts=clock_ts
         )
     return outcome
 
 
-def record(
-    conn: store.Connection,
-    topic: str,
-    payload: bytes,
-    *,
-    snapshots_dir: Path,
-    grouping: events.Grouping,
-) -> Outcome:
+@dataclass
+class BatchContext:
+    """What every message of one batch is stored with."""
+
+    config: AggregatorConfig
+    grouping: events.Grouping
+    admission: Admission
+    snapshots: PendingSnapshots
+    now_ts: float
+
+    @property
+    def clock_max_ts(self) -> float:
+        """The latest agent clock the store keeps: a stored one beyond it (from before the
+        window was checked) is replaced by the next time heard."""
+        return self.now_ts + self.config.ingest.max_clock_ahead_s
+
+
+def record(conn: store.Connection, topic: str, payload: bytes, *, context: BatchContext) -> Outcome:
     """Store one received message (status or threats) by its topic."""
     if topic.endswith("/status"):
-        return record_status(conn, topic, payload, grouping=grouping)
-    return record_threat(conn, topic, payload, snapshots_dir=snapshots_dir, grouping=grouping)
+        return record_status(conn, topic, payload, context=context)
+    return record_threat(conn, topic, payload, context=context)
 
 
 @dataclass
@@ -311,44 +357,72 @@ def store_batch(
     config: AggregatorConfig,
     grouping: events.Grouping,
     now_ts: float,
+    admission: Admission | None = None,
 ) -> BatchResult:
     """The writer's transaction: store (topic, payload) messages, each in a savepoint so one bad
     message cannot undo the others; count them; decide the notifications of the event changes.
-    Everything commits together or not at all."""
+    Everything commits together or not at all.
+
+    A message that cannot be stored is refused with a reason: the wire's and admission's
+    reasons, or ``store_error`` for a value the store refuses (it is logged with its id). It is
+    acknowledged and receipted as refused like any other, so it can never hold up the messages
+    behind it. A failure of the store itself (disk full, I/O error) is not the message's fault:
+    :class:`StoreFailure` is raised, the transaction rolls back and nothing is acknowledged."""
     results: list[Outcome | PayloadError | None] = []
     counts: Counter[str] = Counter()
     changes: list[EventChange] = []
     threats = 0
-    with store.transaction(conn):
-        for topic, payload in messages:
-            try:
-                with store.savepoint(conn, "message"):
-                    outcome = record(
-                        conn,
+    context = BatchContext(
+        config=config,
+        grouping=grouping,
+        admission=admission or Admission(config),
+        snapshots=PendingSnapshots(config.store.snapshots_dir),
+        now_ts=now_ts,
+    )
+    try:
+        with store.transaction(conn):
+            for topic, payload in messages:
+                mark = context.snapshots.mark()
+                try:
+                    with store.savepoint(conn, "message"):
+                        outcome = record(conn, topic, payload, context=context)
+                except PayloadError as exc:
+                    context.snapshots.rollback_to(mark)
+                    counts[f"rejected_{exc.reason}"] += 1
+                    results.append(exc)
+                except Exception as exc:
+                    context.snapshots.rollback_to(mark)
+                    if is_store_failure(exc):
+                        raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
+                    log.exception(
+                        "topic=%s message=%s could not be stored; refused as store_error",
                         topic,
-                        payload,
-                        snapshots_dir=config.store.snapshots_dir,
-                        grouping=grouping,
+                        message_id_of(payload),
                     )
-            except PayloadError as exc:
-                counts[f"rejected_{exc.reason}"] += 1
-                results.append(exc)
-            except Exception:
-                log.exception(
-                    "topic=%s message=%s could not be stored; left unacknowledged",
-                    topic,
-                    message_id_of(payload),
-                )
-                results.append(None)
-            else:
-                counts[outcome.kind] += 1
-                changes += outcome.changes
-                threats += outcome.threats
-                results.append(outcome)
-        if counts:
-            store.counters.bump(conn, counts)
-            store.counters.add_rows(conn, {"messages": counts["stored"], "threats": threats})
-        due = notify.on_changes(conn, changes, config, now_ts=now_ts)
+                    refusal = PayloadError("store_error", f"{type(exc).__name__}: {exc}"[:200])
+                    counts["rejected_store_error"] += 1
+                    results.append(refusal)
+                else:
+                    counts[outcome.kind] += 1
+                    if outcome.snapshot_dropped:
+                        counts[f"snapshot_dropped_{outcome.snapshot_dropped}"] += 1
+                    changes += outcome.changes
+                    threats += outcome.threats
+                    results.append(outcome)
+            if counts:
+                store.counters.bump(conn, counts)
+                store.counters.add_rows(conn, {"messages": counts["stored"], "threats": threats})
+            due = notify.on_changes(conn, changes, config, now_ts=now_ts)
+            context.snapshots.stage()
+    except StoreFailure:
+        context.snapshots.abort()
+        raise
+    except Exception as exc:
+        context.snapshots.abort()
+        if is_store_failure(exc):
+            raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
+        raise
+    context.snapshots.publish()
     return BatchResult(results=results, counts=counts, changes=changes, due=due)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from aggregator import store
+from aggregator.admission import known_rules
 from aggregator.config import ReproduceConfig
 from aggregator.snapshots import snapshot_path
 from aggregator.store.models import MessageRow
@@ -36,7 +37,7 @@ from modelrt import Detections, Detector, ManifestError, ModelManifest, load_man
 from modelrt.detections import BOX_DECIMALS, SCORE_DECIMALS
 from modelrt.frames import VideoError, VideoReader, decode_image, pixels_sha256, still_sha256
 from modelrt.manifest import file_sha256
-from modelrt.rules import RulesError, RuleSet, load_rules
+from modelrt.rules import RuleSet
 from wire.payloads import DetectionOut
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,6 @@ def known_models(paths: list[Path]) -> tuple[dict[str, tuple[Path, ModelManifest
             continue
         found.setdefault(actual, (path, manifest))
     return found, notes
-
-
-def known_rules(paths: list[Path]) -> dict[str, RuleSet]:
-    """sha256 -> rules of every valid rules file."""
-    found: dict[str, RuleSet] = {}
-    for path in _files(paths or [CHECKOUT / "rules"]):
-        try:
-            rules = load_rules(path)
-        except RulesError:
-            continue
-        found.setdefault(rules.sha256, rules)
-    return found
 
 
 @dataclass

@@ -141,6 +141,10 @@ class Service:
                 if not self._api.is_alive():
                     failed = "the API server stopped" + ("" if ready else " before it listened")
                     break
+                fatal = self.ingest.liveness().fatal
+                if fatal is not None:  # never half-alive: exit non-zero, systemd restarts us
+                    failed = fatal
+                    break
                 if not ready and self.server.started:
                     ready = True
                     self._probe_ok_at = now

@@ -1,19 +1,140 @@
 """Threat snapshots on the aggregator's disk, content-addressed (``<dir>/<sha[:2]>/<sha>.jpg``),
-kept for ``store.snapshot_retention_days`` after the newest threat that refers to them."""
+kept for ``store.snapshot_retention_days`` after the newest threat that refers to them.
+
+A snapshot is checked before it is kept (:func:`check_snapshot`): a JPEG by its magic bytes,
+its header's size within bounds (read before anything is decoded), and decodable. One that is
+not is dropped with a counted reason; the threat is kept.
+
+A file exists only for a stored row (:class:`PendingSnapshots`): the ingest writes the
+snapshots of the messages a batch inserted as ``<sha>.jpg.tmp`` before COMMIT, renames them
+after it, and deletes them when the batch rolls back. A duplicate, a refused message or a
+rolled-back batch leaves no file; after a crash between COMMIT and the renames,
+:func:`recover` finishes what a stored row refers to and deletes the rest.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import os
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from aggregator import store
+from modelrt.images import ImageHeaderError, header_size_wh, image_format
 
 log = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".tmp"
+
+
+class SnapshotRefused(ValueError):
+    """A snapshot is not a JPEG the API can serve; ``reason`` is counted
+    (``snapshot_dropped_<reason>``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 def snapshot_path(snapshots_dir: Path, sha256: str) -> Path:
     """Where the snapshot with this sha256 is (or was) stored."""
     return snapshots_dir / sha256[:2] / f"{sha256}.jpg"
+
+
+def check_snapshot(jpeg_b64: str, *, max_side_px: int) -> bytes:
+    """The JPEG bytes of a base64 snapshot; SnapshotRefused (``not_base64``, ``not_jpeg``,
+    ``bad_dimensions``, ``undecodable``) when it is not one to keep. The header's size is
+    checked before decoding, as the agent's validation does."""
+    try:
+        jpeg = base64.b64decode(jpeg_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SnapshotRefused("not_base64", str(exc)) from exc
+    if image_format(jpeg) != "jpeg":
+        raise SnapshotRefused("not_jpeg", f"starts {jpeg[:8].hex()}")
+    try:
+        width, height = header_size_wh(jpeg, "jpeg")
+    except ImageHeaderError as exc:
+        raise SnapshotRefused("undecodable", exc.detail) from exc
+    if not (1 <= width <= max_side_px and 1 <= height <= max_side_px):
+        raise SnapshotRefused("bad_dimensions", f"{width}x{height}, at most {max_side_px} a side")
+    # An eighth of the size in grey: the whole entropy-coded stream is read, few pixels made.
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    if image is None:
+        raise SnapshotRefused("undecodable", "OpenCV cannot decode it")
+    return jpeg
+
+
+class PendingSnapshots:
+    """The snapshots of the messages one batch inserted, written once the rows are (see the
+    module's docstring)."""
+
+    def __init__(self, snapshots_dir: Path) -> None:
+        self.snapshots_dir = snapshots_dir
+        self._files: dict[str, bytes] = {}
+        self._staged: list[Path] = []
+
+    def add(self, sha256: str, jpeg: bytes) -> None:
+        if sha256 not in self._files and not snapshot_path(self.snapshots_dir, sha256).exists():
+            self._files[sha256] = jpeg
+
+    def mark(self) -> int:
+        """A point to roll back to (a message's savepoint)."""
+        return len(self._files)
+
+    def rollback_to(self, mark: int) -> None:
+        for sha in list(self._files)[mark:]:
+            del self._files[sha]
+
+    def stage(self) -> None:
+        """Write every file as ``.tmp`` (before COMMIT); OSError (a full disk) propagates and
+        the batch rolls back."""
+        for sha, jpeg in self._files.items():
+            final = snapshot_path(self.snapshots_dir, sha)
+            tmp = final.with_name(final.name + TMP_SUFFIX)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._staged.append(tmp)
+            with open(tmp, "wb") as fh:
+                fh.write(jpeg)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def publish(self) -> None:
+        """After COMMIT: put the staged files in place."""
+        for tmp in self._staged:
+            tmp.replace(tmp.with_name(tmp.name.removesuffix(TMP_SUFFIX)))
+        self._staged = []
+        self._files = {}
+
+    def abort(self) -> None:
+        """The batch rolled back: no file stays."""
+        for tmp in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged = []
+        self._files = {}
+
+
+def recover(conn: store.Connection, snapshots_dir: Path) -> tuple[int, int]:
+    """At start: staged snapshots that a stored row refers to are put in place, the others
+    (a batch that never committed) deleted; returns (kept, deleted)."""
+    kept = deleted = 0
+    if not snapshots_dir.is_dir():
+        return 0, 0
+    for tmp in snapshots_dir.glob(f"*/*.jpg{TMP_SUFFIX}"):
+        sha = tmp.name.removesuffix(f".jpg{TMP_SUFFIX}")
+        if store.messages.snapshot_referenced(conn, sha):
+            tmp.replace(tmp.with_name(tmp.name.removesuffix(TMP_SUFFIX)))
+            kept += 1
+        else:
+            tmp.unlink(missing_ok=True)
+            deleted += 1
+    if kept or deleted:
+        log.info("snapshots: %d staged file(s) put in place, %d deleted", kept, deleted)
+    return kept, deleted
 
 
 def prune_snapshots(

@@ -37,6 +37,7 @@ from tests.support.servers import WebhookServer
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 COVERED = {
+    ("GET", "/api/ping"),
     ("GET", "/api/health"),
     ("GET", "/api/threats"),
     ("GET", "/api/events"),
@@ -142,25 +143,42 @@ def test_event_filters_and_pages(site: Site, params: dict[str, Any], ids: list[i
     assert [e["id"] for e in r.json()] == ids
 
 
+BIG = 99999999999999999999  # past 64 bits: SQLite cannot hold it
+
+
 @pytest.mark.parametrize(
-    ("path", "params"),
+    ("path", "params", "status"),
     [
-        ("/api/events", {"state": "closed"}),
-        ("/api/events", {"limit": 0}),
-        ("/api/events", {"limit": 1001}),  # api.page_size_max
-        ("/api/events", {"since": "yesterday"}),
-        ("/api/events", {"before_id": 0}),
-        ("/api/threats", {"limit": 0}),
-        ("/api/threats", {"before_id": "x"}),
-        ("/api/notifications", {"state": "lost"}),
-        ("/api/events/x", {}),
-        ("/api/notifications/x", {}),
-        ("/api/provenance/nonsense", {}),
-        ("/api/provenance/event:1", {"direction": "sideways"}),
+        ("/api/events", {"state": "closed"}, 422),
+        ("/api/events", {"limit": 0}, 422),
+        ("/api/events", {"limit": 1001}, 200),  # capped at api.page_size_max
+        ("/api/events", {"limit": BIG}, 422),
+        ("/api/events", {"since": "yesterday"}, 422),
+        ("/api/events", {"before_id": 0}, 422),
+        ("/api/events", {"before_id": BIG}, 422),
+        ("/api/events", {"since": "0001-01-01T00:00:00+14:00"}, 200),  # the calendar's edges
+        ("/api/events", {"since": "9999-12-31T23:59:59-14:00"}, 200),
+        ("/api/events", {"since": "0001-01-01"}, 200),
+        ("/api/threats", {"limit": 0}, 422),
+        ("/api/threats", {"before_id": "x"}, 422),
+        ("/api/threats", {"since": "9999-12-31T23:59:59-14:00"}, 200),
+        ("/api/notifications", {"state": "lost"}, 422),
+        ("/api/notifications", {"event_id": BIG}, 422),
+        ("/api/events/x", {}, 422),
+        (f"/api/events/{BIG}", {}, 422),
+        (f"/api/events/{2**63 - 1}", {}, 404),
+        (f"/api/events/{BIG}/snapshot.jpg", {}, 422),
+        ("/api/notifications/x", {}, 422),
+        (f"/api/notifications/{BIG}", {}, 422),
+        ("/api/provenance/nonsense", {}, 404),  # no artifact has that id
+        ("/api/provenance/event:1", {"direction": "sideways"}, 422),
+        (f"/api/provenance/event:{BIG}", {}, 404),
     ],
 )
-def test_bad_queries_are_422(site: Site, path: str, params: dict[str, Any]) -> None:
-    assert site.client.get(path, params=params).status_code == 422
+def test_bad_queries_are_answered_never_a_500(
+    site: Site, path: str, params: dict[str, Any], status: int
+) -> None:
+    assert site.client.get(path, params=params).status_code == status
 
 
 def test_one_event_with_its_threats_and_their_provenance(site: Site) -> None:
@@ -334,6 +352,10 @@ def test_plots(site: Site) -> None:
 
 
 # health ----------------------------------------------------------------------------------------
+
+
+def test_ping_answers_without_the_store(site: Site) -> None:
+    assert site.client.get("/api/ping").json() == {"ok": True}
 
 
 def test_health_without_an_ingest_is_503_with_the_counts(site: Site) -> None:

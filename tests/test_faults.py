@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator
@@ -142,13 +143,19 @@ def test_aggregator_killed_mid_stream_and_restarted(rig: Rig) -> None:
 
 def test_agent_killed_with_unsent_threats_and_restarted(rig: Rig) -> None:
     gen = start_test_threats(rig.agent_conf, count=3 * N, rate_hz=0)
-    wait_for(
-        lambda: len(rig.stored()) >= 300 and rig.outbox_counts()[0] >= 100,
-        timeout_s=60,
-        what="300 stored and 100 waiting in the outbox",
-    )
-    gen.kill()
-    gen.wait(timeout=10)
+    wait_for(lambda: len(rig.stored()) >= 300, timeout_s=60, what="300 stored")
+    # The aggregator paused (SIGSTOP), so a backlog builds whatever the relative speeds of the
+    # agent's commits and the aggregator's receipts; then the agent dies with it.
+    assert rig.aggregator.proc is not None
+    rig.aggregator.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(
+            lambda: rig.outbox_counts()[0] >= 100, timeout_s=60, what="100 waiting in the outbox"
+        )
+        gen.kill()
+        gen.wait(timeout=10)
+    finally:
+        rig.aggregator.proc.send_signal(signal.SIGCONT)
     waiting = rig.outbox_serials()
     assert waiting, "the agent died with nothing in its outbox: the test proves nothing"
     committed = max([*waiting, *(s for _, s in rig.stored())]) + 1

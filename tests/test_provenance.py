@@ -3,6 +3,7 @@ provenance API, notifications, the backfill of older stores and snapshot retenti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -166,7 +167,12 @@ def test_an_older_store_is_backfilled_by_the_migration(tmp_path: Path) -> None:
     p = payload(at_s=0)
     conn = store.connect(config.store.path)
     with store.transaction(conn):
-        snap = records.save_snapshot(config.store.snapshots_dir, p["snapshot_jpeg_b64"])
+        pending = snapshots.PendingSnapshots(config.store.snapshots_dir)
+        jpeg = snapshots.check_snapshot(p["snapshot_jpeg_b64"], max_side_px=8192)
+        snap = hashlib.sha256(jpeg).hexdigest()
+        pending.add(snap, jpeg)
+        pending.stage()
+        pending.publish()
         msg = parse_payload(json.dumps(p).encode(), ThreatMessage)
         row = records.message_row(
             msg, received_at="2026-11-28T12:00:00+00:00", snapshot_sha256=snap

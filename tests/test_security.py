@@ -50,14 +50,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, 
 class Client:
     """A paho MQTT 5 client that records its CONNACK, PUBACK reason codes and messages."""
 
-    def __init__(self, broker: Mosquitto, username: str | None, password: str | None) -> None:
+    def __init__(
+        self,
+        broker: Mosquitto,
+        username: str | None,
+        password: str | None,
+        client_id: str | None = None,
+    ) -> None:
         self.connack: ReasonCode | None = None
         self.pubacks: dict[int, ReasonCode] = {}
         self.messages: list[tuple[str, bytes]] = []
         self.subscribed = threading.Event()
         self.c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"t-{uuid.uuid4().hex[:8]}",
+            client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
         if username:
@@ -168,7 +174,7 @@ def test_agents_read_only_their_own_topics(site) -> None:  # type: ignore[no-unt
 
 def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> None:
     spec_path = tmp_path / "site.yaml"
-    spec_path.write_text("listener: {port: 18883}\nagents: [a1]\n")
+    spec_path.write_text("listener: {host: 127.0.0.1, port: 18883}\nagents: [a1]\n")
     run = [
         str(BIN / "secagg"),
         "broker-config",
@@ -179,7 +185,7 @@ def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> Non
     ]
     subprocess.run(run, check=True, capture_output=True)
     first = yaml.safe_load((tmp_path / "out" / "credentials.yaml").read_text())
-    spec_path.write_text("listener: {port: 18883}\nagents: [a1, a2]\n")
+    spec_path.write_text("listener: {host: 127.0.0.1, port: 18883}\nagents: [a1, a2]\n")
     subprocess.run(run, check=True, capture_output=True)
     second = yaml.safe_load((tmp_path / "out" / "credentials.yaml").read_text())
     assert second["a1"] == first["a1"] and second["secagg"] == first["secagg"]
@@ -188,20 +194,41 @@ def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> Non
     passwd = (tmp_path / "out" / "passwd").read_text()
     assert "a2:$" in passwd and second["a2"] not in passwd  # hashed, not plain
     conf = (tmp_path / "out" / "mosquitto.conf").read_text()
-    assert "allow_anonymous false" in conf and "listener 18883" in conf
+    assert "allow_anonymous false" in conf and "listener 18883 127.0.0.1" in conf
+    assert "use_username_as_clientid true" in conf
+
+
+LOCAL = {"host": "127.0.0.1", "port": 1883}
+TLS = {"cafile": "/ca.crt", "certfile": "/server.crt", "keyfile": "/server.key"}
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"agents": []}, "agents"),
-        ({"agents": ["a/b"]}, "agent id"),
-        ({"agents": ["secagg"]}, "distinct"),
-        ({"agents": ["a"], "readers": ["a"]}, "distinct"),
-        ({"agents": ["a"], "listener": {"port": 0}}, "listener.port"),
+        # (spec, None: accepted, else a part of the error)
+        ({"agents": [], "listener": LOCAL}, "agents"),
+        ({"agents": ["a/b"], "listener": LOCAL}, "agent id"),
+        ({"agents": ["secagg"], "listener": LOCAL}, "distinct"),
+        ({"agents": ["a"], "readers": ["a"], "listener": LOCAL}, "distinct"),
+        ({"agents": ["a"], "listener": {"port": 0, "host": "127.0.0.1"}}, "listener.port"),
+        ({"agents": ["a"]}, "listener"),
+        # plain text on the network is refused unless explicitly allowed
+        ({"agents": ["a"], "listener": {"host": "0.0.0.0", "port": 1883}}, "plain text"),
+        ({"agents": ["a"], "listener": {"host": "10.0.0.5", "port": 1883}}, "plain text"),
+        ({"agents": ["a"], "listener": {"host": "::", "port": 1883}}, "plain text"),
+        ({"agents": ["a"], "listener": {"host": "0.0.0.0", "port": 8883, "tls": TLS}}, None),
+        ({"agents": ["a"], "listener": {"host": "::1", "port": 1883}}, None),
+        ({"agents": ["a"], "listener": LOCAL}, None),
+        (
+            {
+                "agents": ["a"],
+                "listener": {"host": "0.0.0.0", "port": 1883, "allow_plaintext": True},
+            },
+            None,
+        ),
     ],
 )
-def test_bad_specs_are_refused(spec: dict[str, Any], message: str, tmp_path: Path) -> None:
+def test_bad_specs_are_refused(spec: dict[str, Any], message: str | None, tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(spec))
     done = subprocess.run(
@@ -209,11 +236,63 @@ def test_bad_specs_are_refused(spec: dict[str, Any], message: str, tmp_path: Pat
         capture_output=True,
         text=True,
     )
-    assert done.returncode != 0 and message in done.stderr
+    if message is None:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+class Watched(Client):
+    """A client that counts how often the broker disconnected it."""
+
+    def __init__(self, broker: Mosquitto, username: str, password: str, client_id: str) -> None:
+        self.disconnects = 0
+        super().__init__(broker, username, password, client_id)
+        self.c.on_disconnect = lambda c, u, f, rc, p: setattr(
+            self, "disconnects", self.disconnects + 1
+        )
+
+
+# the victim's account, the client id it connects with (agent/mqtt.py, aggregator.config) and
+# a topic it may publish on
+VICTIMS = [
+    ("garage", "secagent-garage", "secagent/v1/garage/status"),
+    ("secagg", "secagg", "secagent/v1/events"),
+]
+
+
+@pytest.mark.parametrize(("victim", "client_id", "topic"), VICTIMS, ids=[v[0] for v in VICTIMS])
+def test_an_agent_cannot_take_over_another_client_id(  # type: ignore[no-untyped-def]
+    site, victim: str, client_id: str, topic: str
+) -> None:
+    """Agent ``door`` connects 20 times with the victim's client id (another agent's, or the
+    aggregator's): the broker binds client ids to accounts, so the victim is never kicked."""
+    broker, creds = site
+    target = Watched(broker, victim, creds[victim], client_id)
+    assert target.connack is not None and not target.connack.is_failure
+    try:
+        for _ in range(20):
+            rogue = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv5,
+            )
+            rogue.username_pw_set("door", creds["door"])
+            rogue.reconnect_delay_set(60, 120)
+            rogue.connect(broker.host, broker.port)
+            rogue.loop_start()
+            wait_for(rogue.is_connected, what="the rogue's own session")
+            rogue.disconnect()
+            rogue.loop_stop()
+            # a round trip through the broker on the victim's session: it is still there
+            assert not target.publish(topic, b"{}").is_failure
+        assert target.disconnects == 0 and target.c.is_connected()
+    finally:
+        target.close()
 
 
 def test_the_acl_confines_agents_to_their_own_prefix() -> None:
-    acl = acl_text(DeploymentSpec.model_validate({"agents": ["cam1"]}))
+    acl = acl_text(DeploymentSpec.model_validate({"agents": ["cam1"], "listener": LOCAL}))
     agent_block = acl.split("user cam1\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert all("secagent/v1/cam1/" in line for line in agent_block)
     assert not any("+" in line or "#" in line for line in agent_block)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -46,7 +48,18 @@ def _iso_only(value: object) -> object:
     return value
 
 
-WireTime = Annotated[datetime, BeforeValidator(_iso_only)]
+def _utc_representable(value: AwareDatetime) -> AwareDatetime:
+    """A time whose offset pushes it past the calendar in UTC (``0001-01-01T00:00+14:00``,
+    ``9999-12-31T23:59:59-14:00``) cannot be converted, compared or shown: refused."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("the time is outside the calendar once converted to UTC") from exc
+    return value
+
+
+WireTime = Annotated[AwareDatetime, BeforeValidator(_iso_only), AfterValidator(_utc_representable)]
+"""An ISO 8601 time with its UTC offset (a naive time is refused: whose clock would it be?)."""
 SEVERITY_RANK: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 
 
@@ -71,7 +84,11 @@ class PayloadError(ValueError):
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    # NaN and infinities are no numbers a detection, a time or a counter can have; SQLite would
+    # store NaN as NULL and refuse the row.
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class Versions(_Wire):
@@ -109,6 +126,23 @@ class ThreatOut(DetectionOut):
     severity: Severity
 
 
+BOX_TOLERANCE_PX = 1.0
+"""How far a box corner may lie outside the frame (agents clip boxes to the frame; rounding)."""
+B64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
+
+
+def check_box(xyxy: tuple[float, float, float, float], *, width: int, height: int) -> str | None:
+    """Why a box is not a box of a ``width`` x ``height`` frame, or None: corners in order
+    (x1 <= x2, y1 <= y2) and inside the frame (:data:`BOX_TOLERANCE_PX`)."""
+    x1, y1, x2, y2 = xyxy
+    if x2 < x1 or y2 < y1:
+        return f"corners out of order: {list(xyxy)}"
+    tol = BOX_TOLERANCE_PX
+    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+        return f"{list(xyxy)} lies outside the {width}x{height} frame"
+    return None
+
+
 class ThreatMessage(_Wire):
     """``secagent/v1/<agent_id>/threats``: one message per frame that had threats."""
 
@@ -123,8 +157,20 @@ class ThreatMessage(_Wire):
     detections: list[DetectionOut] = Field(max_length=1000)
     threats: list[ThreatOut] = Field(min_length=1, max_length=1000)
     versions: Versions
-    snapshot_jpeg_b64: str | None = Field(None, max_length=MAX_SNAPSHOT_B64_CHARS)
+    snapshot_jpeg_b64: str | None = Field(
+        None, max_length=MAX_SNAPSHOT_B64_CHARS, pattern=B64_PATTERN
+    )
     sent_at: WireTime
+
+    @model_validator(mode="after")
+    def _boxes_in_frame(self) -> ThreatMessage:
+        w, h = self.frame.width, self.frame.height
+        for name, items in (("detections", self.detections), ("threats", self.threats)):
+            for i, d in enumerate(items):
+                problem = check_box(d.xyxy, width=w, height=h)
+                if problem is not None:
+                    raise ValueError(f"{name}.{i}.xyxy: {problem}")
+        return self
 
 
 class CameraStatus(_Wire):
@@ -132,6 +178,18 @@ class CameraStatus(_Wire):
     state: Literal["running", "finished", "down"]
     counters: dict[str, int] = Field(default_factory=dict)
     detail: str | None = Field(None, max_length=1000, description="why the camera is down")
+
+
+class OutboxLoss(_Wire):
+    """An outbox file found broken at start and set aside: what it held is lost to the
+    aggregator (counted when the broken file could still be read)."""
+
+    at: WireTime = Field(description="when the agent found it")
+    reason: str = Field(max_length=500, description="what SQLite said about the file")
+    moved_to: str = Field(max_length=1024, description="where the broken file was moved")
+    messages: int | None = Field(None, ge=0, description="messages it held (None: unreadable)")
+    first_at: WireTime | None = Field(None, description="when the oldest of them was committed")
+    last_at: WireTime | None = Field(None, description="when the newest of them was committed")
 
 
 class StatusMessage(_Wire):
@@ -149,6 +207,11 @@ class StatusMessage(_Wire):
     outbox_depth: int = Field(0, ge=0)
     outbox_dropped: int = Field(0, ge=0, description="messages dropped to keep the bound")
     outbox_oldest_age_s: float = Field(0.0, ge=0, description="age of the oldest unsent message")
+    outbox_lost: list[OutboxLoss] = Field(
+        default_factory=list,
+        max_length=100,
+        description="outbox files found broken at start and set aside, newest last",
+    )
     config: dict[str, Any] | None = Field(
         None,
         description="the agent config in force (defaults filled in, secrets left out); its "

@@ -4,46 +4,73 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Query
+from fastapi import Depends, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, TypeAdapter
 
 from aggregator import store
 from aggregator.config import AggregatorConfig, get_settings
+from aggregator.timestamps import utc
 
-Settings = Annotated[AggregatorConfig, Depends(get_settings)]
+
+async def app_settings(request: Request) -> AggregatorConfig:
+    """The config the app was made with (:func:`aggregator.api.create_app`), else the cached
+    :func:`get_settings` (``SECAGG_CONFIG``)."""
+    config: AggregatorConfig | None = request.app.state.config
+    return config if config is not None else get_settings()
 
 
-def get_db(settings: Settings) -> Iterator[store.Connection]:
+Settings = Annotated[AggregatorConfig, Depends(app_settings)]
+MAX_ID = 2**63 - 1
+"""The largest integer SQLite stores: a bigger id in a path or query is refused (422)."""
+READ_CONNECTIONS = 4
+
+
+async def read_pool(request: Request, settings: Settings) -> store.ReadPool:
+    """The app's pool of read-only connections (made on first use, one per database). Async
+    (it does no I/O): FastAPI runs a plain function dependency on its thread pool, and each
+    hop there costs more than the query of a page."""
+    pools: dict[str, store.ReadPool] = request.app.state.read_pools
+    key = str(settings.store.path)
+    pool = pools.get(key)
+    if pool is None:
+        pool = pools.setdefault(key, store.ReadPool(settings.store.path, size=READ_CONNECTIONS))
+    return pool
+
+
+def get_db(pool: Annotated[store.ReadPool, Depends(read_pool)]) -> Iterator[store.Connection]:
     """A read-only connection for one request (the ingest writer owns the writes)."""
     try:
-        conn = store.connect(settings.store.path, readonly=True)
+        with pool.connection() as conn:
+            yield conn
     except store.StoreUnavailable as exc:
         raise HTTPException(503, f"store not available: {exc}") from exc
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
-def page_limit(
-    settings: Settings, limit: Annotated[int, Query(ge=1, description="page size")] = 100
+async def page_limit(
+    settings: Settings,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_ID, description="page size (at most api.page_size_max)")
+    ] = 100,
 ) -> int:
-    if limit > settings.api.page_size_max:
-        raise HTTPException(422, f"limit must be <= {settings.api.page_size_max}")
-    return limit
+    """The page size asked for, capped at ``api.page_size_max``."""
+    return min(limit, settings.api.page_size_max)
 
 
 Db = Annotated[store.Connection, Depends(get_db)]
 Limit = Annotated[int, Depends(page_limit)]
 BeforeId = Annotated[
-    int | None, Query(ge=1, description="next page: only items with an id below this one")
+    int | None,
+    Query(ge=1, le=MAX_ID, description="next page: only items with an id below this one"),
 ]
+EventId = Annotated[int, Path(ge=1, le=MAX_ID, description="event id")]
+NotificationId = Annotated[int, Path(ge=1, le=MAX_ID, description="notification id")]
 
 
 def dt(ts: float | None) -> datetime | None:
     """A stored epoch timestamp as an aware UTC datetime."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+    return None if ts is None else utc(ts)
 
 
 def epoch(value: datetime | None) -> float | None:
@@ -51,3 +78,15 @@ def epoch(value: datetime | None) -> float | None:
     if value is None:
         return None
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class JsonList:
+    """A list of response models serialised once, by pydantic-core straight to JSON bytes
+    (FastAPI would validate the models again and encode them twice). The route keeps its
+    ``response_model`` for the OpenAPI schema."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self._adapter: TypeAdapter[list[Any]] = TypeAdapter(list[model])  # type: ignore[valid-type]
+
+    def response(self, items: list[Any]) -> Response:
+        return Response(self._adapter.dump_json(items), media_type="application/json")

@@ -45,7 +45,11 @@ class NotificationSender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._conn: store.Connection | None = None
-        self._thread = threading.Thread(target=self._loop, name="notify-sender", daemon=True)
+        self.died: str | None = None
+        """Why the thread ended without being stopped (health reports it; the service exits)."""
+        self._thread = threading.Thread(
+            target=self._guarded_loop, name="notify-sender", daemon=True
+        )
 
     def start(self) -> None:
         store.migrate(self.config.store.path)
@@ -62,6 +66,14 @@ class NotificationSender:
         self._thread.join(timeout=max(n.timeout_s for n in self.notifiers.values()) + 5)
         if self._conn is not None:
             self._conn.close()
+
+    def _guarded_loop(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.died = f"{type(exc).__name__}: {exc}"
+            log.critical("the notification sender died: %s", self.died, exc_info=True)
+            raise
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -11,7 +11,8 @@ from aggregator.store.schema import Connection
 
 _COLUMNS = (
     "agent_id, state, last_seen_ts, last_status_ts, status_sent_ts, versions_json, provider, "
-    "outbox_depth, outbox_dropped, outbox_oldest_age_s, cameras_json, clock_ts"
+    "outbox_depth, outbox_dropped, outbox_oldest_age_s, cameras_json, clock_ts, "
+    "outbox_lost_json"
 )
 
 
@@ -29,56 +30,82 @@ def _agent(row: Sequence[Any]) -> AgentRow:
         outbox_oldest_age_s=row[9],
         cameras=json.loads(row[10]),
         clock_ts=row[11],
+        outbox_lost=json.loads(row[12] or "[]"),
     )
 
 
-def heard_from(conn: Connection, *, agent_id: str, heard_ts: float, clock_ts: float) -> None:
+_CLOCK = (
+    "clock_ts = CASE WHEN clock_ts IS NULL OR clock_ts > :clock_max THEN excluded.clock_ts "
+    "ELSE MAX(clock_ts, excluded.clock_ts) END"
+)
+"""An agent's clock only moves forward, unless it stands beyond ``clock_max`` (a time stored
+before times were checked against a window): then the next time heard replaces it."""
+
+
+def heard_from(
+    conn: Connection, *, agent_id: str, heard_ts: float, clock_ts: float, clock_max_ts: float
+) -> None:
     """A threat message came from this agent: it is online, heard at ``heard_ts`` (our wall
     clock), and its clock is at least ``clock_ts`` (the capture time)."""
     conn.execute(
-        "INSERT INTO agents (agent_id, state, last_seen_ts, clock_ts) VALUES (?, 'online', ?, ?) "
+        "INSERT INTO agents (agent_id, state, last_seen_ts, clock_ts) "
+        "VALUES (:agent_id, 'online', :heard, :clock) "
         "ON CONFLICT (agent_id) DO UPDATE SET "
-        "last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts), "
-        "clock_ts = MAX(COALESCE(clock_ts, excluded.clock_ts), excluded.clock_ts)",
-        (agent_id, heard_ts, clock_ts),
+        f"last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts), {_CLOCK}",
+        {"agent_id": agent_id, "heard": heard_ts, "clock": clock_ts, "clock_max": clock_max_ts},
     )
 
 
-def record_status(conn: Connection, status: StatusUpdate) -> float | None:
+def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float) -> float | None:
     """Store a status message unless a newer one (by ``sent_at``) is stored already; returns
-    the agent's clock when it was stored, None when it was older."""
+    the agent's clock when it was stored, None when it was older.
+
+    Two exceptions to "newer wins": an ``offline`` over an ``online`` record always applies (the
+    broker's last will carries the time the agent connected, older than its later statuses),
+    and a stored ``sent_at`` beyond ``clock_max_ts`` (stored before times were checked) is
+    no reason to refuse anything."""
     row = conn.execute(
-        """INSERT INTO agents (agent_id, state, last_seen_ts, last_status_ts, status_sent_ts,
+        f"""INSERT INTO agents (agent_id, state, last_seen_ts, last_status_ts, status_sent_ts,
                versions_json, provider, outbox_depth, outbox_dropped, outbox_oldest_age_s,
-               cameras_json, clock_ts)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               cameras_json, clock_ts, outbox_lost_json)
+           VALUES (:agent_id, :state, :heard, :heard, :sent, :versions, :provider, :depth,
+                   :dropped, :oldest, :cameras, :sent, :lost)
            ON CONFLICT (agent_id) DO UPDATE SET
                state = excluded.state, last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts),
-               last_status_ts = excluded.last_status_ts, status_sent_ts = excluded.status_sent_ts,
+               last_status_ts = excluded.last_status_ts,
+               status_sent_ts = CASE WHEN agents.status_sent_ts > :clock_max
+                                     THEN excluded.status_sent_ts
+                                     ELSE MAX(COALESCE(agents.status_sent_ts,
+                                                       excluded.status_sent_ts),
+                                              excluded.status_sent_ts) END,
                versions_json = COALESCE(excluded.versions_json, versions_json),
                provider = COALESCE(excluded.provider, provider),
                outbox_depth = excluded.outbox_depth, outbox_dropped = excluded.outbox_dropped,
                outbox_oldest_age_s = excluded.outbox_oldest_age_s,
                cameras_json = CASE WHEN excluded.cameras_json = '[]' THEN cameras_json
                                    ELSE excluded.cameras_json END,
-               clock_ts = MAX(COALESCE(clock_ts, excluded.clock_ts), excluded.clock_ts)
+               outbox_lost_json = CASE WHEN excluded.outbox_lost_json = '[]'
+                                       THEN outbox_lost_json ELSE excluded.outbox_lost_json END,
+               {_CLOCK}
            WHERE agents.status_sent_ts IS NULL OR excluded.status_sent_ts >= agents.status_sent_ts
+               OR agents.status_sent_ts > :clock_max
+               OR (excluded.state = 'offline' AND agents.state = 'online')
            RETURNING clock_ts
         """,
-        (
-            status.agent_id,
-            status.state,
-            status.heard_ts,
-            status.heard_ts,
-            status.sent_ts,
-            status.versions_json,
-            status.provider,
-            status.outbox_depth,
-            status.outbox_dropped,
-            status.outbox_oldest_age_s,
-            status.cameras_json,
-            status.sent_ts,
-        ),
+        {
+            "agent_id": status.agent_id,
+            "state": status.state,
+            "heard": status.heard_ts,
+            "sent": status.sent_ts,
+            "versions": status.versions_json,
+            "provider": status.provider,
+            "depth": status.outbox_depth,
+            "dropped": status.outbox_dropped,
+            "oldest": status.outbox_oldest_age_s,
+            "cameras": status.cameras_json,
+            "lost": status.outbox_lost_json,
+            "clock_max": clock_max_ts,
+        },
     ).fetchone()
     return None if row is None else float(row[0])
 

@@ -134,6 +134,12 @@ def end_behind(
     return ended
 
 
+def rules_of_agent(conn: Connection, agent_id: str) -> list[str]:
+    """The distinct rules of this agent's events."""
+    rows = conn.execute("SELECT DISTINCT rule FROM events WHERE agent_id = ?", (agent_id,))
+    return [str(r[0]) for r in rows]
+
+
 def open_with_clocks(conn: Connection) -> list[OpenEventClock]:
     """Every open event with the clock of its agent and when it was last heard from."""
     rows = conn.execute(

@@ -116,6 +116,57 @@ def closure_ids(conn: Connection, artifact_id: str, *, direction: Direction) -> 
     return {str(r[0]) for r in conn.execute(sql, (artifact_id,))}
 
 
+def closure_prefix(
+    conn: Connection, artifact_id: str, *, direction: Direction, count: int
+) -> list[str]:
+    """The first ``count`` artifacts of the closure in the order the walk reaches them (the
+    artifact first; an artifact always after one it came from, upstream or down). The walk
+    stops there: a page of a huge graph costs what the page holds."""
+    sql = (
+        _CLOSURE[direction].replace("\n        )", "\n            LIMIT ?\n        )", 1)
+        + " SELECT artifact_id FROM closure"
+    )
+    return [str(r[0]) for r in conn.execute(sql, (artifact_id, count))]
+
+
+def runs_generating(conn: Connection, artifact_ids: Sequence[str], *, limit: int) -> list[RunRow]:
+    """The runs that generated these artifacts, by id, at most ``limit``."""
+    runs: dict[int, RunRow] = {}
+    for start in range(0, len(artifact_ids), _CHUNK):
+        chunk = list(artifact_ids[start : start + _CHUNK])
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT DISTINCT r.id, r.kind, r.lineage_id, r.agent_id, r.code_version, r.at_ts, "
+            f"r.meta_json FROM runs r JOIN generated g ON g.run_id = r.id "
+            f"WHERE g.artifact_id IN ({marks}) ORDER BY r.id LIMIT ?",
+            [*chunk, limit + 1],
+        )
+        for r in rows:
+            runs[r[0]] = RunRow(
+                id=r[0],
+                kind=r[1],
+                lineage_id=r[2],
+                agent_id=r[3],
+                code_version=r[4],
+                at_ts=r[5],
+                meta=json.loads(r[6]),
+            )
+    return [runs[k] for k in sorted(runs)][: limit + 1]
+
+
+def artifacts(conn: Connection, artifact_ids: Sequence[str]) -> list[ArtifactRow]:
+    """These artifacts, in the order given."""
+    found: dict[str, ArtifactRow] = {}
+    for start in range(0, len(artifact_ids), _CHUNK):
+        chunk = list(artifact_ids[start : start + _CHUNK])
+        marks = ",".join("?" * len(chunk))
+        for r in conn.execute(
+            f"SELECT id, kind, created_ts, meta_json FROM artifacts WHERE id IN ({marks})", chunk
+        ):
+            found[r[0]] = ArtifactRow(id=r[0], kind=r[1], created_ts=r[2], meta=json.loads(r[3]))
+    return [found[a] for a in artifact_ids if a in found]
+
+
 def closure_runs(conn: Connection, artifact_id: str, *, direction: Direction) -> list[RunRow]:
     """The runs on the way: upstream those that generated, downstream those that used an
     artifact of the closure."""

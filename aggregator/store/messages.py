@@ -132,6 +132,14 @@ def snapshot_sha256(conn: Connection, message_id: str) -> str | None:
     return None if row is None else row[0]
 
 
+def snapshot_referenced(conn: Connection, sha256: str) -> bool:
+    """Does a stored message refer to this snapshot?"""
+    row = conn.execute(
+        "SELECT 1 FROM messages WHERE snapshot_sha256 = ? LIMIT 1", (sha256,)
+    ).fetchone()
+    return row is not None
+
+
 def snapshots_last_captured_before(conn: Connection, before_ts: float) -> list[str]:
     """Snapshot sha256s whose newest referring message was captured before ``before_ts``."""
     rows = conn.execute(

@@ -169,6 +169,7 @@ class StatusUpdate(NamedTuple):
     outbox_dropped: int
     outbox_oldest_age_s: float
     cameras_json: str
+    outbox_lost_json: str = "[]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class AgentRow:
     outbox_oldest_age_s: float
     cameras: list[dict[str, Any]]
     clock_ts: float | None
+    outbox_lost: list[dict[str, Any]]
 
 
 # notifications -------------------------------------------------------------------------------

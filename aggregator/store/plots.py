@@ -26,6 +26,17 @@ def insert(conn: Connection, plot: PlotRow) -> bool:
     return cur.rowcount == 1
 
 
+def find(
+    conn: Connection, *, query: dict[str, object], data: dict[str, object], code_version: str
+) -> str | None:
+    """The id of a plot recorded with this query, data and code version (drawn already)."""
+    row = conn.execute(
+        "SELECT id FROM plots WHERE query_json = ? AND data_json = ? AND code_version = ? LIMIT 1",
+        (json.dumps(query, sort_keys=True), json.dumps(data, sort_keys=True), code_version),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def get(conn: Connection, plot_id: str) -> PlotRow | None:
     row = conn.execute(
         "SELECT id, kind, query_json, data_json, event_ids_json, code_version, created_ts "

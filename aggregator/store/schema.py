@@ -7,7 +7,9 @@ explicit (:func:`transaction`, :func:`savepoint`).
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,64 @@ DatabaseError = sqlite3.Error
 
 class StoreUnavailable(Exception):
     """The database cannot be opened (missing file, no permission, not a database)."""
+
+
+class StoreCorrupt(StoreUnavailable):
+    """The database file fails SQLite's integrity check: ``secagg`` refuses to start on it."""
+
+
+RECOVERY_STEPS = """The store is corrupt; secagg will not write to it. To recover:
+  1. stop secagg and keep the broken file: mv {path} {path}.broken (and its -wal, -shm);
+  2. restore the latest backup (`secagg backup` writes one while secagg runs):
+     cp BACKUP.sqlite {path}
+     or salvage what SQLite can read:
+     sqlite3 {path}.broken .recover | sqlite3 {path}
+  3. start secagg: the agents send again what they still hold (their outboxes keep every
+     threat until a receipt), the broker what waited for the aggregator's session."""
+
+
+def check(path: Path) -> None:
+    """StoreCorrupt (with the recovery steps) when the database at ``path`` fails
+    ``PRAGMA quick_check``; nothing when it passes or does not exist yet."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            found = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorrupt(
+            f"{path}: {type(exc).__name__}: {exc}\n{RECOVERY_STEPS.format(path=path)}"
+        ) from exc
+    if found != ["ok"]:
+        raise StoreCorrupt(
+            f"{path}: quick_check: {'; '.join(found[:3])}\n{RECOVERY_STEPS.format(path=path)}"
+        )
+
+
+def backup(path: Path, out: Path, *, pages_per_step: int = 4096) -> int:
+    """Copy the database to ``out`` with SQLite's online backup, while the ingest goes on
+    writing (each step copies ``pages_per_step`` pages; a write in between restarts nothing
+    that was copied consistently). The copy is checked and renamed into place; returns its
+    size in bytes."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = connect(path, readonly=True)
+    try:
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst, pages=pages_per_step)
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    check(tmp)
+    tmp.replace(out)
+    return out.stat().st_size
 
 
 migrations = sqlite_utils.Migrations("secagg")
@@ -316,6 +376,54 @@ def connect(path: Path, *, readonly: bool = False) -> Connection:
     return conn
 
 
+class ReadPool:
+    """A few read-only connections, each lent to one request at a time: opening a connection
+    (and its WAL index) per request costs more than most queries the API runs."""
+
+    def __init__(self, path: Path, *, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Lend a connection (a new one while fewer than ``size`` exist, else wait for one);
+        StoreUnavailable when the database cannot be opened."""
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                make = self._made < self.size
+                if make:
+                    self._made += 1
+            if make:
+                try:
+                    conn = connect(self.path, readonly=True)
+                except StoreUnavailable:
+                    with self._lock:
+                        self._made -= 1
+                    raise
+            else:
+                conn = self._idle.get()
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        finally:
+            self._idle.put(conn)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
 def migrate(path: Path) -> None:
     """Create or upgrade the schema."""
     conn = connect(path)
@@ -337,9 +445,15 @@ def transaction(conn: Connection) -> Iterator[Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back itself (a full disk: SQLITE_FULL)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class savepoint:  # lower case: used like the function-style context managers above
@@ -358,6 +472,8 @@ class savepoint:  # lower case: used like the function-style context managers ab
         return self.conn
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if not self.conn.in_transaction:
+            return  # SQLite ended the transaction itself (a full disk): nothing to undo here
         if exc_type is not None:
             self.conn.execute(f"ROLLBACK TO {self.name}")
         self.conn.execute(f"RELEASE {self.name}")
@@ -372,3 +488,10 @@ def m009_agent_configs(db: sqlite_utils.Database) -> None:
         "CREATE TABLE agent_configs (sha256 TEXT PRIMARY KEY, agent_id TEXT NOT NULL, "
         "received_ts REAL NOT NULL, doc_json TEXT NOT NULL)"
     )
+
+
+@migrations()
+def m010_outbox_losses(db: sqlite_utils.Database) -> None:
+    """What each agent reported lost with an outbox file it found broken at start and set aside
+    (``secagent.status/1`` ``outbox_lost``), shown by ``GET /api/agents``."""
+    db.conn.execute("ALTER TABLE agents ADD COLUMN outbox_lost_json TEXT NOT NULL DEFAULT '[]'")

@@ -22,6 +22,7 @@ def agent_public(agent: AgentRow) -> AgentPublic:
         outbox_depth=agent.outbox_depth,
         outbox_dropped=agent.outbox_dropped,
         outbox_oldest_age_s=agent.outbox_oldest_age_s,
+        outbox_lost=agent.outbox_lost,
         cameras=[CameraPublic(**c) for c in agent.cameras],
     )
 

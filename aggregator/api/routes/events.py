@@ -4,16 +4,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from aggregator import store
-from aggregator.api.deps import BeforeId, Db, Limit, Settings, dt, epoch
+from aggregator.api.deps import BeforeId, Db, EventId, JsonList, Limit, Settings, dt, epoch
 from aggregator.api.routes.threats import threat_public
 from aggregator.api.schemas import EventDetail, EventPublic
 from aggregator.snapshots import snapshot_path
 from aggregator.store.models import EventRow
 
 router = APIRouter(tags=["events"])
+EVENTS = JsonList(EventPublic)
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+"""Images are served as what they are: a browser never guesses another type from the bytes."""
 
 
 def event_fields(event: EventRow) -> dict[str, Any]:
@@ -44,7 +47,7 @@ def list_events(
     since: Annotated[datetime | None, Query(description="last seen at or after")] = None,
     state: Annotated[str | None, Query(pattern="^(open|ended)$")] = None,
     before_id: BeforeId = None,
-) -> list[EventPublic]:
+) -> Response:
     found = store.events.list_events(
         conn,
         limit=limit,
@@ -55,7 +58,7 @@ def list_events(
         state=state,
         before_id=before_id,
     )
-    return [EventPublic(**event_fields(e)) for e in found]
+    return EVENTS.response([EventPublic(**event_fields(e)) for e in found])
 
 
 @router.get(
@@ -64,7 +67,7 @@ def list_events(
     summary="One threat event with all its threats and their provenance",
     responses={404: {"description": "no such event"}},
 )
-def get_event(conn: Db, event_id: int) -> EventDetail:
+def get_event(conn: Db, event_id: EventId) -> EventDetail:
     event = store.events.get(conn, event_id)
     if event is None:
         raise HTTPException(404, f"event {event_id} not found")
@@ -81,7 +84,7 @@ def get_event(conn: Db, event_id: int) -> EventDetail:
         410: {"description": "the snapshot was deleted by retention"},
     },
 )
-def get_event_snapshot(conn: Db, settings: Settings, event_id: int) -> FileResponse:
+def get_event_snapshot(conn: Db, settings: Settings, event_id: EventId) -> FileResponse:
     event = store.events.get(conn, event_id)
     if event is None:
         raise HTTPException(404, f"event {event_id} not found")
@@ -92,5 +95,7 @@ def get_event_snapshot(conn: Db, settings: Settings, event_id: int) -> FileRespo
     if not path.is_file():
         raise HTTPException(410, f"event {event_id}: snapshot {sha} was deleted by retention")
     return FileResponse(
-        path, media_type="image/jpeg", headers={"X-Snapshot-SHA256": sha, "ETag": f'"{sha}"'}
+        path,
+        media_type="image/jpeg",
+        headers={"X-Snapshot-SHA256": sha, "ETag": f'"{sha}"', **NOSNIFF},
     )

@@ -13,6 +13,14 @@ router = APIRouter(tags=["health"])
 
 
 @router.get(
+    "/api/ping",
+    summary="The server answers (no store, no ingest): a load balancer's cheapest check",
+)
+def ping() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@router.get(
     "/api/health",
     response_model=Health,
     summary="Service health and ingest counters (503 with the same body when degraded)",

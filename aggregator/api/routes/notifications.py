@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from aggregator import store
-from aggregator.api.deps import BeforeId, Db, Limit, dt
+from aggregator.api.deps import MAX_ID, BeforeId, Db, Limit, NotificationId, dt
 from aggregator.api.schemas import (
     NotificationAttemptPublic,
     NotificationDetail,
@@ -44,7 +44,7 @@ def notification_fields(n: NotificationRow) -> dict[str, Any]:
 def list_notifications(
     conn: Db,
     limit: Limit,
-    event_id: int | None = None,
+    event_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     notifier: str | None = None,
     state: Annotated[str | None, Query(pattern="^(pending|sent|failed|suppressed)$")] = None,
     before_id: BeforeId = None,
@@ -61,7 +61,7 @@ def list_notifications(
     summary="One notification with what it sent and every delivery attempt",
     responses={404: {"description": "no such notification"}},
 )
-def get_notification(conn: Db, notification_id: int) -> NotificationDetail:
+def get_notification(conn: Db, notification_id: NotificationId) -> NotificationDetail:
     n = store.notifications.get(conn, notification_id)
     if n is None:
         raise HTTPException(404, f"notification {notification_id} not found")

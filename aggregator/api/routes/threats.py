@@ -3,14 +3,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from aggregator import store
-from aggregator.api.deps import BeforeId, Db, Limit, dt, epoch
+from aggregator.api.deps import BeforeId, Db, JsonList, Limit, dt, epoch
 from aggregator.api.schemas import Provenance, ThreatPublic
 from aggregator.store.models import ThreatWithMessage
 
 router = APIRouter(tags=["threats"])
+THREATS = JsonList(ThreatPublic)
 
 
 def threat_public(found: ThreatWithMessage) -> ThreatPublic:
@@ -57,7 +58,7 @@ def list_threats(
     rule: str | None = None,
     since: Annotated[datetime | None, Query(description="captured at or after")] = None,
     before_id: BeforeId = None,
-) -> list[ThreatPublic]:
+) -> Response:
     found = store.messages.list_threats(
         conn,
         limit=limit,
@@ -67,4 +68,4 @@ def list_threats(
         since_ts=epoch(since),
         before_id=before_id,
     )
-    return [threat_public(t) for t in found]
+    return THREATS.response([threat_public(t) for t in found])
