@@ -286,7 +286,12 @@ def record(
     snapshots_dir: Path,
     grouping: events.Grouping,
 ) -> Outcome:
-    """Store one received message (status or threats) by its topic."""
+    """Store one received message (status, threats or update report) by its topic."""
+    if topic.endswith("/ota/report"):
+        from aggregator.ota.records import record_report
+
+        kind, agent_id = record_report(conn, topic, payload)
+        return Outcome(kind, agent_id=agent_id)
     if topic.endswith("/status"):
         return record_status(conn, topic, payload, grouping=grouping)
     return record_threat(conn, topic, payload, snapshots_dir=snapshots_dir, grouping=grouping)

@@ -29,6 +29,7 @@ import uvicorn
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import Ingest
+from aggregator.ota.controller import OtaController
 from appcommon.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class Service:
                 log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             )
         )
+        self.ota: OtaController | None = None
+        if config.ota.enabled:
+            self.ota = OtaController(config, self.ingest.client, connected=self.ingest.connected)
         self._stop = threading.Event()
         self._api = threading.Thread(target=self.server.run, name="api", daemon=True)
         host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::", "") else config.api.host
@@ -130,6 +134,8 @@ class Service:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self.ingest.start()
+        if self.ota is not None:
+            self.ota.start()
         self._api.start()
         ready = False
         failed: str | None = None
@@ -172,6 +178,8 @@ class Service:
         stored and acknowledged, the WAL checkpointed, the broker connection closed."""
         self.server.should_exit = True
         self._api.join(timeout=10)
+        if self.ota is not None:
+            self.ota.stop()
         self.ingest.stop()
         self.notifier.close()
 
