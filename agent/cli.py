@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -89,6 +90,10 @@ def run(
     signal.signal(signal.SIGINT, _on_signal)
     agent.run(exit_when_done=exit_when_done, tick=supervisor.tick)
     log.info("agent=%s stopped cleanly", agent.agent_id)
+    if agent.ota is not None and agent.ota.restart_into is not None:
+        # a config release became active (or was rolled back): start again into it, same PID
+        log.info("agent=%s restarting into config %s", agent.agent_id, agent.ota.restart_into)
+        os.execv(sys.argv[0], sys.argv)
     click.echo(json.dumps({"summary": agent.summary()}))
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from agent.ota.config import OtaConfig
 from appcommon.configfile import (
     ConfigError,
     find_data_file,
@@ -364,6 +365,11 @@ class AgentConfig(_Section):
         default_factory=dict, validate_default=True, description="JPEG snapshot in each threat"
     )
     cameras: list[CameraConfig] = Field(min_length=1, description="the cameras this agent serves")
+    ota: OtaConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="over-the-air updates: signed releases from the aggregator (docs/ota.md)",
+    )
     _resolve = field_validator("rules")(_installation_file("rules file"))
 
     @model_validator(mode="after")
