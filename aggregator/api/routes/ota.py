@@ -41,6 +41,7 @@ class HistoryEntry(BaseModel):
     reason: str | None
     rollout_id: int | None
     active: dict[str, Any] = Field(description="the release of each kind active after it")
+    frame_id: str | None = Field(None, description="the first frame processed with it")
 
 
 class ActivePeriod(BaseModel):
@@ -165,6 +166,7 @@ def agent_history(conn: Db, agent_id: str) -> AgentHistory:
                 reason=r.reason,
                 rollout_id=r.rollout_id,
                 active=r.active,
+                frame_id=r.detail.get("frame_id"),
             )
             for r in reports
         ],
