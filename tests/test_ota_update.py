@@ -41,6 +41,8 @@ def test_a_good_model_update_switches_between_two_frames(
         assert agent.stop() == 0
         status = site.secagg("rollout", "status", str(rollout["id"])).stdout
         assert '"state": "completed"' in status
+        reports = site.reports("edge-1")
+        periods = site.history("edge-1")["periods"]
     finally:
         feeder.stop()
         agent.stop()
@@ -56,11 +58,9 @@ def test_a_good_model_update_switches_between_two_frames(
     assert set(shas[switch:]) == {model_sha(new)}, "an old frame after the switch"
     # the first frame after the switch is the one the report names
     assert messages[switch]["frame_id"] == active["frame_id"]
-    reports = site.reports("edge-1")
     states = [r["state"] for r in reports if r["release_id"] == release["id"]]
     assert states == ["downloading", "verifying", "staged", "switching", "active", "committed"]
     assert active["active"]["model"]["sha256"] == model_sha(new)
-    periods = site.history("edge-1")["periods"]
     models = [p for p in periods if p["kind"] == "model"]
     assert [(p["release_id"], p["sha256"]) for p in models][-1] == (
         release["id"],
