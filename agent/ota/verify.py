@@ -41,8 +41,13 @@ def write_manifest(release: SignedRelease, onnx_path: Path) -> Path:
     return path
 
 
-def rule_labels(rules: RuleSet) -> set[str]:
-    return {label for rule in rules.rules for label in rule.labels}
+def unusable_rules(rules: RuleSet, labels: set[str]) -> list[str]:
+    """Rules none of whose labels the model has (they could never fire), with their labels."""
+    return [
+        f"{rule.name} ({', '.join(rule.labels)})"
+        for rule in rules.rules
+        if not set(rule.labels) & labels
+    ]
 
 
 def verify_model(
@@ -64,11 +69,11 @@ def verify_model(
         )
     except (ManifestError, DetectorError) as exc:
         raise ReleaseRefused("incompatible_model", str(exc)) from exc
-    missing = sorted(rule_labels(rules) - set(detector.labels.values()))
+    missing = unusable_rules(rules, set(detector.labels.values()))
     if missing:
         raise ReleaseRefused(
             "incompatible_model",
-            f"the active rules need labels the model does not have: {', '.join(missing)} "
+            f"active rules that need labels the model does not have: {'; '.join(missing)} "
             f"(it has {', '.join(sorted(set(detector.labels.values())))})",
         )
     trial = frames or [np.full((480, 640, 3), 114, np.uint8)]
@@ -96,11 +101,11 @@ def verify_rules(path: Path, *, config: AgentConfig, detector: Detector) -> Rule
         rules.check_zones({c.name: c.zones.keys() for c in config.cameras})
     except RulesError as exc:
         raise ReleaseRefused("invalid_rules", str(exc)) from exc
-    missing = sorted(rule_labels(rules) - set(detector.labels.values()))
+    missing = unusable_rules(rules, set(detector.labels.values()))
     if missing:
         raise ReleaseRefused(
             "invalid_rules",
-            f"the rules name labels the active model does not have: {', '.join(missing)}",
+            f"rules that need labels the active model does not have: {'; '.join(missing)}",
         )
     return rules
 

@@ -172,9 +172,11 @@ class OtaSite:
     def wait_report(
         self, agent_id: str, *, release_id: int | None, state: str, timeout_s: float = 60
     ) -> dict[str, Any]:
+        """The first report of ``state`` about ``release_id`` (None: about no release, such
+        as going back to what the agent was installed with)."""
         def found() -> dict[str, Any] | None:
             for r in self.reports(agent_id):
-                if r["state"] == state and (release_id is None or r["release_id"] == release_id):
+                if r["state"] == state and r["release_id"] == release_id:
                     return r
             return None
 
