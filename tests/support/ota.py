@@ -166,6 +166,10 @@ class OtaSite:
         r.raise_for_status()
         return dict(r.json())
 
+    def agent_known(self, agent_id: str) -> bool:
+        """The aggregator has the agent's status (and so its config in force, and labels)."""
+        return httpx.get(f"{self.api}/api/agents/{agent_id}", timeout=10).status_code == 200
+
     def reports(self, agent_id: str) -> list[dict[str, Any]]:
         return list(self.history(agent_id)["reports"])
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from aggregator import store
 from aggregator.api.deps import Db, Settings, dt
 from aggregator.ota import history as ota_history
-from aggregator.ota import tokens
+from aggregator.ota import rollouts, shadow, tokens
 from aggregator.ota.repository import Repository
 from aggregator.store.releases import ReleaseRow
 
@@ -171,3 +171,57 @@ def agent_history(conn: Db, agent_id: str) -> AgentHistory:
             for r in reports
         ],
     )
+
+
+class RolloutAgent(BaseModel):
+    agent_id: str
+    state: str = Field(description="pending, updating, succeeded, failed or reverted")
+    reason: str | None
+
+
+class RolloutPublic(BaseModel):
+    id: int
+    release_id: int
+    mode: str = Field(description="active, or shadow (the candidate runs beside the model)")
+    shadow_fraction: float
+    state: str = Field(description="running, paused, halted, completed or aborted")
+    reason: str | None
+    current_group: int
+    success_threshold: float
+    error_threshold: float
+    created_ts: float
+    updated_ts: float
+    groups: list[list[RolloutAgent]]
+
+
+@router.get("/api/rollouts", response_model=list[RolloutPublic], summary="Rollouts, newest first")
+def list_rollouts(conn: Db) -> list[RolloutPublic]:
+    return [
+        RolloutPublic.model_validate(rollouts.summary(conn, r.id))
+        for r in store.rollouts.list_rollouts(conn)
+    ]
+
+
+@router.get(
+    "/api/rollouts/{rollout_id}",
+    response_model=RolloutPublic,
+    summary="One rollout: its groups, each agent's state and reason",
+    responses={404: {"description": "no such rollout"}},
+)
+def get_rollout(conn: Db, rollout_id: int) -> RolloutPublic:
+    try:
+        return RolloutPublic.model_validate(rollouts.summary(conn, rollout_id))
+    except rollouts.RolloutError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.get(
+    "/api/rollouts/{rollout_id}/compare",
+    summary="The shadow comparison of a model rollout, per agent, camera and label",
+    responses={404: {"description": "no such model rollout"}},
+)
+def compare_rollout(conn: Db, rollout_id: int) -> dict[str, Any]:
+    try:
+        return shadow.compare(conn, rollout_id)
+    except shadow.ShadowError as exc:
+        raise HTTPException(404, str(exc)) from exc
