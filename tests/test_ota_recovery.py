@@ -109,8 +109,9 @@ def test_a_crash_loop_during_probation_rolls_back(site: OtaSite, tmp_path: Path)
             lambda: len(site.messages(agent_id)) > before + 2, timeout_s=30, what="more frames"
         )
         wait_for(
-            lambda: '"state": "halted"'
-            in site.secagg("rollout", "status", str(rollout["id"])).stdout,
+            lambda: (
+                '"state": "halted"' in site.secagg("rollout", "status", str(rollout["id"])).stdout
+            ),
             timeout_s=30,
             what="the rollout halted",
         )

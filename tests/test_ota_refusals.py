@@ -61,7 +61,9 @@ def client(site: OtaSite, state: Path, *, token: bool = True, **fields: object) 
     return ReleaseClient(config, agent_id="edge-r")
 
 
-def fetch(c: ReleaseClient, release: dict, *, sha256: str | None = None) -> tuple[SignedRelease, Path]:
+def fetch(
+    c: ReleaseClient, release: dict, *, sha256: str | None = None
+) -> tuple[SignedRelease, Path]:
     c.refresh()
     signed = c.lookup(
         target_path=release["target_path"], sha256=sha256 or release["sha256"], kind="model"

@@ -61,8 +61,9 @@ def test_a_rollout_halts_at_its_error_threshold_and_leaves_healthy_groups(
             ["c-bad"],
         ]
         wait_for(
-            lambda: httpx.get(f"{site.api}/api/rollouts/{rollout['id']}").json()["state"]
-            == "halted",
+            lambda: (
+                httpx.get(f"{site.api}/api/rollouts/{rollout['id']}").json()["state"] == "halted"
+            ),
             timeout_s=90,
             what="the rollout halted",
         )

@@ -89,9 +89,7 @@ def expected_figures(active: Path, candidate: Path, rules_path: Path, folder: Pa
     return {"per_label": counts, "flips": flips}
 
 
-def test_shadow_figures_equal_an_independent_computation(
-    broker: Mosquitto, tmp_path: Path
-) -> None:
+def test_shadow_figures_equal_an_independent_computation(broker: Mosquitto, tmp_path: Path) -> None:
     site = OtaSite(tmp_path / "site", broker)
     active = tiny_model(tmp_path / "models", "active", x=320)
     candidate = candidate_model(tmp_path / "models")
@@ -128,8 +126,10 @@ def test_shadow_figures_equal_an_independent_computation(
         site.secagg("rollout", "promote", str(rollout["id"]))
         site.wait_report("shadowed", release_id=release["id"], state="committed")
         wait_for(
-            lambda: '"state": "completed"'
-            in site.secagg("rollout", "status", str(rollout["id"])).stdout,
+            lambda: (
+                '"state": "completed"'
+                in site.secagg("rollout", "status", str(rollout["id"])).stdout
+            ),
             what="the rollout completed",
         )
         # abort: back to the model it was installed with
@@ -146,7 +146,9 @@ def test_shadow_figures_equal_an_independent_computation(
     matched = expected["per_label"]["person"]["matched"]
     assert 0 < matched < len(LEVELS), "the stills should give both matches and misses"
     frame_names = {m["frame_id"]: m["frame_source"].rsplit("/", 1)[1] for m in stored}
-    got_flips = [(frame_names[f["frame_id"]], f["active"], f["candidate"]) for f in figures["flips"]]
+    got_flips = [
+        (frame_names[f["frame_id"]], f["active"], f["candidate"]) for f in figures["flips"]
+    ]
     assert sorted(got_flips) == sorted(expected["flips"])
     assert figures["flip_count"] == len(expected["flips"]) == len(LEVELS)
     assert figures["active_latency"]["p95_ms"] > 0 and figures["candidate_latency"]["p50_ms"] > 0

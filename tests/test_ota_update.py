@@ -12,9 +12,7 @@ from tests.support import wait_for
 from tests.support.ota import AgentProcess, OtaSite, StillFeeder, model_sha, tiny_model
 
 
-def test_a_good_model_update_switches_between_two_frames(
-    broker: Mosquitto, tmp_path: Path
-) -> None:
+def test_a_good_model_update_switches_between_two_frames(broker: Mosquitto, tmp_path: Path) -> None:
     site = OtaSite(tmp_path / "site", broker)
     old = tiny_model(tmp_path / "models", "old", x=200)
     new = tiny_model(tmp_path / "models", "new", x=400)
@@ -35,9 +33,7 @@ def test_a_good_model_update_switches_between_two_frames(
         active = site.wait_report("edge-1", release_id=release["id"], state="active")
         site.wait_report("edge-1", release_id=release["id"], state="committed")
         written = feeder.stop()
-        wait_for(
-            lambda: len(site.messages("edge-1")) >= written, timeout_s=60, what="every frame"
-        )
+        wait_for(lambda: len(site.messages("edge-1")) >= written, timeout_s=60, what="every frame")
         assert agent.stop() == 0
         status = site.secagg("rollout", "status", str(rollout["id"])).stdout
         assert '"state": "completed"' in status

@@ -178,6 +178,7 @@ class OtaSite:
     ) -> dict[str, Any]:
         """The first report of ``state`` about ``release_id`` (None: about no release, such
         as going back to what the agent was installed with)."""
+
         def found() -> dict[str, Any] | None:
             for r in self.reports(agent_id):
                 if r["state"] == state and r["release_id"] == release_id:
