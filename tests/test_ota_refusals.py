@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from securesystemslib.signer import CryptoSigner
@@ -33,8 +34,7 @@ def site(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # repository to the tests
     work = tmp_path_factory.mktemp("ota-refusals")
     s = OtaSite(work, broker, refresh_interval_s=3600)
-    s.model = tiny_model(work / "models", "cand", x=300)  # type: ignore[attr-defined]
-    s.release = s.add_release("model", s.model, tag="cand-1")  # type: ignore[attr-defined]
+    s.release = s.add_release("model", tiny_model(work / "models", "cand", x=300), tag="cand-1")
     s.aggregator.start()
     try:
         yield s
@@ -62,7 +62,7 @@ def client(site: OtaSite, state: Path, *, token: bool = True, **fields: object) 
 
 
 def fetch(
-    c: ReleaseClient, release: dict, *, sha256: str | None = None
+    c: ReleaseClient, release: dict[str, Any], *, sha256: str | None = None
 ) -> tuple[SignedRelease, Path]:
     c.refresh()
     signed = c.lookup(
@@ -71,7 +71,7 @@ def fetch(
     return signed, c.download(signed, c.config.state_dir / "out" / "model.onnx")
 
 
-def refused(c: ReleaseClient, release: dict, **kw: str) -> ReleaseRefused:
+def refused(c: ReleaseClient, release: dict[str, Any], **kw: str) -> ReleaseRefused:
     with pytest.raises(ReleaseRefused) as info:
         fetch(c, release, **kw)
     return info.value
@@ -90,36 +90,36 @@ def repo_backup(site: OtaSite, tmp_path: Path) -> Iterator[Repository]:
 
 
 def test_a_good_release_downloads_and_verifies(site: OtaSite, tmp_path: Path) -> None:
-    signed, path = fetch(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    signed, path = fetch(client(site, tmp_path), site.release)
     assert signed.kind == "model" and signed.seq == 1 and signed.tag == "cand-1"
     assert signed.manifest is not None and signed.manifest["layout"] == "yolov8"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == signed.sha256
 
 
 def test_a_desired_state_naming_another_hash_is_refused(site: OtaSite, tmp_path: Path) -> None:
-    error = refused(client(site, tmp_path), site.release, sha256="0" * 64)  # type: ignore[attr-defined]
+    error = refused(client(site, tmp_path), site.release, sha256="0" * 64)
     assert error.reason == "hash_mismatch" and "desired state names" in error.detail
 
 
 def test_a_tampered_artifact_is_refused(
     site: OtaSite, tmp_path: Path, repo_backup: Repository
 ) -> None:
-    blob = repo_backup.blob(site.release["sha256"])  # type: ignore[attr-defined]
+    blob = repo_backup.blob(site.release["sha256"])
     assert blob is not None
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
     blob.write_bytes(bytes(data))
-    error = refused(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    error = refused(client(site, tmp_path), site.release)
     assert error.reason == "hash_mismatch", error
 
 
 def test_a_truncated_artifact_is_refused(
     site: OtaSite, tmp_path: Path, repo_backup: Repository
 ) -> None:
-    blob = repo_backup.blob(site.release["sha256"])  # type: ignore[attr-defined]
+    blob = repo_backup.blob(site.release["sha256"])
     assert blob is not None
     blob.write_bytes(blob.read_bytes()[:100])
-    error = refused(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    error = refused(client(site, tmp_path), site.release)
     assert error.reason == "hash_mismatch", error
     assert "length" in error.detail.lower()
 
@@ -136,7 +136,7 @@ def test_metadata_with_a_broken_signature_is_refused(
     md: Metadata[Targets] = Metadata.from_file(str(path))
     md.signed.expires += timedelta(days=1)  # a change the signature does not cover
     md.to_file(str(path))
-    error = refused(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    error = refused(client(site, tmp_path), site.release)
     assert error.reason == "bad_signature", error
     assert "targets" in error.detail
 
@@ -149,7 +149,7 @@ def test_metadata_signed_by_an_unknown_key_is_refused(
     md.signatures.clear()
     md.sign(CryptoSigner.generate_ed25519())  # well formed, but not a key the root names
     md.to_file(str(path))
-    error = refused(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    error = refused(client(site, tmp_path), site.release)
     assert error.reason == "bad_signature", error
 
 
@@ -164,7 +164,7 @@ def test_expired_metadata_is_refused(
     md.signatures.clear()
     md.sign(load_key(site.work / "ota-keys" / "online.pem"))
     md.to_file(str(path))
-    error = refused(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    error = refused(client(site, tmp_path), site.release)
     assert error.reason == "expired_metadata", error
     assert "timestamp" in error.detail
 
@@ -181,9 +181,9 @@ def test_older_metadata_is_refused_once_newer_was_seen(
     md.signatures.clear()
     md.sign(online)
     md.to_file(str(path))
-    fetch(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    fetch(client(site, tmp_path), site.release)
     path.write_bytes(old)
-    error = refused(client(site, tmp_path), site.release)  # type: ignore[attr-defined]
+    error = refused(client(site, tmp_path), site.release)
     assert error.reason == "metadata_downgrade", error
 
 

@@ -50,8 +50,7 @@ def test_a_rollout_halts_at_its_error_threshold_and_leaves_healthy_groups(
             agent.start()
         for f in feeders:
             f.start()
-        for agent_id in agents:
-            wait_for(lambda a=agent_id: site.agent_known(a), timeout_s=60, what="its status")
+        wait_for(lambda: all(site.agent_known(a) for a in agents), timeout_s=60, what="statuses")
         rollout = site.rollout(
             release["id"], "--label", "site-a", "--groups", "1,1,*", "--error-threshold", "0.3"
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ def candidate_model(folder: Path) -> Path:
     return manifest
 
 
+def stored_at_least(site: OtaSite, count: int) -> bool:
+    return len(site.messages("shadowed")) >= count
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -56,7 +61,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def expected_figures(active: Path, candidate: Path, rules_path: Path, folder: Path) -> dict:
+def expected_figures(
+    active: Path, candidate: Path, rules_path: Path, folder: Path
+) -> dict[str, Any]:
     """Both models on the stills, paired here with a plain loop (greedy by IoU, same label)."""
     a_det = Detector(load_manifest(active), providers=["CPUExecutionProvider"])
     c_det = Detector(load_manifest(candidate), providers=["CPUExecutionProvider"])
@@ -65,6 +72,7 @@ def expected_figures(active: Path, candidate: Path, rules_path: Path, folder: Pa
     flips = []
     for path in sorted(folder.glob("*.png")):
         image = cv2.imread(str(path))
+        assert image is not None
         a, c = a_det.detect(image), c_det.detect(image)
         for label in {*map(str, a.labels), *map(str, c.labels)}:
             ia = [i for i in range(len(a)) if str(a.labels[i]) == label]
@@ -112,14 +120,16 @@ def test_shadow_figures_equal_an_independent_computation(broker: Mosquitto, tmp_
             tmp = camera / f".{i:03d}.tmp.png"
             assert cv2.imwrite(str(tmp), image)
             tmp.rename(camera / f"{i:03d}.png")
-            wait_for(lambda n=i: len(site.messages("shadowed")) > n, what=f"frame {i} stored")
+            wait_for(partial(stored_at_least, site, i + 1), what=f"frame {i} stored")
 
         def compared() -> dict[str, Any] | None:
             out = site.secagg("rollout", "compare", str(rollout["id"]), "--json").stdout
             doc = json.loads(out)
             return doc if doc["frames"] == len(LEVELS) else None
 
-        doc = wait_for(compared, timeout_s=60, what="shadow figures of every frame")
+        found = wait_for(compared, timeout_s=60, what="shadow figures of every frame")
+        assert found is not None
+        doc = found
         text = site.secagg("rollout", "compare", str(rollout["id"])).stdout
         stored = site.messages("shadowed")
         # promote: the candidate becomes active, its probation passes

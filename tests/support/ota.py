@@ -65,6 +65,9 @@ def model_sha(manifest: Path) -> str:
 class OtaSite:
     """secagg with OTA on, its keys, and configs for agents that follow it."""
 
+    release: dict[str, Any]
+    """A release a test module made for all its tests (when it made one)."""
+
     def __init__(
         self,
         work: Path,
@@ -185,9 +188,11 @@ class OtaSite:
                     return r
             return None
 
-        return wait_for(
+        report = wait_for(
             found, timeout_s=timeout_s, what=f"{agent_id} to report {state} of {release_id}"
         )
+        assert report is not None
+        return report
 
     def messages(self, agent_id: str) -> list[sqlite3.Row]:
         """Threat messages stored for the agent, in frame order (file names are numbered)."""
