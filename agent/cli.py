@@ -90,6 +90,10 @@ def run(
     signal.signal(signal.SIGINT, _on_signal)
     agent.run(exit_when_done=exit_when_done, tick=supervisor.tick)
     log.info("agent=%s stopped cleanly", agent.agent_id)
+    if agent.ota is not None and agent.ota.exit_code is not None:
+        # an agent release was switched to: the service manager starts it (secagent-launch)
+        log.info("agent=%s exits %d: start the new release", agent.agent_id, agent.ota.exit_code)
+        sys.exit(agent.ota.exit_code)
     if agent.ota is not None and agent.ota.restart_into is not None:
         # a config release became active (or was rolled back): start again into it, same PID
         log.info("agent=%s restarting into config %s", agent.agent_id, agent.ota.restart_into)

@@ -8,13 +8,15 @@ the broker, so it starts again from the download)."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.config import load_agent_config
-from agent.ota import reports
+from agent.ota import reports, software
 from agent.ota.state import StateFile, UpdateState
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ def prepare(config_path: Path, *, data_dir: Path | None = None) -> Boot:
         return Boot(config_path)
     states = StateFile(config.ota.state_dir)
     state = states.load()
-    changed = _interrupted(state, agent_id=config.agent_id)
+    changed = _software_rolled_back(state, agent_id=config.agent_id, ota=config.ota)
+    changed |= _interrupted(state, agent_id=config.agent_id, ota=config.ota)
     changed |= _crash_loop(state, agent_id=config.agent_id, ota=config.ota)
     if changed:
         states.save(state)
@@ -51,10 +54,47 @@ def prepare(config_path: Path, *, data_dir: Path | None = None) -> Boot:
     )
 
 
-def _interrupted(state: UpdateState, *, agent_id: str) -> bool:
+def _software_rolled_back(state: UpdateState, *, agent_id: str, ota: Any) -> bool:
+    """deploy/secagent-launch (or the new release itself) took an agent release back: this is
+    the release before it, which says so."""
+    if ota.software_prefix is None:
+        return False
+    taken = software.take_rolled_back(ota.software_prefix)
+    if taken is None:
+        return False
+    release_id, reason = taken
+    good = state.last_good.get("agent")
+    if good is None:
+        state.active.pop("agent", None)
+    else:
+        state.active["agent"] = good
+    state.refused[str(release_id)] = reason
+    update = state.update or {}
+    state.update = None
+    if (state.probation or {}).get("kind") == "agent":
+        state.probation = None
+    reports.queue(
+        state,
+        agent_id=agent_id,
+        kind="agent",
+        release_id=release_id,
+        state_name="rolled_back",
+        reason=reason,
+        rollout_id=update.get("rollout_id"),
+        generation=update.get("generation"),
+    )
+    log.error("agent=%s ota: agent release %d rolled back: %s", agent_id, release_id, reason)
+    return True
+
+
+def _interrupted(state: UpdateState, *, agent_id: str, ota: Any) -> bool:
     update = state.update
     if update is None or update.get("state") == "active":
         return False
+    if update.get("kind") == "agent" and update.get("state") == "switching":
+        trial = software.read_trial(ota.software_prefix) if ota.software_prefix else None
+        if trial is not None and trial.release_id == update.get("release_id"):
+            return False  # the new release's first start: it reports itself active when up
     log.warning(
         "agent=%s ota: the update to %s release %s was interrupted at %s by a restart; "
         "starting it again",
@@ -88,6 +128,8 @@ def _crash_loop(state: UpdateState, *, agent_id: str, ota: Any) -> bool:
         )
         return True
     kind = probation["kind"]
+    if kind == "agent" and ota.software_prefix is not None:
+        _software_crash_loop(ota.software_prefix, probation, len(starts))
     reason = f"crash loop: {len(starts)} starts within {ota.crash_loop_window_s:g} s of the switch"
     good = state.last_good.get(kind)
     if good is None:
@@ -114,3 +156,17 @@ def _crash_loop(state: UpdateState, *, agent_id: str, ota: Any) -> bool:
         reason,
     )
     return True
+
+
+def _software_crash_loop(prefix: Path, probation: dict[str, Any], starts: int) -> None:
+    """A new agent release in a crash loop after it reported itself up: ``current`` back to
+    the release before, which starts now (same process) and reports the rollback."""
+    previous = prefix / "previous"
+    if not previous.is_symlink():
+        return
+    target = os.readlink(previous)
+    trial = software.Trial(0, 0, target, software.current(prefix) or "", probation["release_id"])
+    software.abandon(prefix, trial, f"crash loop: {starts} starts during probation")
+    log.error("ota: agent release %s in a crash loop: back to %s", probation["release_id"], target)
+    program = str(prefix / "current" / "bin" / "secagent")
+    os.execv(program, [program, *sys.argv[1:]])

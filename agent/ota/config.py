@@ -92,6 +92,28 @@ class OtaConfig(BaseModel):
     check_interval_s: float = Field(
         60.0, gt=0, le=86400, description="how often the desired state is checked again"
     )
-    _resolve = field_validator("trusted_root", "token_file", "tls_ca_file", "state_dir")(
-        _relative_to_config
+    software_prefix: Path | None = Field(
+        None,
+        description="where releases are installed (/opt/secagent, as deploy/install.sh does): "
+        "agent software releases go to <prefix>/releases/<version> and the agent must be "
+        "started by <prefix>/secagent-launch; unset: agent software releases are refused",
     )
+    software_pip_args: list[str] = Field(
+        default_factory=list,
+        description="pip arguments to install an agent wheel with its dependencies (e.g. "
+        "--no-index, --find-links=DIR); empty: only the wheel, the dependencies being those "
+        "of the running release",
+    )
+    software_attempts: int = Field(
+        3, ge=1, le=100, description="starts a new agent release gets before it is taken back"
+    )
+    software_health_deadline_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="a new agent release must report itself active within this, or it is "
+        "taken back",
+    )
+    _resolve = field_validator(
+        "trusted_root", "token_file", "tls_ca_file", "state_dir", "software_prefix"
+    )(_relative_to_config)

@@ -26,7 +26,7 @@ import numpy as np
 
 from agent.active import ActiveSet
 from agent.config import load_agent_config
-from agent.ota import reports, verify
+from agent.ota import reports, software, verify
 from agent.ota.boot import CRASH_AT_ENV
 from agent.ota.client import ReleaseClient, ReleaseRefused, SignedRelease
 from agent.ota.state import Installed, StateFile
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TURN_S = 0.5
+RESTART_EXIT_CODE = 75
+"""EX_TEMPFAIL: ``secagent run`` exits with it to be started again into a new release."""
 FIRST_FRAME_WAIT_S = 5.0
 SUFFIX = {"model": ".onnx", "rules": ".yaml", "config": ".yaml", "agent": ".whl"}
 
@@ -62,6 +64,9 @@ class OtaManager:
         self._thread = threading.Thread(target=self._loop, name="ota", daemon=True)
         self.restart_into: Path | None = None
         """Set when a config release is active: ``secagent run`` restarts into it."""
+        self.exit_code: int | None = None
+        """Set when an agent release was switched to: ``secagent run`` exits with it, and the
+        service manager starts the new release through deploy/secagent-launch."""
         self.shadow: Any = None
         self._crash_at = os.environ.get(CRASH_AT_ENV)
         self._next_check = 0.0
@@ -104,6 +109,7 @@ class OtaManager:
         while not self._stop.is_set():
             try:
                 self._send_reports()
+                self._watch_trial()
                 self._watch_probation()
                 with self._lock:
                     desired = self._latest
@@ -244,6 +250,8 @@ class OtaManager:
             )
         folder = self.releases_dir / entry.kind / signed.sha256
         dest = folder / f"{entry.kind}{SUFFIX[entry.kind]}"
+        if entry.kind == "agent":  # pip wants a wheel's own file name: <release id>-<name>
+            dest = folder / entry.target_path.rsplit("/", 1)[1].split("-", 1)[1]
         if not dest.is_file():
             client.download(signed, dest)
         return dest, signed
@@ -275,6 +283,15 @@ class OtaManager:
         if signed.kind == "config":
             verify.verify_config(path, agent_id=self.agent_id)
             return installed, self._switch_config
+        if signed.kind == "agent" and self.config.software_prefix is not None:
+            prefix = self.config.software_prefix
+            version = software.wheel_version(path)
+            release = software.install(
+                path, prefix=prefix, version=version, pip_args=self.config.software_pip_args
+            )
+            verify.verify_software(release)
+            installed.path = f"releases/{version}"
+            return installed, self._switch_software
         raise ReleaseRefused(
             "unsupported", f"{signed.kind} releases are not installed by this agent"
         )
@@ -339,6 +356,72 @@ class OtaManager:
         self._save("active")
         self.restart_into = Path(installed.path)
         self.agent.stop()
+
+    def _switch_software(self, installed: Installed, ids: dict[str, Any]) -> None:
+        """Switch ``current`` to the new release under a trial, then stop: the service manager
+        starts it through deploy/secagent-launch, which takes it back if it does not come up."""
+        prefix = self.config.software_prefix
+        assert prefix is not None
+        self.state.last_good["agent"] = self.state.active.get("agent")
+        self.state.active["agent"] = installed
+        self.state.update = {**ids, "state": "switching", "since": time.time()}
+        self._save()
+        software.begin_trial(
+            prefix,
+            candidate=installed.path,
+            release_id=installed.release_id,
+            attempts=self.config.software_attempts,
+            deadline_s=self.config.software_health_deadline_s,
+        )
+        log.info(
+            "agent=%s ota: restarting into agent release %d (%s)",
+            self.agent_id,
+            installed.release_id,
+            installed.path,
+        )
+        self.exit_code = RESTART_EXIT_CODE
+        self.agent.stop()
+
+    def _watch_trial(self) -> None:
+        """The new agent release's first run: up once it reported itself active (the broker
+        acknowledged it); then the trial ends and probation begins. Past the deadline it takes
+        itself back."""
+        update = self.state.update
+        prefix = self.config.software_prefix
+        if prefix is None or update is None or update.get("kind") != "agent":
+            return
+        if update.get("state") != "switching":
+            return
+        trial = software.read_trial(prefix)
+        ids = {k: update.get(k) for k in ("kind", "release_id", "rollout_id", "generation")}
+        if trial is None or trial.release_id != update.get("release_id"):
+            return
+        if time.time() > trial.deadline:
+            software.abandon(prefix, trial, "not up before the deadline")
+            self.exit_code = RESTART_EXIT_CODE
+            self.agent.stop()
+            return
+        if not self.agent.link.connected.is_set():
+            return
+        reported = any(
+            r["state"] == "active" and r["release_id"] == trial.release_id
+            for r in self.state.reports
+        )
+        if not reported:
+            self._report(state_name="active", reason="the new release is up", **ids)
+            self._save()
+        self._send_reports()
+        if self.state.reports:
+            return  # not acknowledged yet
+        software.commit(prefix)
+        self.state.update = {**ids, "state": "active", "since": time.time()}
+        self.state.probation = {**ids, "since": time.time(), "starts": []}
+        self._save()
+        log.info(
+            "agent=%s ota: agent release %s is up; trial over, probation begins",
+            self.agent_id,
+            trial.release_id,
+        )
 
     # probation and rollback --------------------------------------------------------------------
     def _watch_probation(self) -> None:

@@ -7,6 +7,7 @@ and labels checked against the cameras and the active model; a config is loaded 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,3 +123,22 @@ def verify_config(path: Path, *, agent_id: str) -> None:
     fatal = [str(p) for p in loaded.problems if p.fatal]
     if fatal:
         raise ReleaseRefused("invalid_config", "; ".join(fatal))
+
+
+def verify_software(release: Path) -> None:
+    """The installed release starts: ``bin/secagent --version`` answers."""
+    try:
+        done = subprocess.run(
+            [str(release / "bin" / "secagent"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReleaseRefused("invalid_software", f"{release}/bin/secagent: {exc}") from exc
+    if done.returncode != 0:
+        raise ReleaseRefused(
+            "invalid_software",
+            f"{release}/bin/secagent --version failed: {done.stderr.strip()[-500:]}",
+        )
