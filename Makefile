@@ -47,7 +47,7 @@ lint: setup
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
-	shellcheck deploy/*.sh docker/*.sh
+	shellcheck deploy/*.sh deploy/secagent-launch docker/*.sh
 
 format: setup
 	$(VENV)/bin/ruff format $(SRC)
