@@ -252,6 +252,17 @@ class DetectionEngine:
                 return False
         return True
 
+    def wait_quiet(self, timeout_s: float) -> bool:
+        """Wait until the detection worker has just finished a batch and no frame waits, so
+        that other work on the model's cores (trying a candidate model) delays no frame; False
+        after ``timeout_s`` without such a moment."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.worker_busy_since is None and self.queues.waiting() == 0:
+                return True
+            self.stop.wait(0.005)
+        return False
+
     def _apply(self, detector: Detector, active: object) -> None:
         self.detector, self.active = detector, active
         self.latencies_ms.clear()

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TURN_S = 0.5
+QUIET_WAIT_S = 2.0
+"""How long a candidate's load or trial inference waits for the detection worker to be idle."""
 RESTART_EXIT_CODE = 75
 """EX_TEMPFAIL: ``secagent run`` exits with it to be started again into a new release."""
 FIRST_FRAME_WAIT_S = 5.0
@@ -267,7 +269,11 @@ class OtaManager:
             installed.path = str(manifest)
             frames = list(agent.engine.recent)[-self.config.verify_frames :]
             detector, trial = verify.verify_model(
-                manifest, config=agent.config, rules=agent.rules, frames=frames
+                manifest,
+                config=agent.config,
+                rules=agent.rules,
+                frames=frames,
+                quiet=lambda: agent.engine.wait_quiet(QUIET_WAIT_S),
             )
             log.info(
                 "agent=%s ota: model release %d tried on %d frame(s): %.1f ms a frame",

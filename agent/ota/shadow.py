@@ -97,6 +97,7 @@ class ShadowRunner:
         fraction: float,
         ids: dict[str, Any],
         seed: int | None = None,
+        queue_size: int = 1,
     ) -> None:
         self.agent = agent
         self.detector = detector
@@ -104,7 +105,9 @@ class ShadowRunner:
         self.fraction = fraction
         self.ids = ids
         self._random = random.Random(seed)
-        self._queue: queue.Queue[tuple[Admitted, Detections, float]] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[Admitted, Detections, float]] = queue.Queue(
+            maxsize=queue_size
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shadow", daemon=True)
         self._lock = threading.Lock()
@@ -121,6 +124,10 @@ class ShadowRunner:
 
     def start(self) -> None:
         self._thread.start()
+
+    def drained(self) -> bool:
+        """Every frame queued for the candidate has been compared."""
+        return self._queue.unfinished_tasks == 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -145,7 +152,10 @@ class ShadowRunner:
                 admitted, active, active_ms = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.compare(admitted, active, active_ms=active_ms)
+            try:
+                self.compare(admitted, active, active_ms=active_ms)
+            finally:
+                self._queue.task_done()
 
     def compare(self, admitted: Admitted, active: Detections, *, active_ms: float) -> None:
         image = admitted.image

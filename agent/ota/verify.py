@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,13 @@ def verify_model(
     config: AgentConfig,
     rules: RuleSet,
     frames: list[np.ndarray],
+    quiet: Callable[[], object] | None = None,
 ) -> tuple[Detector, Trial]:
+    """Load and try a candidate model; ``quiet`` is called before each step that takes the
+    CPU (the agent waits for a moment when the detection worker is idle)."""
     detect = config.detect
+    if quiet is not None:
+        quiet()
     try:
         detector = Detector(
             load_manifest(manifest_path),
@@ -81,6 +87,8 @@ def verify_model(
     times: list[float] = []
     try:
         for image in trial:
+            if quiet is not None:
+                quiet()
             started = time.perf_counter()
             detector.detect(image)
             times.append((time.perf_counter() - started) * 1000)
