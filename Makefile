@@ -11,7 +11,7 @@ SERVE ?= 0
 ORT ?= cpu
 SRC := agent aggregator modelrt appcommon wire demo tests bench docker/tests setup.py
 
-.PHONY: setup demo test lint format bench clean mosquitto install docker-test
+.PHONY: setup demo demo-ota test lint format bench clean mosquitto install docker-test
 
 setup: $(STAMP) mosquitto
 
@@ -39,6 +39,10 @@ mosquitto:
 
 demo: setup
 	$(PY) -m demo $(if $(filter 1,$(SERVE)),--serve,)
+
+# Over-the-air update on the sample model (docs/ota.md): shadow run, comparison, promote, rollback
+demo-ota: setup
+	$(PY) -m demo.ota
 
 test: setup
 	$(PY) -m pytest -q

@@ -135,7 +135,15 @@ class OtaManager:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _report(self, **fields: Any) -> None:
-        reports.queue(self.state, agent_id=self.agent_id, **fields)
+        reports.queue(self.state, agent_id=self.agent_id, baseline=self._baseline(), **fields)
+
+    def _baseline(self) -> dict[str, dict[str, Any]]:
+        """The model and rules in use now, as the active map of a report (no release id)."""
+        active = self.agent.active
+        return {
+            "model": {"release_id": None, "sha256": active.detector.sha256, "tag": None},
+            "rules": {"release_id": None, "sha256": active.rules.sha256, "tag": None},
+        }
 
     def _send_reports(self) -> None:
         link = self.agent.link
@@ -143,11 +151,7 @@ class OtaManager:
             return
         from wire.ota import OtaReport
 
-        active = self.agent.active
-        baseline = {
-            "model": {"release_id": None, "sha256": active.detector.sha256, "tag": None},
-            "rules": {"release_id": None, "sha256": active.rules.sha256, "tag": None},
-        }
+        baseline = self._baseline()  # for reports queued before the agent ran (at boot)
         while self.state.reports:
             doc = dict(self.state.reports[0])
             doc["active"] = {**baseline, **doc["active"]}

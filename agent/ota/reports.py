@@ -24,9 +24,11 @@ def queue(
     generation: int | None = None,
     frame_id: str | None = None,
     shadow: dict[str, Any] | None = None,
+    baseline: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Append a report to ``state.reports`` (the caller saves the state); the releases active
-    are those of ``state`` at this moment (a kind not listed is filled in when sent)."""
+    are those of ``state`` at this moment, over ``baseline`` (what the agent runs of the kinds
+    that have no release: the installed model's and rules' sha256)."""
     report: dict[str, Any] = {
         "schema": "secagent.ota_report/1",
         "report_id": uuid.uuid4().hex,
@@ -37,7 +39,7 @@ def queue(
         "rollout_id": rollout_id,
         "state": state_name,
         "reason": reason[:2000] if reason else None,
-        "active": {k: v.describe() for k, v in state.active.items()},
+        "active": {**(baseline or {}), **{k: v.describe() for k, v in state.active.items()}},
         "frame_id": frame_id,
         "shadow": shadow,
         "at": datetime.now(UTC).isoformat(),
