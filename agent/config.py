@@ -403,14 +403,15 @@ def redact_url(url: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", url)
 
 
-def load_agent_config(path: Path, *, data_dir: Path | None = None) -> tuple[AgentConfig, str]:
+def load_agent_config(
+    path: Path, *, data_dir: Path | None = None, base_dir: Path | None = None
+) -> tuple[AgentConfig, str]:
     """Load and validate an agent config file; return it with the file's sha256.
 
-    Relative paths are relative to the file's folder; the model manifest and the rules file are
+    Relative paths are relative to the file's folder (or ``base_dir``: a config delivered over
+    the air resolves them as the installed one does); the model manifest and the rules file are
     looked up there first, then in ``data_dir`` (default: the installation's data folder)."""
-    return load_yaml_model(
-        path,
-        AgentConfig,
-        what="agent config",
-        context={"data_dir": data_dir or installation_data_dir()},
-    )
+    context: dict[str, Any] = {"data_dir": data_dir or installation_data_dir()}
+    if base_dir is not None:
+        context["base_dir"] = base_dir.resolve()
+    return load_yaml_model(path, AgentConfig, what="agent config", context=context)

@@ -56,6 +56,8 @@ class LoadedAgent:
     rules: RuleSet
     problems: tuple[SourceProblem, ...]
     config_path: Path | None = None
+    base_dir: Path | None = None
+    """Where the config's relative paths start, when not its own folder (a config release)."""
     releases: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The over-the-air release of each kind in use (release id, sha256, tag), when one is."""
 
@@ -85,6 +87,7 @@ def load_agent(
     config_path: Path,
     *,
     data_dir: Path | None = None,
+    base_dir: Path | None = None,
     model: Path | None = None,
     rules: Path | None = None,
     releases: dict[str, dict[str, Any]] | None = None,
@@ -94,7 +97,7 @@ def load_agent(
 
     ``model`` and ``rules`` replace the model manifest and rules file the config names (the
     releases an over-the-air update made active); they are checked exactly the same way."""
-    config, sha = load_agent_config(config_path, data_dir=data_dir)
+    config, sha = load_agent_config(config_path, data_dir=data_dir, base_dir=base_dir)
     if model is not None:
         config = config.model_copy(
             update={"detect": config.detect.model_copy(update={"model": model})}
@@ -122,5 +125,6 @@ def load_agent(
         rules=ruleset,
         problems=tuple(source_problems(config)),
         config_path=config_path,
+        base_dir=base_dir,
         releases=dict(releases or {}),
     )

@@ -58,6 +58,7 @@ class Agent:
         self.config_in_force = loaded.in_force
         self.agent_id = config.agent_id
         self.config_path = loaded.config_path
+        self.base_dir = loaded.base_dir
         versions = Versions(
             code=code_version(),
             model_sha256=loaded.detector.sha256,
@@ -367,6 +368,7 @@ def build_agent(config_path: Path, *, data_dir: Path | None = None) -> Agent:
         load_agent(
             boot.config_path,
             data_dir=data_dir,
+            base_dir=boot.base_dir,
             model=boot.model,
             rules=boot.rules,
             releases=boot.releases,

@@ -29,6 +29,9 @@ persisted (downloading, verifying, staged, switching, active)."""
 @dataclass(frozen=True)
 class Boot:
     config_path: Path
+    base_dir: Path | None = None
+    """The installed config's folder, when a config release is in use: its relative paths
+    (outbox, update state, token) keep their meaning."""
     model: Path | None = None
     rules: Path | None = None
     releases: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -48,6 +51,7 @@ def prepare(config_path: Path, *, data_dir: Path | None = None) -> Boot:
     active = state.active
     return Boot(
         config_path=Path(active["config"].path) if "config" in active else config_path,
+        base_dir=config_path.resolve().parent if "config" in active else None,
         model=Path(active["model"].path) if "model" in active else None,
         rules=Path(active["rules"].path) if "rules" in active else None,
         releases={kind: rel.describe() for kind, rel in active.items()},

@@ -137,6 +137,12 @@ class OtaManager:
     def _report(self, **fields: Any) -> None:
         reports.queue(self.state, agent_id=self.agent_id, baseline=self._baseline(), **fields)
 
+    def _base_dir(self) -> Path:
+        """The installed config's folder: a config release's relative paths start there."""
+        if self.agent.base_dir is not None:
+            return self.agent.base_dir
+        return (self.agent.config_path or Path("config.yaml")).resolve().parent
+
     def _baseline(self) -> dict[str, dict[str, Any]]:
         """The model and rules in use now, as the active map of a report (no release id)."""
         active = self.agent.active
@@ -291,7 +297,7 @@ class OtaManager:
             rules = verify.verify_rules(path, config=agent.config, detector=agent.detector)
             return installed, lambda inst, ids: self._switch(inst, ids, rules=rules)
         if signed.kind == "config":
-            verify.verify_config(path, agent_id=self.agent_id)
+            verify.verify_config(path, agent_id=self.agent_id, base_dir=self._base_dir())
             return installed, self._switch_config
         if signed.kind == "agent" and self.config.software_prefix is not None:
             prefix = self.config.software_prefix
@@ -490,7 +496,9 @@ class OtaManager:
     ) -> None:
         """Make the last known good release of ``kind`` active again (none: as installed)."""
         good = self.state.last_good.get(kind) if state_name == "rolled_back" else None
-        baseline, _ = load_agent_config(self.agent.config_path or Path("."))
+        baseline, _ = load_agent_config(
+            self.agent.config_path or Path("."), base_dir=self.agent.base_dir
+        )
         try:
             if kind == "model":
                 manifest = Path(good.path) if good else baseline.detect.model

@@ -119,9 +119,10 @@ def verify_rules(path: Path, *, config: AgentConfig, detector: Detector) -> Rule
     return rules
 
 
-def verify_config(path: Path, *, agent_id: str) -> None:
+def verify_config(path: Path, *, agent_id: str, base_dir: Path | None) -> None:
+    """Load the config in full, as at start (relative paths from ``base_dir``)."""
     try:
-        loaded = load_agent(path)
+        loaded = load_agent(path, base_dir=base_dir)
     except (ConfigError, DetectorError) as exc:
         raise ReleaseRefused("invalid_config", str(exc)) from exc
     if loaded.config.agent_id != agent_id:

@@ -201,7 +201,7 @@ class OtaSite:
         try:
             return list(
                 conn.execute(
-                    "SELECT frame_source, frame_id, model_sha256, rules_sha256 FROM messages "
+                    "SELECT frame_source, frame_id, model_sha256, rules_sha256, config_sha256 FROM messages "
                     "WHERE agent_id = ? ORDER BY frame_source",
                     (agent_id,),
                 )
