@@ -45,8 +45,9 @@ def test_a_config_release_is_validated_then_taken_into_use(
         wait_for(lambda: site.messages("configured"), timeout_s=60, what="the agent running")
         before = {m["frame_id"] for m in site.messages("configured")}
         old_config = site.messages("configured")[0]["config_sha256"]
-        site.rollout(bad_release["id"], "--agents", "configured", "--groups", "*")
+        first = site.rollout(bad_release["id"], "--agents", "configured", "--groups", "*")
         refused = site.wait_report("configured", release_id=bad_release["id"], state="failed")
+        site.wait_rollout(first["id"], "halted")
         site.rollout(good_release["id"], "--agents", "configured", "--groups", "*")
         site.wait_report("configured", release_id=good_release["id"], state="committed")
         wait_for(

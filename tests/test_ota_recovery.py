@@ -143,12 +143,14 @@ def test_unusable_releases_are_refused_and_the_reason_reaches_the_operator(
     feeder.start()
     try:
         wait_for(lambda: site.messages(agent_id), timeout_s=60, what="the agent running")
-        site.rollout(incompatible["id"], "--agents", agent_id, "--groups", "*")
+        first = site.rollout(incompatible["id"], "--agents", agent_id, "--groups", "*")
         model_fail = site.wait_report(agent_id, release_id=incompatible["id"], state="failed")
+        site.wait_rollout(first["id"], "halted")
         site.rollout(invalid["id"], "--agents", agent_id, "--groups", "*")
         rules_fail = site.wait_report(agent_id, release_id=invalid["id"], state="failed")
-        site.rollout(newer["id"], "--agents", agent_id, "--groups", "*")
+        third = site.rollout(newer["id"], "--agents", agent_id, "--groups", "*")
         site.wait_report(agent_id, release_id=newer["id"], state="committed")
+        site.wait_rollout(third["id"], "completed")
         site.rollout(older["id"], "--agents", agent_id, "--groups", "*")
         downgrade = site.wait_report(agent_id, release_id=older["id"], state="failed")
         history = site.secagg("history", agent_id).stdout

@@ -35,8 +35,7 @@ def test_a_good_model_update_switches_between_two_frames(broker: Mosquitto, tmp_
         written = feeder.stop()
         wait_for(lambda: len(site.messages("edge-1")) >= written, timeout_s=60, what="every frame")
         assert agent.stop() == 0
-        status = site.secagg("rollout", "status", str(rollout["id"])).stdout
-        assert '"state": "completed"' in status
+        site.wait_rollout(rollout["id"], "completed")
         reports = site.reports("edge-1")
         periods = site.history("edge-1")["periods"]
     finally:

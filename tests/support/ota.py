@@ -169,6 +169,16 @@ class OtaSite:
         r.raise_for_status()
         return dict(r.json())
 
+    def wait_rollout(self, rollout_id: int, state: str, *, timeout_s: float = 60) -> None:
+        """Until ``secagg serve`` has moved the rollout to ``state`` (it acts every
+        ``ota.refresh_interval_s``)."""
+
+        def reached() -> bool:
+            r = httpx.get(f"{self.api}/api/rollouts/{rollout_id}", timeout=10)
+            return r.status_code == 200 and r.json()["state"] == state
+
+        wait_for(reached, timeout_s=timeout_s, what=f"rollout {rollout_id} {state}")
+
     def agent_known(self, agent_id: str) -> bool:
         """The aggregator has the agent's status (and so its config in force, and labels)."""
         return httpx.get(f"{self.api}/api/agents/{agent_id}", timeout=10).status_code == 200
@@ -201,8 +211,8 @@ class OtaSite:
         try:
             return list(
                 conn.execute(
-                    "SELECT frame_source, frame_id, model_sha256, rules_sha256, config_sha256 FROM messages "
-                    "WHERE agent_id = ? ORDER BY frame_source",
+                    "SELECT frame_source, frame_id, model_sha256, rules_sha256, config_sha256 "
+                    "FROM messages WHERE agent_id = ? ORDER BY frame_source",
                     (agent_id,),
                 )
             )
