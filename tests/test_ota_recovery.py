@@ -15,7 +15,14 @@ import pytest
 
 from demo.broker import Mosquitto
 from tests.support import wait_for
-from tests.support.ota import AgentProcess, OtaSite, StillFeeder, model_sha, tiny_model
+from tests.support.ota import (
+    AgentProcess,
+    OtaSite,
+    StillFeeder,
+    bright_failing_model,
+    model_sha,
+    tiny_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +130,37 @@ def test_a_crash_loop_during_probation_rolls_back(site: OtaSite, tmp_path: Path)
     assert back["active"]["model"]["sha256"] == model_sha(old)
     assert site.messages(agent_id)[-1]["model_sha256"] == model_sha(old)
     assert "crash loop" in status
+
+
+def test_inference_errors_during_probation_roll_back(site: OtaSite, tmp_path: Path) -> None:
+    """A model that passes its trial on the dark frames of the evening and breaks on the
+    bright frames of the morning: the errors during probation roll it back."""
+    agent_id = "probation"
+    agent, feeder, old = agent_setup(
+        site, tmp_path, agent_id, probation_s=120, probation_max_errors=2
+    )
+    feeder.levels = (0, 60)
+    new = bright_failing_model(tmp_path / "models", "brittle", x=400)
+    release = site.add_release("model", new, tag="brittle-1")
+    agent.start()
+    feeder.start()
+    try:
+        wait_for(lambda: site.messages(agent_id), timeout_s=60, what="the agent running")
+        site.rollout(release["id"], "--agents", agent_id, "--groups", "*")
+        site.wait_report(agent_id, release_id=release["id"], state="active")
+        feeder.levels = (200, 255)  # morning
+        back = site.wait_report(agent_id, release_id=release["id"], state="rolled_back")
+        before = len(site.messages(agent_id))
+        wait_for(
+            lambda: len(site.messages(agent_id)) > before + 2, timeout_s=30, what="more frames"
+        )
+        last = site.messages(agent_id)[-1]
+    finally:
+        feeder.stop()
+        agent.stop()
+    assert back["reason"].startswith("probation: ") and "inference errors" in back["reason"]
+    assert back["active"]["model"]["sha256"] == model_sha(old)
+    assert last["model_sha256"] == model_sha(old)  # bright frames go through the old model
 
 
 def test_unusable_releases_are_refused_and_the_reason_reaches_the_operator(

@@ -7,6 +7,7 @@ resumed; a trickle is stopped at the deadline."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -268,3 +269,47 @@ def test_a_trickle_is_stopped_at_the_deadline() -> None:
         )
         with pytest.raises(exceptions.SlowRetrievalError, match="deadline"):
             fetcher.download_bytes(server.url, len(data))
+
+
+def test_a_rotated_targets_key_is_followed_and_the_revoked_one_refused(
+    site: OtaSite, tmp_path: Path, repo_backup: Repository
+) -> None:
+    """Rotation = a root that lists two keys: agents that trust root v1 follow v2 (signed by
+    the root key), accept releases signed with the new key, and once the old key is revoked
+    (v3) it signs nothing more."""
+    new_key = site.keys / "targets-2.pem"
+    root_key = str(site.keys / "root.pem")
+    try:
+        site.secagg("ota", "rotate-key", "targets", "--root-key", root_key, "--add", str(new_key))
+        done = site.secagg(
+            "release",
+            "add",
+            "model",
+            str(tiny_model(tmp_path / "m", "rotated", x=111)),
+            "--tag",
+            "rotated-1",
+            "--targets-key",
+            str(new_key),
+        )
+        rotated = json.loads(done.stdout)
+        signed, _ = fetch(client(site, tmp_path / "agent"), rotated)
+        assert signed.release_id == rotated["id"]
+        old_keyid = load_key(site.keys / "targets.pem").public_key.keyid
+        site.secagg("ota", "rotate-key", "targets", "--root-key", root_key, "--revoke", old_keyid)
+        refused_add = site.secagg(
+            "release",
+            "add",
+            "model",
+            str(tiny_model(tmp_path / "m", "old-key", x=122)),
+            "--tag",
+            "old-key-1",
+            "--targets-key",
+            str(site.keys / "targets.pem"),
+            check=False,
+        )
+        assert refused_add.returncode == 1 and "not a targets key" in refused_add.stderr
+        # an agent that trusted root v1 follows the chain to v3 and still verifies
+        signed, _ = fetch(client(site, tmp_path / "agent"), rotated)
+        assert Repository(site.work / "ota").root().signed.version == 3
+    finally:
+        new_key.unlink(missing_ok=True)

@@ -17,7 +17,9 @@ from typing import Any
 import cv2
 import httpx
 import numpy as np
+import onnx
 import yaml
+from onnx import TensorProto, helper, numpy_helper
 
 from demo.broker import Mosquitto
 from tests.support import DEFAULT_RULES, wait_for
@@ -51,6 +53,57 @@ def tiny_model(
                 "name": name,
                 "file": onnx.name,
                 "sha256": hashlib.sha256(onnx.read_bytes()).hexdigest(),
+                "layout": "yolov8",
+            }
+        )
+    )
+    return manifest
+
+
+def bright_failing_model(folder: Path, name: str, *, x: float, above: float = 0.7) -> Path:
+    """A manifest of a YOLOv8 model with one ``person`` box at ``x`` that fails (ONNX Runtime
+    raises) on frames whose mean input is ``above`` or more: dark frames pass its trial, bright
+    ones break it during probation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    row = np.asarray([x, 320, 100, 200, 0.9, 0.0], np.float32)
+
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant", [], [name], value=numpy_helper.from_array(value, name + "_v")
+        )
+
+    nodes = [
+        const("row", row),
+        const("ten", np.array(10, np.float32)),
+        const("table", np.zeros(int(above * 10), np.float32)),
+        const("shape", np.array([1, 6, 1], np.int64)),
+        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+        # index = floor(10 x mean): out of the table's range on bright frames -> ORT raises
+        helper.make_node("Mul", ["mean", "ten"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["picked"], axis=0),
+        helper.make_node("Add", ["row", "picked"], ["data"]),
+        helper.make_node("Reshape", ["data", "shape"], ["output0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bright_failing",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 640, 640])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, "anchors"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"names": LABELS})
+    onnx.checker.check_model(model)
+    onnx_path = folder / f"{name}.onnx"
+    onnx.save(model, str(onnx_path))
+    manifest = folder / f"{name}.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "file": onnx_path.name,
+                "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
                 "layout": "yolov8",
             }
         )
@@ -266,8 +319,12 @@ class AgentProcess:
 class StillFeeder:
     """Writes numbered, distinct JPEG stills into a camera folder at a steady pace."""
 
-    def __init__(self, folder: Path, *, every_s: float = 0.05) -> None:
+    def __init__(
+        self, folder: Path, *, every_s: float = 0.05, levels: tuple[int, int] = (0, 255)
+    ) -> None:
         self.folder = folder
+        self.levels = levels
+        """Pixel values are drawn from this range (a bright or a dark scene)."""
         folder.mkdir(parents=True, exist_ok=True)
         self.every_s = every_s
         self.written = 0
@@ -277,7 +334,8 @@ class StillFeeder:
 
     def write(self, count: int) -> None:
         for _ in range(count):
-            image = self._rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+            low, high = self.levels
+            image = self._rng.integers(low, high, (120, 160, 3), dtype=np.uint8)
             ok, buf = cv2.imencode(".jpg", image)
             assert ok
             tmp = self.folder / f".{self.written:05d}.tmp"
