@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from demo.broker import Mosquitto
-from tests.support import wait_for
+from tests.support import DEFAULT_RULES, wait_for
 from tests.support.ota import (
     AgentProcess,
     OtaSite,
@@ -177,6 +177,8 @@ def test_unusable_releases_are_refused_and_the_reason_reaches_the_operator(
     newer = site.add_release("model", tiny_model(tmp_path / "models", "v2", x=350), tag="ref-v2")
     incompatible = site.add_release("model", cars, tag="cars-1")
     invalid = site.add_release("rules", bad_rules, tag="car-rules-1")
+    future = site.add_release("rules", DEFAULT_RULES, "--min-agent", "99.0", tag="future-1")
+    assert future["compat"]["min_agent"] == "99.0"
     agent.start()
     feeder.start()
     try:
@@ -184,8 +186,11 @@ def test_unusable_releases_are_refused_and_the_reason_reaches_the_operator(
         first = site.rollout(incompatible["id"], "--agents", agent_id, "--groups", "*")
         model_fail = site.wait_report(agent_id, release_id=incompatible["id"], state="failed")
         site.wait_rollout(first["id"], "halted")
-        site.rollout(invalid["id"], "--agents", agent_id, "--groups", "*")
+        second = site.rollout(invalid["id"], "--agents", agent_id, "--groups", "*")
         rules_fail = site.wait_report(agent_id, release_id=invalid["id"], state="failed")
+        site.wait_rollout(second["id"], "halted")
+        site.rollout(future["id"], "--agents", agent_id, "--groups", "*")
+        too_new = site.wait_report(agent_id, release_id=future["id"], state="failed")
         third = site.rollout(newer["id"], "--agents", agent_id, "--groups", "*")
         site.wait_report(agent_id, release_id=newer["id"], state="committed")
         site.wait_rollout(third["id"], "completed")
@@ -198,6 +203,7 @@ def test_unusable_releases_are_refused_and_the_reason_reaches_the_operator(
     assert model_fail["reason"].startswith("incompatible_model:")
     assert "person" in model_fail["reason"]  # what the active rules need
     assert rules_fail["reason"].startswith("invalid_rules:") and "car" in rules_fail["reason"]
+    assert too_new["reason"].startswith("incompatible_agent:") and "99.0" in too_new["reason"]
     assert downgrade["reason"].startswith("downgrade:")
     assert downgrade["active"]["model"]["release_id"] == newer["id"]
     assert "downgrade" in history and "incompatible_model" in history

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -30,6 +31,7 @@ from agent.ota import reports, software, verify
 from agent.ota.boot import CRASH_AT_ENV
 from agent.ota.client import ReleaseClient, ReleaseRefused, SignedRelease
 from agent.ota.state import Installed, StateFile
+from appcommon.version import code_version
 from modelrt import Detections, Detector, DetectorError, ManifestError, load_manifest
 from modelrt.rules import RulesError, load_rules
 from wire.ota import DesiredRelease, OtaDesired
@@ -41,6 +43,13 @@ if TYPE_CHECKING:
     from agent.pipeline import Agent
 
 log = logging.getLogger(__name__)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``0.1.0+gabc.dirty`` -> (0, 1, 0): the release part of a version, to compare."""
+    head = version.split("+", 1)[0]
+    return tuple(int(p) for p in re.findall(r"[0-9]+", head)[:4])
+
 
 TURN_S = 0.5
 QUIET_WAIT_S = 2.0
@@ -247,6 +256,12 @@ class OtaManager:
         client = ReleaseClient(self.config, agent_id=self.agent_id)
         client.refresh()
         signed = client.lookup(target_path=entry.target_path, sha256=entry.sha256, kind=entry.kind)
+        needed = signed.compat.get("min_agent")
+        if isinstance(needed, str) and version_tuple(code_version()) < version_tuple(needed):
+            raise ReleaseRefused(
+                "incompatible_agent",
+                f"it needs agent version {needed} or newer; this agent is {code_version()}",
+            )
         active = self.state.active.get(entry.kind)
         good = self.state.last_good.get(entry.kind)
         if (

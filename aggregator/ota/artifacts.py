@@ -195,6 +195,13 @@ def default_tag(artifact: Artifact) -> str | None:
     return tag if done.returncode == 0 and TAG.match(tag) else None
 
 
+def check_version(version: str) -> str:
+    """A minimum agent version: numbers separated by dots (``0.2`` or ``1.4.0``)."""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+){0,3}", version):
+        raise ArtifactError(f"minimum agent version {version!r} must be like 0.2 or 1.4.0")
+    return version
+
+
 def check_tag(tag: str) -> str:
     if not TAG.match(tag):
         raise ArtifactError(f"tag {tag!r} must match {TAG.pattern}")

@@ -147,8 +147,17 @@ def release() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="the offline targets key (targets.pem from secagg ota init)",
 )
+@click.option(
+    "--min-agent",
+    help="the oldest agent version that can use it (e.g. 0.2); older agents refuse it",
+)
 def release_add(
-    config_path: Path, kind: str, file: Path, tag: str | None, targets_key: Path
+    config_path: Path,
+    kind: str,
+    file: Path,
+    tag: str | None,
+    targets_key: Path,
+    min_agent: str | None,
 ) -> None:
     """Check FILE as a KIND release, store it by sha256 and sign it into the repository.
 
@@ -159,7 +168,9 @@ def release_add(
 
     config = _load(config_path)
     try:
-        row = add_release(config, kind=kind, path=file, tag=tag, targets_key=targets_key)
+        row = add_release(
+            config, kind=kind, path=file, tag=tag, targets_key=targets_key, min_agent=min_agent
+        )
     except ReleaseError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

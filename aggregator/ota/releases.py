@@ -14,7 +14,14 @@ from typing import Any
 from aggregator import provenance, store
 from aggregator.config import AggregatorConfig
 from aggregator.ota import tokens
-from aggregator.ota.artifacts import Artifact, ArtifactError, check_tag, default_tag, read_artifact
+from aggregator.ota.artifacts import (
+    Artifact,
+    ArtifactError,
+    check_tag,
+    check_version,
+    default_tag,
+    read_artifact,
+)
 from aggregator.ota.repository import Repository, RepositoryError, generate_key, load_key
 from aggregator.store.releases import ReleaseRow
 from appcommon.version import code_version
@@ -69,6 +76,7 @@ def add_release(
     path: Path,
     tag: str | None,
     targets_key: Path,
+    min_agent: str | None = None,
 ) -> ReleaseRow:
     """Check the artifact, store it by content, sign it into the repository, record it.
 
@@ -78,6 +86,8 @@ def add_release(
     try:
         artifact = read_artifact(kind, path)
         tag = check_tag(tag) if tag else (default_tag(artifact) or artifact.sha256[:12])
+        if min_agent is not None:
+            artifact.compat["min_agent"] = check_version(min_agent)
     except ArtifactError as exc:
         raise ReleaseError(str(exc)) from exc
     ota = config.ota

@@ -157,9 +157,11 @@ class OtaSite:
             assert done.returncode == 0, f"secagg {args} failed:\n{done.stderr[-3000:]}"
         return done
 
-    def add_release(self, kind: str, path: Path, *, tag: str | None = None) -> dict[str, Any]:
+    def add_release(
+        self, kind: str, path: Path, *extra: str, tag: str | None = None
+    ) -> dict[str, Any]:
         args = ["release", "add", kind, str(path), "--targets-key", str(self.keys / "targets.pem")]
-        done = self.secagg(*args, *(["--tag", tag] if tag else []))
+        done = self.secagg(*args, *(["--tag", tag] if tag else []), *extra)
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
     def rollout(self, release_id: int, *args: str) -> dict[str, Any]:
