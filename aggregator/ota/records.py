@@ -64,6 +64,13 @@ def record_report(conn: store.Connection, topic: str, payload: bytes) -> tuple[s
     return "ota_report", report.agent_id
 
 
+def _agent_code(conn: store.Connection, agent_id: str) -> str:
+    """The code version the agent's latest status gave (its runs are recorded with it)."""
+    agent = store.agents.get(conn, agent_id)
+    code = (agent.versions or {}).get("code") if agent is not None else None
+    return str(code) if code else "unknown (no status yet)"
+
+
 def _record_switch(conn: store.Connection, report: OtaReport, *, at_ts: float) -> None:
     """An ``ota`` run: the agent made a release's content active (or went back to one)."""
     assert report.kind is not None
@@ -82,7 +89,7 @@ def _record_switch(conn: store.Connection, report: OtaReport, *, at_ts: float) -
         conn,
         provenance.run(
             kind="ota",
-            code_version="agent",
+            code_version=_agent_code(conn, report.agent_id),
             at_ts=at_ts,
             used=used,
             generated=[],
@@ -90,7 +97,7 @@ def _record_switch(conn: store.Connection, report: OtaReport, *, at_ts: float) -
             meta={
                 "state": report.state,
                 "reason": report.reason,
-                "frame_id": report.frame_id,
+                "first_frame_id": report.frame_id,
                 "report_id": report.report_id,
             },
         ),
@@ -129,7 +136,7 @@ def _record_shadow(conn: store.Connection, report: OtaReport, *, at_ts: float) -
         conn,
         provenance.run(
             kind="shadow",
-            code_version="agent",
+            code_version=_agent_code(conn, report.agent_id),
             at_ts=at_ts,
             used=used,
             generated=[shadow.id],
