@@ -11,7 +11,7 @@ SERVE ?= 0
 ORT ?= cpu
 SRC := agent aggregator modelrt appcommon wire demo tests bench docker/tests setup.py
 
-.PHONY: setup demo test lint format bench clean mosquitto rtsp-server install docker-test
+.PHONY: setup demo demo-ota test lint format bench clean mosquitto rtsp-server install docker-test
 
 setup: $(STAMP) mosquitto rtsp-server
 
@@ -51,6 +51,10 @@ rtsp-server:
 demo: setup
 	$(PY) -m demo $(if $(filter 1,$(SERVE)),--serve,)
 
+# Over-the-air update on the sample model (docs/ota.md): shadow run, comparison, promote, rollback
+demo-ota: setup
+	$(PY) -m demo.ota
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -59,7 +63,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --explicit-package-bases docker/tests
-	shellcheck deploy/*.sh docker/*.sh
+	shellcheck deploy/*.sh deploy/secagent-launch docker/*.sh
 
 format: setup
 	$(VENV)/bin/ruff format $(SRC)

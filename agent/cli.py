@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -92,6 +93,14 @@ def run(
     except AgentDied as exc:
         raise click.ClickException(str(exc)) from exc
     log.info("agent=%s stopped cleanly", agent.agent_id)
+    if agent.ota is not None and agent.ota.exit_code is not None:
+        # an agent release was switched to: the service manager starts it (secagent-launch)
+        log.info("agent=%s exits %d: start the new release", agent.agent_id, agent.ota.exit_code)
+        sys.exit(agent.ota.exit_code)
+    if agent.ota is not None and agent.ota.restart_into is not None:
+        # a config release became active (or was rolled back): start again into it, same PID
+        log.info("agent=%s restarting into config %s", agent.agent_id, agent.ota.restart_into)
+        os.execv(sys.argv[0], sys.argv)
     click.echo(json.dumps({"summary": agent.summary()}))
 
 

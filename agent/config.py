@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from agent.ota.config import OtaConfig
 from appcommon.configfile import (
     ConfigError,
     find_data_file,
@@ -370,6 +371,11 @@ class AgentConfig(_Section):
         default_factory=dict, validate_default=True, description="JPEG snapshot in each threat"
     )
     cameras: list[CameraConfig] = Field(min_length=1, description="the cameras this agent serves")
+    ota: OtaConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="over-the-air updates: signed releases from the aggregator (docs/ota.md)",
+    )
     _resolve = field_validator("rules")(_installation_file("rules file"))
 
     @model_validator(mode="after")
@@ -403,14 +409,15 @@ def redact_url(url: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", url)
 
 
-def load_agent_config(path: Path, *, data_dir: Path | None = None) -> tuple[AgentConfig, str]:
+def load_agent_config(
+    path: Path, *, data_dir: Path | None = None, base_dir: Path | None = None
+) -> tuple[AgentConfig, str]:
     """Load and validate an agent config file; return it with the file's sha256.
 
-    Relative paths are relative to the file's folder; the model manifest and the rules file are
+    Relative paths are relative to the file's folder (or ``base_dir``: a config delivered over
+    the air resolves them as the installed one does); the model manifest and the rules file are
     looked up there first, then in ``data_dir`` (default: the installation's data folder)."""
-    return load_yaml_model(
-        path,
-        AgentConfig,
-        what="agent config",
-        context={"data_dir": data_dir or installation_data_dir()},
-    )
+    context: dict[str, Any] = {"data_dir": data_dir or installation_data_dir()}
+    if base_dir is not None:
+        context["base_dir"] = base_dir.resolve()
+    return load_yaml_model(path, AgentConfig, what="agent config", context=context)

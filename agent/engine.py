@@ -126,6 +126,12 @@ class Admitted:
     image: np.ndarray
     tensor: np.ndarray
     letterbox: Letterbox
+    prepared_for: Detector | None = None
+    """The detector ``tensor`` was made for (a switch may come between)."""
+    detector: Detector | None = None
+    """The detector that inferred the frame (set by the worker)."""
+    active: object = None
+    """What was active with that detector (rules, versions): :attr:`DetectionEngine.active`."""
 
 
 class FrameQueues:
@@ -220,6 +226,58 @@ class DetectionEngine:
         """When the worker began the inference it is running now; None between inferences."""
         self.results_beat = now
         """When the results thread last turned its loop."""
+        self.active: object = None
+        """What the pipeline runs with the detector (rules, versions); switched with it."""
+        self._switch: tuple[Detector, object, threading.Event] | None = None
+        self._switch_lock = threading.Lock()
+        self.inference_errors = 0
+        self.latencies_ms: deque[float] = deque(maxlen=200)
+        """Per-frame inference time of the latest frames (since the last switch)."""
+        self.recent: deque[np.ndarray] = deque(maxlen=8)
+        """The latest frames that reached the model (a candidate model is tried on them)."""
+
+    def switch(self, detector: Detector, active: object, *, timeout_s: float = 30.0) -> bool:
+        """Make ``detector`` (with ``active``) the one that infers, between two batches: every
+        frame inferred before the switch is decoded and judged with the old pair, every frame
+        after with the new one; none is lost or inferred twice. False when the worker did not
+        take it within ``timeout_s`` (it is then withdrawn)."""
+        done = threading.Event()
+        with self._switch_lock:
+            if self._detect_thread is None or not self._detect_thread.is_alive():
+                self._apply(detector, active)
+                return True
+            self._switch = (detector, active, done)
+        if done.wait(timeout_s):
+            return True
+        with self._switch_lock:
+            if self._switch is not None and self._switch[2] is done:
+                self._switch = None
+                return False
+        return True
+
+    def wait_quiet(self, timeout_s: float) -> bool:
+        """Wait until the detection worker has just finished a batch and no frame waits, so
+        that other work on the model's cores (trying a candidate model) delays no frame; False
+        after ``timeout_s`` without such a moment."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.worker_busy_since is None and self.queues.waiting() == 0:
+                return True
+            self.stop.wait(0.005)
+        return False
+
+    def _apply(self, detector: Detector, active: object) -> None:
+        self.detector, self.active = detector, active
+        self.latencies_ms.clear()
+        self.inference_errors = 0
+
+    def _take_switch(self) -> None:
+        with self._switch_lock:
+            pending, self._switch = self._switch, None
+        if pending is not None:
+            detector, active, done = pending
+            self._apply(detector, active)
+            done.set()
 
     # the stages, usable one frame at a time ----------------------------------------------------
     def admit(self, camera: Camera, frame: Frame) -> Admitted | None:
@@ -257,12 +315,20 @@ class DetectionEngine:
                 )
             camera.release(frame)
             return None
-        tensor, lb = self.detector.preprocess(image)
-        return Admitted(camera=camera, frame=frame, image=image, tensor=tensor, letterbox=lb)
+        detector = self.detector
+        tensor, lb = detector.preprocess(image)
+        return Admitted(
+            camera=camera,
+            frame=frame,
+            image=image,
+            tensor=tensor,
+            letterbox=lb,
+            prepared_for=detector,
+        )
 
     def detections_of(self, admitted: Admitted, output: np.ndarray) -> Detections:
         """Decode one frame's output (1, ...) into Detections in its pixels."""
-        return self.detector.postprocess(
+        return (admitted.detector or self.detector).postprocess(
             output,
             admitted.letterbox,
             width=admitted.image.shape[1],
@@ -270,8 +336,18 @@ class DetectionEngine:
         )
 
     def infer(self, batch: list[Admitted]) -> np.ndarray:
+        """Infer a batch with the active detector; every frame records which one it was, and
+        what was active with it (a switch happens between two batches, never inside one)."""
+        detector, active = self.detector, self.active
+        for a in batch:
+            if a.prepared_for is not detector:  # queued before a switch to another input size
+                a.tensor, a.letterbox = detector.preprocess(a.image)
+                a.prepared_for = detector
+            a.detector, a.active = detector, active
         tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([a.tensor for a in batch])
-        output = self.detector.infer(tensor)
+        output = detector.infer(tensor)
+        self.latencies_ms.append(detector.last_inference_ms / len(batch))
+        self.recent.append(batch[-1].image)
         self.batches += 1
         self.batched_frames += len(batch)
         return output
@@ -342,6 +418,7 @@ class DetectionEngine:
     def _detect_loop(self) -> None:
         while not self.stop.is_set():
             self.worker_beat = time.monotonic()
+            self._take_switch()
             batch = self.queues.take(self.detector.max_batch, timeout_s=WAKE_S)
             if not batch:
                 continue
@@ -350,6 +427,7 @@ class DetectionEngine:
                 output = self.infer(batch)
             except DetectorError as exc:
                 self.worker_busy_since = None
+                self.inference_errors += len(batch)
                 for a in batch:
                     a.camera.counters.failed += 1
                     a.camera.counters.finished += 1

@@ -7,7 +7,7 @@ the broker, so ``check-config`` refuses exactly what ``run`` would refuse.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,11 @@ class LoadedAgent:
     detector: Detector
     rules: RuleSet
     problems: tuple[SourceProblem, ...]
+    config_path: Path | None = None
+    base_dir: Path | None = None
+    """Where the config's relative paths start, when not its own folder (a config release)."""
+    releases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The over-the-air release of each kind in use (release id, sha256, tag), when one is."""
 
 
 def source_problems(config: AgentConfig) -> list[SourceProblem]:
@@ -78,10 +83,27 @@ def source_problems(config: AgentConfig) -> list[SourceProblem]:
     return out
 
 
-def load_agent(config_path: Path, *, data_dir: Path | None = None) -> LoadedAgent:
+def load_agent(
+    config_path: Path,
+    *,
+    data_dir: Path | None = None,
+    base_dir: Path | None = None,
+    model: Path | None = None,
+    rules: Path | None = None,
+    releases: dict[str, dict[str, Any]] | None = None,
+) -> LoadedAgent:
     """Load the config and everything it names. Raises ConfigError (ManifestError and
-    RulesError are ones) or DetectorError, whose messages name the file and the field."""
-    config, sha = load_agent_config(config_path, data_dir=data_dir)
+    RulesError are ones) or DetectorError, whose messages name the file and the field.
+
+    ``model`` and ``rules`` replace the model manifest and rules file the config names (the
+    releases an over-the-air update made active); they are checked exactly the same way."""
+    config, sha = load_agent_config(config_path, data_dir=data_dir, base_dir=base_dir)
+    if model is not None:
+        config = config.model_copy(
+            update={"detect": config.detect.model_copy(update={"model": model})}
+        )
+    if rules is not None:
+        config = config.model_copy(update={"rules": rules})
     manifest = load_manifest(config.detect.model)
     detector = Detector(
         manifest,
@@ -91,8 +113,8 @@ def load_agent(config_path: Path, *, data_dir: Path | None = None) -> LoadedAgen
         max_batch=config.detect.max_batch,
         spin_wait=config.detect.spin_wait,
     )
-    rules = load_rules(config.rules)
-    rules.check_zones({c.name: c.zones.keys() for c in config.cameras})
+    ruleset = load_rules(config.rules)
+    ruleset.check_zones({c.name: c.zones.keys() for c in config.cameras})
     doc = in_force(config)
     return LoadedAgent(
         config=config,
@@ -100,6 +122,9 @@ def load_agent(config_path: Path, *, data_dir: Path | None = None) -> LoadedAgen
         in_force=doc,
         config_sha256=canonical_sha256(doc),
         detector=detector,
-        rules=rules,
+        rules=ruleset,
         problems=tuple(source_problems(config)),
+        config_path=config_path,
+        base_dir=base_dir,
+        releases=dict(releases or {}),
     )

@@ -71,6 +71,8 @@ class MqttLink:
         self.acked = 0
         self.confirmed = 0
         self.refused = 0
+        self.on_ota: Callable[[bytes], None] | None = None
+        """Called (on paho's thread) with each desired-state message of the ota topic."""
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"secagent-{agent_id}",
@@ -136,6 +138,8 @@ class MqttLink:
         self._forget_unacknowledged(client)
         client.subscribe(self.topics.receipts, qos=1)
         self._reconnected.set()
+        if self.on_ota is not None:
+            client.subscribe(self.topics.ota, qos=1)
         self._resend.set()
         self.connected.set()
         self.publish_status()
@@ -207,6 +211,10 @@ class MqttLink:
         self.outbox.notify()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topics.ota:
+            if self.on_ota is not None:
+                self.on_ota(bytes(msg.payload))
+            return
         try:
             receipt = parse_payload(bytes(msg.payload), ReceiptMessage)
         except PayloadError as exc:

@@ -17,11 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.active import ActiveSet
 from agent.capture import Frame
 from agent.engine import Admitted, Camera, CameraCounters, DetectionEngine
 from agent.ledger import SqliteLedger
 from agent.loader import LoadedAgent, load_agent
 from agent.mqtt import MqttLink
+from agent.ota.manager import OtaManager
 from agent.outbox import Outbox
 from appcommon.version import code_version
 from modelrt import Detections, Detector
@@ -59,14 +61,16 @@ class Agent:
         self.config = config
         self.config_in_force = loaded.in_force
         self.agent_id = config.agent_id
-        self.detector: Detector = loaded.detector
-        self.rules: RuleSet = loaded.rules
-        self.versions = Versions(
+        self.config_path = loaded.config_path
+        self.base_dir = loaded.base_dir
+        versions = Versions(
             code=code_version(),
-            model_sha256=self.detector.sha256,
-            rules_sha256=self.rules.sha256,
+            model_sha256=loaded.detector.sha256,
+            rules_sha256=loaded.rules.sha256,
             config_sha256=loaded.config_sha256,
         )
+        initial = ActiveSet(loaded.detector, loaded.rules, versions, dict(loaded.releases))
+        self._initial = initial
         for problem in loaded.problems:
             log.warning("agent=%s %s", self.agent_id, problem)
         self._stop = threading.Event()
@@ -86,14 +90,39 @@ class Agent:
             delete_on=config.outbox.delete_on,
         )
         self.engine = DetectionEngine(
-            self.detector,
+            loaded.detector,
             self.cameras,
             validate=config.validate_,
             on_detections=self._on_detections,
             stop=self._stop,
             agent_id=self.agent_id,
         )
+        self.engine.active = initial
         self._final_summary: dict[str, object] | None = None
+        self.ota: OtaManager | None = None
+        if config.ota.enabled:
+            self.ota = OtaManager(self, loaded)
+            self.link.on_ota = self.ota.on_desired
+
+    # what is active (switched between two frames by the OTA manager) ---------------------------
+    @property
+    def active(self) -> ActiveSet:
+        engine: DetectionEngine | None = self.__dict__.get("engine")
+        active = self._initial if engine is None else engine.active
+        assert isinstance(active, ActiveSet)
+        return active
+
+    @property
+    def detector(self) -> Detector:
+        return self.active.detector
+
+    @property
+    def rules(self) -> RuleSet:
+        return self.active.rules
+
+    @property
+    def versions(self) -> Versions:
+        return self.active.versions
 
     # status ----------------------------------------------------------------------------------
     def status(self, state: str) -> StatusMessage:
@@ -175,7 +204,11 @@ class Agent:
         camera, frame, image = admitted.camera, admitted.frame, admitted.image
         counters = camera.counters
         ids = f"agent={self.agent_id} camera={camera.name} frame={frame.frame_id}"
-        threats = self.rules.apply(
+        active = admitted.active if isinstance(admitted.active, ActiveSet) else self.active
+        active.mark_first(frame.frame_id)
+        if self.ota is not None:
+            self.ota.on_frame(admitted, detections)
+        threats = active.rules.apply(
             camera.name,
             detections,
             zones=camera.config.zones,
@@ -187,11 +220,11 @@ class Agent:
             frame.lineage_id,
             len(detections),
             len(threats),
-            self.detector.last_inference_ms,
+            active.detector.last_inference_ms,
         )
         if not threats:
             return None
-        message = self.build_message(frame, image, detections, threats)
+        message = self.build_message(frame, image, detections, threats, versions=active.versions)
         payload = dump_payload(message)
         dropped = self.outbox.put(
             message_id=message.message_id,
@@ -207,7 +240,13 @@ class Agent:
         return message
 
     def build_message(
-        self, frame: Frame, image: np.ndarray, detections: Detections, threats: list[Threat]
+        self,
+        frame: Frame,
+        image: np.ndarray,
+        detections: Detections,
+        threats: list[Threat],
+        *,
+        versions: Versions | None = None,
     ) -> ThreatMessage:
         dets = detections.to_wire()
         threat_out = [
@@ -231,7 +270,7 @@ class Agent:
                 ),
                 "detections": dets,
                 "threats": threat_out,
-                "versions": self.versions,
+                "versions": versions or self.versions,
                 "snapshot_jpeg_b64": self.snapshot(frame, image),
                 "sent_at": datetime.now(UTC),
             }
@@ -266,6 +305,8 @@ class Agent:
     def start(self) -> None:
         self.link.start()
         self.engine.start()
+        if self.ota is not None:
+            self.ota.start()
 
     def all_finished(self) -> bool:
         """Every source ended and every frame it gave is through the pipeline."""
@@ -320,6 +361,8 @@ class Agent:
 
     def shutdown(self) -> None:
         self._stop.set()
+        if self.ota is not None:
+            self.ota.stop()
         self.engine.join(timeout_s=10)
         self.link.stop()
         self._final_summary = self.summary()
@@ -328,5 +371,19 @@ class Agent:
 
 def build_agent(config_path: Path, *, data_dir: Path | None = None) -> Agent:
     """Load the config and everything it names (:func:`agent.loader.load_agent`, as
-    ``check-config`` does); errors say which file and field is wrong."""
-    return Agent(load_agent(config_path, data_dir=data_dir))
+    ``check-config`` does); errors say which file and field is wrong. With over-the-air
+    updates on, the releases active in the update state replace what the config names (after
+    a crash loop during probation, the last known good ones: :func:`agent.ota.boot.prepare`)."""
+    from agent.ota.boot import prepare
+
+    boot = prepare(config_path, data_dir=data_dir)
+    return Agent(
+        load_agent(
+            boot.config_path,
+            data_dir=data_dir,
+            base_dir=boot.base_dir,
+            model=boot.model,
+            rules=boot.rules,
+            releases=boot.releases,
+        )
+    )

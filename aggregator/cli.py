@@ -337,3 +337,13 @@ def plot(
     if out is not None:
         out.write_bytes(path.read_bytes())
     click.echo(f"plot:{row.id} {path} ({len(row.event_ids)} event(s))")
+
+
+def _add_ota_commands() -> None:
+    from aggregator.ota.cli import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_ota_commands()

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from aggregator.ota.config import OtaServerConfig
 from appcommon.configfile import ConfigError, load_yaml_model, resolve_path
 
 __all__ = [
@@ -410,6 +411,11 @@ class AggregatorConfig(_Section):
         default_factory=dict,
         validate_default=True,
         description="re-running recorded models and rules (`secagg reproduce`)",
+    )
+    ota: OtaServerConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="over-the-air releases: signed repository, rollouts (docs/ota.md)",
     )
 
 

@@ -166,7 +166,9 @@ class Ingest:
             self.config.mqtt.port,
             flags.session_present,
         )
-        client.subscribe([(Topics.ALL_THREATS, 1), (Topics.ALL_STATUS, 1)])
+        client.subscribe(
+            [(Topics.ALL_THREATS, 1), (Topics.ALL_STATUS, 1), (Topics.ALL_OTA_REPORTS, 1)]
+        )
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         error = self.client.last_connect_error

@@ -41,9 +41,12 @@ ARTIFACT_KINDS = (
     "event",
     "notification",
     "plot",
+    "release",
+    "software",
+    "shadow",
 )
 _KINDS = frozenset(ARTIFACT_KINDS)
-RUN_KINDS = ("validate", "detect", "rules", "group", "notify", "plot")
+RUN_KINDS = ("validate", "detect", "rules", "group", "notify", "plot", "release", "ota", "shadow")
 
 
 class ProvenanceError(ValueError):

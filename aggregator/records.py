@@ -333,6 +333,11 @@ class BatchContext:
 
 def record(conn: store.Connection, topic: str, payload: bytes, *, context: BatchContext) -> Outcome:
     """Store one received message (status or threats) by its topic."""
+    if topic.endswith("/ota/report"):
+        from aggregator.ota.records import record_report
+
+        kind, agent_id = record_report(conn, topic, payload)
+        return Outcome(kind, agent_id=agent_id)
     if topic.endswith("/status"):
         return record_status(conn, topic, payload, context=context)
     return record_threat(conn, topic, payload, context=context)

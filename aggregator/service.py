@@ -26,9 +26,11 @@ from types import FrameType
 import httpx
 import uvicorn
 
+from aggregator import store
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import Ingest
+from aggregator.ota.controller import OtaController
 from appcommon.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Service:
         self.stall_s = self.notifier.watchdog_s or DEFAULT_STALL_S
         self.ingest = Ingest(config)  # migrates the store
         app = create_app(config, liveness=self.ingest.liveness)
+        self._read_pools: dict[str, store.ReadPool] = app.state.read_pools
         self.server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -78,6 +81,9 @@ class Service:
                 log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             )
         )
+        self.ota: OtaController | None = None
+        if config.ota.enabled:
+            self.ota = OtaController(config, self.ingest.client, connected=self.ingest.connected)
         self._stop = threading.Event()
         self._api = threading.Thread(target=self.server.run, name="api", daemon=True)
         host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::", "") else config.api.host
@@ -130,6 +136,8 @@ class Service:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self.ingest.start()
+        if self.ota is not None:
+            self.ota.start()
         self._api.start()
         ready = False
         failed: str | None = None
@@ -176,6 +184,10 @@ class Service:
         stored and acknowledged, the WAL checkpointed, the broker connection closed."""
         self.server.should_exit = True
         self._api.join(timeout=10)
+        for pool in self._read_pools.values():  # the writer, closing last, removes the WAL
+            pool.close()
+        if self.ota is not None:
+            self.ota.stop()
         self.ingest.stop()
         self.notifier.close()
 

@@ -53,7 +53,8 @@ def load_yaml_model(
     """Parse ``path`` as ``model``; return it with the sha256 of the file bytes.
 
     ``what`` names the kind of file in errors ("agent config", "model manifest", "rules file");
-    ``context`` is passed to the validators on top of ``base_dir`` (the file's folder);
+    ``context`` is passed to the validators on top of ``base_dir`` (the file's folder, unless
+    ``context`` names another: a config delivered elsewhere that keeps its paths' meaning);
     ``moved``: settings that moved, old path -> new path (``events.x`` -> ``notify.x``): a file
     that still has one is refused with where it went instead of "not permitted".
     """
@@ -69,7 +70,7 @@ def load_yaml_model(
         raise ConfigError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
     try:
         parsed = model.model_validate(
-            doc, context={**(context or {}), "base_dir": path.parent.resolve()}
+            doc, context={"base_dir": path.parent.resolve(), **(context or {})}
         )
     except ValidationError as exc:
         errors = format_errors(exc, doc, moved=moved)

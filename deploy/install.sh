@@ -4,6 +4,7 @@
 #   /opt/secagent/releases/<version>/   a venv with this release, its models/ and rules/
 #   /opt/secagent/current -> releases/<version>   switched atomically (rename of a symlink)
 #   /opt/secagent/previous -> the release current pointed at before (deploy/install.sh --rollback)
+#   /opt/secagent/secagent-launch   starts current, takes back a failed over-the-air agent update
 #   /etc/secagent/secagent.yaml, secagg.yaml      written from the examples when absent, kept
 #                                                 when present (the new example: *.yaml.example)
 #   /etc/systemd/system/secagent.service, secagg.service
@@ -194,6 +195,10 @@ for program in "${UNIT_NAMES[@]}"; do
     mv "$UNITS/.$program.service.new" "$UNITS/$program.service"
 done
 say "units in $UNITS: ${UNIT_NAMES[*]/%/.service}"
+
+# the launcher that takes back an agent release updated over the air that does not come up
+# (docs/ota.md, "Agent software"); it lives outside the releases
+install -m 0755 "$ROOT/deploy/secagent-launch" "$PREFIX/secagent-launch"
 
 # 6. switch, then restart what runs ----------------------------------------------------------
 switch_current "releases/$VERSION"

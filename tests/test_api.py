@@ -51,6 +51,16 @@ COVERED = {
     ("POST", "/api/plots"),
     ("GET", "/api/plots/{plot_id}.png"),
     ("GET", "/api/plots/{plot_id}"),
+    # over-the-air updates: here on a store without releases; with releases, rollouts and
+    # real agents over real HTTP in tests/test_ota_*.py
+    ("GET", "/api/releases"),
+    ("GET", "/api/releases/{release_id}"),
+    ("GET", "/api/agents/{agent_id}/history"),
+    ("GET", "/api/rollouts"),
+    ("GET", "/api/rollouts/{rollout_id}"),
+    ("GET", "/api/rollouts/{rollout_id}/compare"),
+    ("GET", "/ota/v1/metadata/{name}"),
+    ("GET", "/ota/v1/targets/{kind}/{name}"),
 }
 """The routes this file tests; a new route fails test_every_route_is_covered until it is."""
 
@@ -102,6 +112,23 @@ def test_every_route_is_covered(site: Site) -> None:
     schema = site.client.get("/openapi.json").json()
     routes = {(m.upper(), path) for path, ops in schema["paths"].items() for m in ops}
     assert routes == COVERED
+
+
+def test_ota_routes_without_releases(site: Site) -> None:
+    get = site.client.get
+    assert get("/api/releases").json() == []
+    assert get("/api/releases/1").status_code == 404
+    assert get("/api/rollouts").json() == []
+    assert get("/api/rollouts/1").status_code == 404
+    assert get("/api/rollouts/1/compare").status_code == 404
+    assert get("/api/agents/cam-host/history").json() == {
+        "agent_id": "cam-host",
+        "periods": [],
+        "reports": [],
+    }
+    # the repository is not served while ota.enabled is false
+    assert get("/ota/v1/metadata/timestamp.json").status_code == 404
+    assert get("/ota/v1/targets/model/x.onnx").status_code == 404
 
 
 # events ----------------------------------------------------------------------------------------

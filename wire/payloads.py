@@ -284,6 +284,11 @@ _SCHEMAS: dict[str, type[_Wire]] = {
 M = TypeVar("M", bound=_Wire)
 
 
+def register_schema(name: str, model: type[_Wire]) -> None:
+    """Make :func:`parse_payload` know a schema defined in another module (``wire.ota``)."""
+    _SCHEMAS[name] = model
+
+
 def dump_payload(message: _Wire) -> bytes:
     """Serialise a wire model to compact JSON bytes (with the ``schema`` field)."""
     return message.model_dump_json(by_alias=True).encode()

@@ -56,6 +56,7 @@ class Topics:
     # Subscriptions of the aggregator (all agents).
     ALL_THREATS = f"{PREFIX}/+/threats"
     ALL_STATUS = f"{PREFIX}/+/status"
+    ALL_OTA_REPORTS = f"{PREFIX}/+/ota/report"
     EVENTS = f"{PREFIX}/events"
 
     @staticmethod

@@ -10,7 +10,16 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from aggregator.api.routes import agents, events, health, notifications, plots, provenance, threats
+from aggregator.api.routes import (
+    agents,
+    events,
+    health,
+    notifications,
+    ota,
+    plots,
+    provenance,
+    threats,
+)
 from aggregator.config import AggregatorConfig
 from aggregator.liveness import NO_INGEST, Liveness
 from appcommon.version import code_version
@@ -38,7 +47,7 @@ def create_app(
     app.state.liveness = liveness or (lambda: NO_INGEST)
     app.state.read_pools = {}
     app.state.plot_rate = plots.PlotRate()
-    for module in (health, threats, events, agents, notifications, provenance, plots):
+    for module in (health, threats, events, agents, notifications, provenance, plots, ota):
         app.include_router(module.router)
     return app
 

@@ -66,6 +66,8 @@ BeforeId = Annotated[
 ]
 EventId = Annotated[int, Path(ge=1, le=MAX_ID, description="event id")]
 NotificationId = Annotated[int, Path(ge=1, le=MAX_ID, description="notification id")]
+ReleaseId = Annotated[int, Path(ge=1, le=MAX_ID, description="release id")]
+RolloutId = Annotated[int, Path(ge=1, le=MAX_ID, description="rollout id")]
 
 
 def dt(ts: float | None) -> datetime | None:

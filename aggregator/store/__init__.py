@@ -5,7 +5,9 @@
 - one access module per group of tables: :mod:`.messages` (messages and threats),
   :mod:`.events`, :mod:`.agents`, :mod:`.configs` (the agent configs in force),
   :mod:`.lineage` (artifacts, runs, used, generated),
-  :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`.
+  :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`,
+  :mod:`.releases` (signed releases) and :mod:`.ota` (desired states, update reports, shadow
+  comparisons), :mod:`.rollouts`.
 
 Every function takes the connection first and keyword-only arguments beyond two, and runs in
 the caller's transaction. That is the seam for a second backend (PostgreSQL through SQLAlchemy
@@ -22,7 +24,10 @@ from aggregator.store import (
     messages,
     models,
     notifications,
+    ota,
     plots,
+    releases,
+    rollouts,
 )
 from aggregator.store.schema import (
     Connection,
@@ -60,7 +65,10 @@ __all__ = [
     "migrations",
     "models",
     "notifications",
+    "ota",
     "plots",
+    "releases",
+    "rollouts",
     "savepoint",
     "transaction",
 ]

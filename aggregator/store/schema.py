@@ -495,3 +495,83 @@ def m010_outbox_losses(db: sqlite_utils.Database) -> None:
     """What each agent reported lost with an outbox file it found broken at start and set aside
     (``secagent.status/1`` ``outbox_lost``), shown by ``GET /api/agents``."""
     db.conn.execute("ALTER TABLE agents ADD COLUMN outbox_lost_json TEXT NOT NULL DEFAULT '[]'")
+
+
+@migrations()
+def m011_ota(db: sqlite_utils.Database) -> None:
+    """Over-the-air updates (:mod:`aggregator.ota`): signed releases, the desired state of each
+    agent, the agents' reports (what was active when), shadow comparisons and rollouts."""
+    db.executescript(
+        """
+        CREATE TABLE releases (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            target_path TEXT NOT NULL UNIQUE,
+            created_ts REAL NOT NULL,
+            compat_json TEXT NOT NULL,
+            UNIQUE (kind, tag),
+            UNIQUE (kind, seq)
+        );
+        CREATE TABLE ota_desired (
+            agent_id TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            doc_json TEXT NOT NULL,
+            rollout_id INTEGER,
+            published_generation INTEGER NOT NULL DEFAULT 0,
+            updated_ts REAL NOT NULL
+        );
+        CREATE TABLE ota_reports (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            report_id TEXT NOT NULL UNIQUE,
+            agent_id TEXT NOT NULL,
+            kind TEXT,
+            release_id INTEGER,
+            state TEXT NOT NULL,
+            reason TEXT,
+            rollout_id INTEGER,
+            at_ts REAL NOT NULL,
+            received_ts REAL NOT NULL,
+            active_json TEXT NOT NULL,
+            detail_json TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX ota_reports_agent ON ota_reports (agent_id, id);
+        CREATE TABLE rollouts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            release_id INTEGER NOT NULL REFERENCES releases (id),
+            mode TEXT NOT NULL,
+            shadow_fraction REAL NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT,
+            current_group INTEGER NOT NULL,
+            success_threshold REAL NOT NULL,
+            error_threshold REAL NOT NULL,
+            created_ts REAL NOT NULL,
+            updated_ts REAL NOT NULL
+        );
+        CREATE TABLE rollout_agents (
+            rollout_id INTEGER NOT NULL REFERENCES rollouts (id),
+            agent_id TEXT NOT NULL,
+            group_index INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT,
+            previous_json TEXT NOT NULL DEFAULT '{}',
+            updated_ts REAL NOT NULL,
+            PRIMARY KEY (rollout_id, agent_id)
+        );
+        CREATE TABLE shadow_reports (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            report_id TEXT NOT NULL UNIQUE,
+            agent_id TEXT NOT NULL,
+            release_id INTEGER NOT NULL,
+            rollout_id INTEGER,
+            at_ts REAL NOT NULL,
+            figures_json TEXT NOT NULL
+        );
+        CREATE INDEX shadow_reports_release ON shadow_reports (release_id, agent_id, id);
+        """
+    )
