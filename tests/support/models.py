@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,87 @@ def stalling_model(path: Path, *, rows: int = 10, width: int = 640, height: int 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     return _save(model, path, {"names": "{0: 'person', 1: 'car'}"})
+
+
+def slow_model(
+    path: Path,
+    *,
+    trips: int,
+    x: float = 320.0,
+    width: int = 640,
+    height: int = 640,
+    names: str = "['person', 'person_fallen']",
+) -> Path:
+    """A YOLOv8-layout model (``[1, 6, 1]``: one ``person`` box centred at ``x``, score 0.9)
+    that is slow on bright frames only: a ``Loop`` of 32x32 MatMuls runs ``trips`` times on a
+    frame whose mean input is above half white, and not at all on a darker one (a dark scene,
+    or the grey warm-up frame at load, 114/255).
+    :func:`tests.support.models.calibrated_trips` says how many trips take a given time."""
+    row = np.asarray([[x], [320.0], [100.0], [200.0], [0.9], [0.0]], np.float32)[None]
+
+    def const(name: str, array: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+
+    rng = np.random.default_rng(3)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            const("weights", (rng.standard_normal((32, 32)) / 32).astype(np.float32)),
+            helper.make_node("MatMul", ["m_in", "weights"], ["m_out"]),
+        ],
+        "work",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("m_in", TensorProto.FLOAT, [32, 32]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("m_out", TensorProto.FLOAT, [32, 32]),
+        ],
+    )
+    nodes = [
+        const("raw", row),
+        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+        const("half", np.array(0.5, np.float32)),
+        helper.make_node("Less", ["half", "mean"], ["bright"]),
+        helper.make_node("Cast", ["bright"], ["bright64"], to=TensorProto.INT64),
+        const("trips_if_bright", np.array(trips, np.int64)),
+        helper.make_node("Mul", ["bright64", "trips_if_bright"], ["trips"]),
+        const("go", np.array(True)),
+        const("start", np.eye(32, dtype=np.float32)),
+        helper.make_node("Loop", ["trips", "go", "start"], ["worked"], body=body),
+        helper.make_node("ReduceSum", ["worked"], ["total"], keepdims=0),
+        const("zero", np.array(0.0, np.float32)),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["raw", "nothing"], ["output0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return _save(model, path, {"names": names})
+
+
+def calibrated_trips(folder: Path, *, at_least_ms: float) -> int:
+    """How many trips make :func:`slow_model` take ``at_least_ms`` on a bright frame here,
+    measured with ONNX Runtime on one thread (the fastest of three runs; a busier machine
+    only makes it slower)."""
+    import onnxruntime as ort
+
+    probe_trips = 2000
+    probe = slow_model(folder / "calibrate.onnx", trips=probe_trips)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
+    bright = np.ones((1, 3, 640, 640), np.float32)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        session.run(None, {"images": bright})
+        times.append((time.perf_counter() - started) * 1000)
+    probe.unlink()
+    return max(1, int(np.ceil(at_least_ms / min(times) * probe_trips)))

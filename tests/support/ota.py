@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from demo.broker import Mosquitto
 from tests.support import DEFAULT_RULES, wait_for
-from tests.support.models import constant_model
+from tests.support.models import calibrated_trips, constant_model, slow_model
 from tests.support.processes import BIN, AggregatorProcess, write_aggregator_config
 
 LABELS = "['person', 'person_fallen']"
@@ -97,6 +97,28 @@ def bright_failing_model(folder: Path, name: str, *, x: float, above: float = 0.
     onnx.checker.check_model(model)
     onnx_path = folder / f"{name}.onnx"
     onnx.save(model, str(onnx_path))
+    manifest = folder / f"{name}.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "file": onnx_path.name,
+                "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+                "layout": "yolov8",
+            }
+        )
+    )
+    return manifest
+
+
+def slow_bright_model(folder: Path, name: str, *, x: float, bright_ms: float) -> Path:
+    """A manifest of :func:`tests.support.models.slow_model`: one ``person`` box at ``x``,
+    about 1 ms on a dark frame, at least ``bright_ms`` on a bright one (calibrated here; a
+    busier machine only makes it slower)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = slow_model(
+        folder / f"{name}.onnx", trips=calibrated_trips(folder, at_least_ms=bright_ms), x=x
+    )
     manifest = folder / f"{name}.yaml"
     manifest.write_text(
         yaml.safe_dump(
