@@ -97,6 +97,33 @@ def test_a_good_release_downloads_and_verifies(site: OtaSite, tmp_path: Path) ->
     assert hashlib.sha256(path.read_bytes()).hexdigest() == signed.sha256
 
 
+@pytest.mark.parametrize(
+    ("record", "size"),
+    [
+        ({"sha256": "0" * 64}, 100),  # a partial of other content
+        ({"length": 5}, 100),  # of another length
+        ({}, 10**6),  # longer than the artifact
+        (None, 100),  # no record of what it was meant to be
+    ],
+    ids=["other-sha256", "other-length", "too-long", "no-record"],
+)
+def test_a_partial_download_of_something_else_is_discarded(
+    site: OtaSite, tmp_path: Path, record: dict[str, Any] | None, size: int
+) -> None:
+    """What an earlier run left beside the destination is resumed only for the same signed
+    sha256 and length; anything else starts over (and the download still succeeds)."""
+    dest = tmp_path / "out" / "model.onnx"
+    dest.parent.mkdir(parents=True)
+    (dest.parent / ".model.onnx.part").write_bytes(b"\xff" * size)
+    if record is not None:
+        expected = {"sha256": site.release["sha256"], "length": site.release["size"]}
+        (dest.parent / ".model.onnx.part.json").write_text(json.dumps({**expected, **record}))
+    signed, path = fetch(client(site, tmp_path), site.release)
+    assert path == dest
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == signed.sha256
+    assert not list(dest.parent.glob(".*"))
+
+
 def test_a_desired_state_naming_another_hash_is_refused(site: OtaSite, tmp_path: Path) -> None:
     error = refused(client(site, tmp_path), site.release, sha256="0" * 64)
     assert error.reason == "hash_mismatch" and "desired state names" in error.detail

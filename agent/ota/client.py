@@ -1,14 +1,15 @@
 """Fetching a release through python-tuf's ngclient: the signed metadata is refreshed (root
 chain, timestamp, snapshot, targets: signatures, thresholds, versions, expiry, all checked by
 ngclient), the release's target entry is looked up, checked against the desired state, and its
-artifact downloaded (length capped and sha256 checked by ngclient, resumed and bounded in time
-by :class:`agent.ota.fetcher.ResumableFetcher`)."""
+artifact downloaded: capped at the signed length, kept on disk while it comes so that a
+restarted agent goes on from there (:mod:`agent.ota.partial`), resumed and bounded in time by
+:class:`agent.ota.fetcher.ResumableFetcher`, and checked against the signed length and sha256
+by python-tuf (``TargetFile.verify_length_and_hashes``, what ngclient's own download does)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 
 from agent.ota.config import OtaConfig
 from agent.ota.fetcher import ResumableFetcher
+from agent.ota.partial import PartialDownload
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +153,56 @@ class ReleaseClient:
 
     def download(self, release: SignedRelease, dest: Path) -> Path:
         """The artifact, verified (length and sha256 against the signed metadata), at
-        ``dest`` (written to a temporary name, then renamed)."""
+        ``dest``. What an earlier run received is kept (:mod:`agent.ota.partial`) and the
+        download goes on from there with ``Range``; a resumed download whose bytes turn out
+        wrong is discarded and downloaded once more from the start."""
         try:
             info = self.updater.get_targetinfo(release.target_path)
             if info is None:
                 raise ReleaseRefused("not_signed", release.target_path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.part")
-            self.updater.download_target(info, filepath=str(tmp))
+            partial = PartialDownload(dest, sha256=release.sha256, length=info.length)
+            url = self._target_url(info.path, release.sha256)
+            while True:
+                offset = partial.resume_at()
+                if offset:
+                    log.info(
+                        "ota: %s: going on from byte %d of %d, kept from an earlier run",
+                        release.target_path,
+                        offset,
+                        info.length,
+                    )
+                try:
+                    if offset < info.length:
+                        partial.append(self.fetcher.stream(url, offset=offset))
+                    with partial.part.open("rb") as received:
+                        info.verify_length_and_hashes(received)
+                except exceptions.LengthOrHashMismatchError:
+                    partial.discard()  # wrong bytes are never resumed
+                    if offset == 0:
+                        raise
+                    self._start_over(release, offset, "its bytes are not the signed ones")
+                    continue
+                except exceptions.DownloadHTTPError as exc:
+                    if offset == 0 or exc.status_code != 416:
+                        raise
+                    partial.discard()
+                    self._start_over(release, offset, "the server refused its range")
+                    continue
+                return partial.finish()
         except Exception as exc:
             raise classify(exc) from exc
-        shutil.move(tmp, dest)
-        return dest
+
+    def _start_over(self, release: SignedRelease, offset: int, why: str) -> None:
+        log.warning(
+            "ota: %s: the %d bytes kept from an earlier run are discarded (%s); downloading "
+            "it again from the start",
+            release.target_path,
+            offset,
+            why,
+        )
+
+    def _target_url(self, path: str, sha256: str) -> str:
+        """Where the repository serves a target: secagg's repository has consistent snapshots,
+        each artifact under ``<kind>/<sha256>.<name>`` (as ngclient asks for it)."""
+        folder, sep, name = path.rpartition("/")
+        return f"{self.config.url.rstrip('/')}/targets/{folder}{sep}{sha256}.{name}"

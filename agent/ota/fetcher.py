@@ -8,6 +8,8 @@ just under the socket timeout is accepted for ever). :class:`ResumableFetcher`:
 - when a response ends early or the connection drops, asks again with ``Range: bytes=N-``
   and goes on from byte N (at most ``attempts`` connections in all); a server that answers a
   range with the whole file is read from the start of what is missing;
+- :meth:`ResumableFetcher.stream` starts at a given byte: a release download kept on disk by
+  an earlier run of the agent goes on from there (:mod:`agent.ota.partial`);
 - raises :class:`tuf.api.exceptions.SlowRetrievalError` once ``deadline_s`` has passed since
   the download started, whatever the pace;
 - ngclient itself caps the length at what the signed metadata says, and checks the hash.
@@ -51,9 +53,15 @@ class ResumableFetcher(FetcherInterface):
         """Downloads resumed with a Range request (all downloads of this fetcher)."""
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        return self.stream(url)
+
+    def stream(self, url: str, *, offset: int = 0) -> Iterator[bytes]:
+        """The bytes of ``url`` from byte ``offset`` on (``Range: bytes=offset-`` when not 0:
+        a download kept on disk by an earlier run goes on). The request is made now, so an
+        HTTP error raises here; the deadline counts from now."""
         started = time.monotonic()
-        response = self._request(url, offset=0, started=started)
-        return self._chunks(url, response, started=started)
+        response = self._request(url, offset=offset, started=started)
+        return self._chunks(url, response, started=started, offset=offset)
 
     def _left_s(self, started: float) -> float:
         left = self.deadline_s - (time.monotonic() - started)
@@ -87,9 +95,9 @@ class ResumableFetcher(FetcherInterface):
         return response
 
     def _chunks(
-        self, url: str, response: urllib3.response.BaseHTTPResponse, *, started: float
+        self, url: str, response: urllib3.response.BaseHTTPResponse, *, started: float, offset: int
     ) -> Iterator[bytes]:
-        received = 0
+        received = offset
         attempt = 1
         while True:
             skip = received if response.status == 200 and received else 0  # range ignored

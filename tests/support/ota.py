@@ -37,14 +37,21 @@ def tiny_model(
     score: float = 0.9,
     names: str = LABELS,
     width: int = 640,
+    padding_bytes: int = 0,
 ) -> Path:
     """A manifest of a constant YOLOv8 model: one ``person`` box centred at ``x`` (model-input
-    pixels) with ``score`` on every frame."""
+    pixels) with ``score`` on every frame; ``padding_bytes`` of random text in its metadata make
+    its file that much larger (a download that takes a while)."""
     folder.mkdir(parents=True, exist_ok=True)
     classes = len(yaml.safe_load(names.replace("'", '"')) or [])
     row = [x, 320, 100, 200, score] + [0.0] * (classes - 1)
+    padding = np.random.default_rng(11).bytes(padding_bytes // 2).hex()
     onnx = constant_model(
-        folder / f"{name}.onnx", np.asarray([row], np.float32).T[None], names=names, width=width
+        folder / f"{name}.onnx",
+        np.asarray([row], np.float32).T[None],
+        names=names,
+        width=width,
+        metadata={"padding": padding} if padding else None,
     )
     manifest = folder / f"{name}.yaml"
     manifest.write_text(
