@@ -5,6 +5,7 @@
 #   /opt/secagent/current -> releases/<version>   switched atomically (rename of a symlink)
 #   /opt/secagent/previous -> the release current pointed at before (deploy/install.sh --rollback)
 #   /opt/secagent/secagent-launch   starts current, takes back a failed over-the-air agent update
+#                                   (secagent.service starts the agent through it)
 #   /etc/secagent/secagent.yaml, secagg.yaml      written from the examples when absent, kept
 #                                                 when present (the new example: *.yaml.example)
 #   /etc/systemd/system/secagent.service, secagg.service
@@ -57,9 +58,10 @@ done
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
+AGENT=1
 case "$ROLE" in
     agent) EXTRAS=agent; UNIT_NAMES=(secagent) ;;
-    aggregator) EXTRAS=aggregator; UNIT_NAMES=(secagg) ;;
+    aggregator) EXTRAS=aggregator; UNIT_NAMES=(secagg); AGENT=0 ;;
     all) EXTRAS=agent,aggregator; UNIT_NAMES=(secagent secagg) ;;
     *) die "--role $ROLE: use agent, aggregator or all" ;;
 esac
@@ -87,6 +89,22 @@ switch_current() {
     say "current -> $target${old:+ (was $old)}"
 }
 
+# The agent takes agent releases over the air into use itself (docs/ota.md, "Agent software"):
+# it installs them in releases/ and switches current and previous, as its unit allows
+# (ReadWritePaths=/opt/secagent). Both folders are root:secagent 1775, sticky like /tmp but
+# only for that group: the agent creates entries and replaces those it owns (the links, handed
+# to it here, its trial files, the releases it installed), never the launcher or the releases
+# installed here.
+agent_may_switch() {
+    [ "$USERS" = 1 ] && [ "$AGENT" = 1 ] && getent group secagent >/dev/null || return 0
+    mkdir -p "$PREFIX/releases"
+    chgrp secagent "$PREFIX" "$PREFIX/releases"
+    chmod 1775 "$PREFIX" "$PREFIX/releases"
+    for link in current previous; do
+        if [ -L "$PREFIX/$link" ]; then chown -h secagent:secagent "$PREFIX/$link"; fi
+    done
+}
+
 restart_units() {
     [ "$SYSTEMD" = 1 ] || return 0
     systemctl daemon-reload
@@ -96,6 +114,7 @@ restart_units() {
 if [ "$ROLLBACK" = 1 ]; then
     [ -L "$PREFIX/previous" ] || die "no previous release under $PREFIX to roll back to"
     switch_current "$(readlink "$PREFIX/previous")"
+    agent_may_switch
     restart_units
     exit 0
 fi
@@ -202,5 +221,6 @@ install -m 0755 "$ROOT/deploy/secagent-launch" "$PREFIX/secagent-launch"
 
 # 6. switch, then restart what runs ----------------------------------------------------------
 switch_current "releases/$VERSION"
+agent_may_switch
 restart_units
 say "done: $VERSION. Start with: systemctl enable --now ${UNIT_NAMES[*]/%/.service}"

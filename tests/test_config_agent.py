@@ -102,9 +102,13 @@ def test_the_systemd_units_paths_agree_with_the_installation() -> None:
     commands = dict(
         line.split("=", 1) for line in unit.splitlines() if line.startswith("ExecStart")
     )
-    release, config = Path("/opt/secagent/current"), Path("/etc/secagent/secagent.yaml")
-    assert commands["ExecStart"] == f"{release}/bin/secagent run --config {config}"
-    assert commands["ExecStartPre"] == f"{release}/bin/secagent check-config --config {config}"
+    prefix, config = Path("/opt/secagent"), Path("/etc/secagent/secagent.yaml")
+    # the launcher (installed at the prefix) starts the release `current` names
+    assert commands["ExecStart"] == f"{prefix}/secagent-launch run --config {config}"
+    assert "Environment=SECAGENT_PREFIX=/opt/secagent" in unit
+    launcher = (ROOT / "deploy" / "secagent-launch").read_text()
+    assert "PREFIX=${SECAGENT_PREFIX:-/opt/secagent}" in launcher
+    assert 'exec "$PREFIX/current/bin/secagent" "$@"' in launcher
     # deploy/install.sh makes each release a virtualenv holding models/ and rules/ (the
     # installed program's data folder, sys.prefix); from a checkout, the checkout is
     install = (ROOT / "deploy" / "install.sh").read_text()

@@ -223,7 +223,10 @@ def test_configs_are_kept_the_release_switches_and_rolls_back(
 def test_systemd_accepts_the_installed_unit(host: Host) -> None:
     unit = host.units / "secagent.service"
     text = unit.read_text()
-    assert f"ExecStart={host.prefix}/current/bin/secagent run --config {host.etc}" in text
+    assert f"ExecStart={host.prefix}/secagent-launch run --config {host.etc}" in text
+    assert f"Environment=SECAGENT_PREFIX={host.prefix}\n" in text
+    assert f"ReadWritePaths={host.prefix}\n" in text
+    assert os.access(host.prefix / "secagent-launch", os.X_OK)
     verified = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )

@@ -1,5 +1,5 @@
 """The systemd units: Type=notify with a watchdog, a clean stop, a start limit, the config
-checked before start, and hardening that ``systemd-analyze security`` rates (offline, from the
+checked before start (secagg), the agent started through secagent-launch, and hardening that ``systemd-analyze security`` rates (offline, from the
 unit files themselves). tests/test_install.py verifies the installed units."""
 
 from __future__ import annotations
@@ -25,19 +25,44 @@ def settings(unit: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("unit", "program"), [("secagent.service", "secagent"), ("secagg.service", "secagg")]
+    ("unit", "command"),
+    [
+        ("secagent.service", "/opt/secagent/secagent-launch run"),
+        ("secagg.service", "/opt/secagent/current/bin/secagg serve"),
+    ],
 )
-def test_notify_watchdog_stop_and_start_limits(unit: str, program: str) -> None:
+def test_notify_watchdog_stop_and_start_limits(unit: str, command: str) -> None:
     s = settings(unit)
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     assert float(s["WatchdogSec"][0]) >= 10
-    assert s["ExecStartPre"][0].endswith(
-        f"bin/{program} check-config --config /etc/secagent/{program}.yaml"
-    )
-    assert s["ExecStart"][0].startswith(f"/opt/secagent/current/bin/{program} ")
+    program = unit.removesuffix(".service")
+    assert s["ExecStart"] == [f"{command} --config /etc/secagent/{program}.yaml"]
     assert int(s["TimeoutStopSec"][0]) >= 20  # the daemons finish what is in hand first
     assert int(s["StartLimitBurst"][0]) >= 1 and int(s["StartLimitIntervalSec"][0]) > 0
     assert s["Restart"] == ["on-failure"]
+
+
+def test_secagg_checks_its_config_before_start() -> None:
+    assert settings("secagg.service")["ExecStartPre"] == [
+        "/opt/secagent/current/bin/secagg check-config --config /etc/secagent/secagg.yaml"
+    ]
+
+
+def test_the_agent_starts_through_the_launcher_that_takes_back_a_failed_release() -> None:
+    """secagent-launch starts ``current`` and takes back an agent release that does not come
+    up (docs/ota.md, "Agent software"): it and the agent switch ``current`` in /opt/secagent,
+    the one folder the unit opens for writing; nothing runs the release's code outside it (no
+    ExecStartPre), and exit 75 (an update) restarts it."""
+    s = settings("secagent.service")
+    assert s["ExecStart"][0].split()[0] == "/opt/secagent/secagent-launch"
+    assert s["Environment"] == ["SECAGENT_PREFIX=/opt/secagent"]
+    assert s["ProtectSystem"] == ["strict"] and s["ReadWritePaths"] == ["/opt/secagent"]
+    assert "ExecStartPre" not in s
+    assert s["Restart"] == ["on-failure"] and "RestartPreventExitStatus" not in s
+    launcher = (ROOT / "deploy" / "secagent-launch").read_text()
+    assert 'exec "$PREFIX/current/bin/secagent" "$@"' in launcher
+    install = (ROOT / "deploy" / "install.sh").read_text()
+    assert '"$ROOT/deploy/secagent-launch" "$PREFIX/secagent-launch"' in install
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")

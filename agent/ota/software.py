@@ -24,6 +24,11 @@ from pathlib import Path
 from agent.ota.client import ReleaseRefused
 
 COMPLETE = ".secagent-release-complete"
+INSTALLED = ".installed"
+"""deploy/install.sh's stamp of a complete release."""
+DATA = ("models", "rules", "config", "README.md", "constraints.txt")
+"""What deploy/install.sh puts in each release besides its venv: the configs it writes name
+``<prefix>/current/models/...`` and ``<prefix>/current/rules/...``."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,14 @@ def install(wheel: Path, *, prefix: Path, version: str, pip_args: list[str]) -> 
     name their interpreter by path) with the wheel installed. With no ``pip_args``, the
     dependencies are those of the running release (a ``.pth`` names its site-packages) and only
     the wheel is installed; otherwise pip installs it with them (e.g. ``--no-index
-    --find-links=DIR`` and a wheelhouse). Idempotent; a half-made folder is made again."""
+    --find-links=DIR`` and a wheelhouse). The running release's data (:data:`DATA`) is copied
+    in, since a wheel has none, and the release is made readable by all, as install.sh's are.
+    Idempotent; a half-made folder is made again; a complete release of that version (made by
+    install.sh or an earlier update) is used as it is; the running version is refused."""
     release = prefix / "releases" / version
-    if (release / COMPLETE).is_file():
+    if current(prefix) == f"releases/{version}":
+        raise ReleaseRefused("same_version", f"version {version} is the release running")
+    if (release / COMPLETE).is_file() or (release / INSTALLED).is_file():
         return release
     shutil.rmtree(release, ignore_errors=True)
     release.parent.mkdir(parents=True, exist_ok=True)
@@ -94,8 +104,33 @@ def install(wheel: Path, *, prefix: Path, version: str, pip_args: list[str]) -> 
     )
     if not (release / "bin" / "secagent").is_file():
         raise ReleaseRefused("install_failed", f"no bin/secagent in {release}")
+    try:
+        _copy_data(prefix / "current", release)
+        _readable_by_all(release)
+    except OSError as exc:
+        raise ReleaseRefused("install_failed", f"completing {release}: {exc}") from exc
     (release / COMPLETE).write_text(version + "\n")
     return release
+
+
+def _copy_data(running: Path, release: Path) -> None:
+    for name in DATA:
+        source = running / name
+        if source.is_dir():
+            shutil.copytree(source, release / name, symlinks=True, dirs_exist_ok=True)
+        elif source.is_file():
+            shutil.copyfile(source, release / name)
+
+
+def _readable_by_all(release: Path) -> None:
+    """u+rwX,go+rX, whatever the agent's umask (its unit has 0027): on a host that runs both,
+    secagg runs from ``current`` too, as its own user."""
+    for path in [release, *release.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        executable = path.is_dir() or mode & 0o100
+        path.chmod(mode | 0o644 | (0o111 if executable else 0))
 
 
 def _run(cmd: list[str], *, what: str) -> str:

@@ -4,6 +4,12 @@ Mosquitto, deploy/install.sh installs a release (from the package registry), and
 READY). The units pass ``systemd-analyze verify``, the watchdog is fed, a stuck detection
 worker gets the agent restarted by the watchdog, and ``systemctl stop`` ends both with exit 0.
 
+Agent software over the air, under systemd: secagg signs and rolls out secagent wheels (later
+commits of this checkout); the agent, sandboxed by its unit, installs each beside the
+installed release, switches ``current`` and exits 75; systemd starts it again through
+``secagent-launch``. A release that crashes at start is taken back after its attempts, and the
+release before comes back and reports; a good one is taken into use and committed.
+
 Run by ``make docker-test``.
 """
 
@@ -16,6 +22,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,7 @@ from demo.footage import sample_clip
 from docker.tests.support import DOCKER, ROOT, docker
 from tests.support import wait_for
 from tests.support.models import stalling_model
+from tests.support.packaging import build_wheel
 
 IMAGE = "secagent/systemd-host:test"
 CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -51,13 +59,17 @@ class Host:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def api_health(self) -> dict[str, Any]:
+    def api(self, path: str) -> Any:
+        """The aggregator's answer to GET ``path`` (None when it does not answer 200)."""
         out = self.sh(
-            '/opt/secagent/current/bin/python -c "import urllib.request; print(urllib.request.'
-            "urlopen('http://127.0.0.1:8080/api/health', timeout=5).read().decode())\"",
+            '/usr/bin/python3 -c "import urllib.request; print(urllib.request.'
+            f"urlopen('http://127.0.0.1:8080{path}', timeout=5).read().decode())\"",
             check=False,
         )
-        return json.loads(out) if out.strip().startswith("{") else {}
+        return json.loads(out) if out.strip()[:1] in ("{", "[") else None
+
+    def api_health(self) -> dict[str, Any]:
+        return dict(self.api("/api/health") or {})
 
 
 AGENT_CONFIG = """agent_id: systemd-host
@@ -237,3 +249,183 @@ def test_the_watchdog_restarts_a_stuck_agent(host: Host) -> None:
         "systemctl stop secagent && rm -r /etc/systemd/system/secagent.service.d"
         " && systemctl daemon-reload"
     )
+
+
+# agent software over the air -----------------------------------------------------------------
+SECAGG = "runuser -u secagg -- /opt/secagent/current/bin/secagg"
+SECAGG_CONFIG = "--config /etc/secagent/secagg.yaml"
+KEYS = "/var/lib/secagg/offline-keys"
+OTA_AGENT = """ota:
+  enabled: true
+  url: http://127.0.0.1:8080/ota/v1
+  trusted_root: /etc/secagent/ota-root.json
+  token_file: /etc/secagent/ota-token
+  state_dir: /var/lib/secagent/ota-state
+  software_prefix: /opt/secagent
+  software_attempts: 2
+  probation_s: 10
+  check_interval_s: 2
+"""
+OTA_SECAGG = (
+    "ota: {enabled: true, refresh_interval_s: 1, repo_dir: /var/lib/secagg/ota,"
+    " online_key: /var/lib/secagg/ota-keys/online.pem,"
+    " token_secret_file: /var/lib/secagg/ota-keys/token-secret}\n"
+)
+RUN_BODY = "    from agent.liveness import Supervisor\n"
+CANNOT_START = "    raise SystemExit(3)  # this release cannot start\n"
+
+
+def _commit(clone: Path, message: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.org",
+         "commit", "-q", "-a", "--allow-empty", "-m", message],
+        check=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def agent_wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two later releases of this checkout's HEAD: ``broken`` (``secagent run`` exits 3 at
+    once; ``--version`` answers, so it passes the agent's checks) and ``good`` (one commit
+    more, nothing else)."""
+    base = tmp_path_factory.mktemp("agent-wheels")
+    clone = base / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    cli = clone / "agent" / "cli.py"
+    text = cli.read_text()
+    assert RUN_BODY in text
+    cli.write_text(text.replace(RUN_BODY, CANNOT_START + RUN_BODY, 1))
+    _commit(clone, "a release whose secagent run cannot start")
+    broken = build_wheel(clone, base / "broken")
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", "HEAD~1", "--", "."], check=True)
+    _commit(clone, "a later, good release")
+    good = build_wheel(clone, base / "good")
+    return {"broken": broken, "good": good}
+
+
+def version_of(wheel: Path) -> str:
+    return wheel.name.split("-")[1]
+
+
+@pytest.fixture(scope="module")
+def ota_host(host: Host, agent_wheels: dict[str, Path]) -> Host:
+    """secagg with a signed release repository in its state folder, and the agent following
+    it, started by its unit (through secagent-launch), on the sample clip."""
+    host.sh("systemctl stop secagent secagg")
+    host.sh(f"cat >> /etc/secagent/secagg.yaml <<'EOF'\n{OTA_SECAGG}EOF")
+    host.sh(f"{SECAGG} ota init --keys {KEYS} {SECAGG_CONFIG}")
+    host.sh(
+        f"install -m 0644 {KEYS}/root.json /etc/secagent/ota-root.json"
+        f" && {SECAGG} ota token systemd-host {SECAGG_CONFIG} > /etc/secagent/ota-token"
+        " && chgrp secagent /etc/secagent/ota-token && chmod 0640 /etc/secagent/ota-token"
+    )
+    host.sh("mkdir -p /var/lib/secagg/wheels")
+    for wheel in agent_wheels.values():
+        docker("cp", str(wheel), f"{host.name}:/var/lib/secagg/wheels/{wheel.name}")
+    host.sh("chown -R secagg: /var/lib/secagg/wheels")
+    write_agent_config(
+        host,
+        model="/opt/secagent/current/models/fall-detection-yolov8.yaml",
+        cameras=(
+            "  - name: yard\n"
+            "    source: {type: video, path: /opt/secagent/test/sample.avi, fps: 2}\n" + OTA_AGENT
+        ),
+    )
+    host.sh("systemctl reset-failed secagent; systemctl start secagg secagent", timeout_s=300)
+    wait_for(
+        lambda: (host.api("/api/agents/systemd-host") or {}).get("state") == "online",
+        timeout_s=120,
+        what="the agent known to secagg",
+    )
+    return host
+
+
+def roll_out(host: Host, wheel: Path, tag: str) -> int:
+    added = host.sh(
+        f"{SECAGG} release add agent /var/lib/secagg/wheels/{wheel.name}"
+        f" --targets-key {KEYS}/targets.pem --tag {tag} {SECAGG_CONFIG}"
+    )
+    release_id = int(json.loads(added.strip().splitlines()[-1])["id"])
+    host.sh(
+        f"{SECAGG} rollout create {release_id} --agents systemd-host --groups '*' {SECAGG_CONFIG}"
+    )
+    return release_id
+
+
+def report(host: Host, release_id: int, state: str) -> dict[str, Any] | None:
+    history = host.api("/api/agents/systemd-host/history") or {"reports": []}
+    return next(
+        (r for r in history["reports"] if r["release_id"] == release_id and r["state"] == state),
+        None,
+    )
+
+
+def installed_version() -> str:
+    (wheel,) = (ROOT / "docker" / "dist").glob("secagent-*.whl")
+    return version_of(wheel)
+
+
+def status_after(host: Host, at: str) -> dict[str, Any] | None:
+    """The agent's record once it is online with a status sent after ``at`` (ISO 8601)."""
+    agent = host.api("/api/agents/systemd-host") or {}
+    last = agent.get("last_status_at")
+    if agent.get("state") != "online" or not last:
+        return None
+    return agent if datetime.fromisoformat(last) > datetime.fromisoformat(at) else None
+
+
+def test_an_agent_release_that_crashes_at_start_is_taken_back(
+    ota_host: Host, agent_wheels: dict[str, Path]
+) -> None:
+    host, installed = ota_host, installed_version()
+    restarts = int(host.show("secagent", "NRestarts")["NRestarts"])
+    release_id = roll_out(host, agent_wheels["broken"], "broken-1")
+    back = wait_for(
+        lambda: report(host, release_id, "rolled_back"), timeout_s=300, what="rolled_back"
+    )
+    assert "did not come up: it exited at every start" in back["reason"], back
+    broken = version_of(agent_wheels["broken"])
+    assert host.sh("readlink /opt/secagent/current").strip() == f"releases/{installed}"
+    assert not host.sh("ls /opt/secagent/trial /opt/secagent/rolled-back 2>/dev/null || true")
+    # systemd restarted it: once into the new release (exit 75), twice more after it crashed
+    state = host.show("secagent", "ActiveState", "SubState", "NRestarts", "MainPID")
+    assert state["ActiveState"] == "active" and state["SubState"] == "running", state
+    assert int(state["NRestarts"]) == restarts + 3, state
+    journal = host.sh("journalctl -u secagent --no-pager -o cat")
+    assert "status=75/TEMPFAIL" in journal and "status=3/NOTIMPLEMENTED" in journal, journal[-3000:]
+    assert "secagent-launch: the new release did not come up" in journal
+    # the release before is back, healthy: online again, its status naming its version
+    agent = wait_for(
+        lambda: status_after(host, back["at"]), timeout_s=120, what="a status after the rollback"
+    )
+    assert agent["versions"]["code"] == installed, agent
+    owner = host.sh(f"stat -c %U /opt/secagent/releases/{broken} /opt/secagent/secagent-launch")
+    assert owner.split() == ["secagent", "root"]
+
+
+def test_a_good_agent_release_is_taken_into_use(
+    ota_host: Host, agent_wheels: dict[str, Path]
+) -> None:
+    host, installed, good = ota_host, installed_version(), version_of(agent_wheels["good"])
+    # here the two updates come a minute apart, not months: the start limit would still count
+    # the first one's restarts
+    host.sh("systemctl reset-failed secagent")
+    restarts = int(host.show("secagent", "NRestarts")["NRestarts"])
+    release_id = roll_out(host, agent_wheels["good"], "good-1")
+    committed = wait_for(
+        lambda: report(host, release_id, "committed"), timeout_s=300, what="committed"
+    )
+    assert host.sh("readlink /opt/secagent/current").strip() == f"releases/{good}"
+    assert host.sh("readlink /opt/secagent/previous").strip() == f"releases/{installed}"
+    state = host.show("secagent", "ActiveState", "SubState", "NRestarts", "MainPID")
+    assert state["ActiveState"] == "active" and state["SubState"] == "running", state
+    assert int(state["NRestarts"]) == restarts + 1, state  # the exit 75 into the new release
+    cmdline = host.sh(f"tr '\\0' ' ' < /proc/{state['MainPID']}/cmdline")
+    assert f"/opt/secagent/releases/{good}/bin/python" in cmdline, cmdline
+    agent = wait_for(
+        lambda: status_after(host, committed["at"]), timeout_s=120, what="a status after commit"
+    )
+    assert agent["versions"]["code"] == good, agent
+    # the release holds the installation's data, and secagg (same host) can run from it
+    host.sh(f"test -f /opt/secagent/releases/{good}/models/fall-detection-yolov8.yaml")
+    assert good in host.sh("runuser -u secagg -- /opt/secagent/current/bin/secagg --version")
