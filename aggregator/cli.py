@@ -35,6 +35,9 @@ AGGREGATOR_MODULES = (
     "uvicorn",
     "httpx",
     "matplotlib",
+    "jinja2",
+    "argon2",
+    "prometheus_client",
 )
 """What the ``aggregator`` extra installs; a camera host installs only the agent's."""
 
@@ -340,9 +343,10 @@ def plot(
 
 
 def _add_ota_commands() -> None:
+    from aggregator.auth.cli import COMMANDS as AUTH_COMMANDS
     from aggregator.ota.cli import COMMANDS
 
-    for command in COMMANDS:
+    for command in (*COMMANDS, *AUTH_COMMANDS):
         main.add_command(command)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import signal
 import threading
 import time
@@ -68,7 +69,9 @@ class Service:
         self.notifier = notifier or Notifier()
         self.stall_s = self.notifier.watchdog_s or DEFAULT_STALL_S
         self.ingest = Ingest(config)  # migrates the store
-        app = create_app(config, liveness=self.ingest.liveness)
+        # secagg's own health probe authenticates with a token made here and kept in memory
+        self._probe_token = secrets.token_urlsafe(32)
+        app = create_app(config, liveness=self.ingest.liveness, service_token=self._probe_token)
         self._read_pools: dict[str, store.ReadPool] = app.state.read_pools
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -110,7 +113,11 @@ class Service:
         if now >= self._next_probe:
             self._next_probe = now + min(5.0, self.stall_s / 4)
             try:
-                response = httpx.get(self._probe_url, timeout=min(5.0, self.stall_s / 2))
+                response = httpx.get(
+                    self._probe_url,
+                    timeout=min(5.0, self.stall_s / 2),
+                    headers={"Authorization": f"Bearer {self._probe_token}"},
+                )
                 # 503 is an answer too: degraded (say, the broker is away) but serving
                 if response.status_code in (200, 503):
                     self._probe_ok_at = now

@@ -20,6 +20,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.liveness import Liveness
 from aggregator.notify import NotificationSender
 from tests.support import wait_for
+from tests.support.auth import HEADERS, seed_tokens
 from tests.support.ingest import (
     JPEG,
     JPEG_SHA,
@@ -105,7 +106,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 conn.close()
         finally:
             sender.stop()
-    yield Site(TestClient(create_app(config)), config, hook.requests, yard)
+    seed_tokens(config.store.path)
+    yield Site(TestClient(create_app(config), headers=HEADERS), config, hook.requests, yard)
 
 
 def test_every_route_is_covered(site: Site) -> None:

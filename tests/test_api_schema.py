@@ -22,6 +22,7 @@ from aggregator.api import create_app
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from tests.support import wait_for
+from tests.support.auth import HEADERS, seed_tokens
 from tests.support.ingest import T0, ingest_config, payload, status_payload, store_payloads
 
 EXAMPLES = 100
@@ -46,6 +47,7 @@ def api_schema(
         [payload(at_s=start_s + i, camera=("yard", "door")[i % 2]) for i in range(6)]
         + [status_payload(sent_at=datetime.now(UTC))],
     )
+    seed_tokens(config.store.path)
     ingest = Ingest(config)
     ingest.start()
     try:
@@ -71,7 +73,7 @@ def test_the_api_keeps_to_its_schema(api_schema: OpenApiSchema, operation: str) 
         suppress_health_check=list(HealthCheck),
     )
     def run(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate()
+        case.call_and_validate(headers=HEADERS)
 
     run()
 

@@ -24,6 +24,7 @@ from aggregator.ingest import Ingest
 from aggregator.notify import notification_content_sha256
 from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
+from tests.support.auth import api_client
 from tests.support.ingest import T0, Harness, ingest_config, subscribe_json, threat_payload
 from tests.support.servers import SmtpServer, WebhookServer
 
@@ -267,11 +268,8 @@ def test_cameras_of_one_site_make_one_event(make_ingest: MakeIngest, smtp: SmtpS
     assert [json.loads(e["cameras"]) for e in events] == [["yard", "door"], ["door"]]
     assert [e["threat_count"] for e in events] == [3, 1]
     assert "on yard, door" in smtp.messages[0]["Subject"]
-    from fastapi.testclient import TestClient
 
-    from aggregator.api import create_app
-
-    listed = TestClient(create_app(h.ingest.config)).get("/api/events").json()
+    listed = api_client(h.ingest.config).get("/api/events").json()
     assert [e["cameras"] for e in listed] == [["door"], ["yard", "door"]]
 
 

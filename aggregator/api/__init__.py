@@ -19,7 +19,10 @@ from aggregator.api.routes import (
     plots,
     provenance,
     threats,
+    tokens,
 )
+from aggregator.auth import secrets
+from aggregator.auth.throttle import LoginThrottle
 from aggregator.config import AggregatorConfig
 from aggregator.liveness import NO_INGEST, Liveness
 from appcommon.version import code_version
@@ -29,10 +32,15 @@ DOCS_STATIC_URL = "/static/docs"
 
 
 def create_app(
-    config: AggregatorConfig | None = None, *, liveness: Callable[[], Liveness] | None = None
+    config: AggregatorConfig | None = None,
+    *,
+    liveness: Callable[[], Liveness] | None = None,
+    service_token: str | None = None,
 ) -> FastAPI:
     """The API app. ``config`` replaces :func:`get_settings` (what ``secagg serve`` does);
-    ``liveness`` reports the ingest running beside it (none: the health endpoint says degraded)."""
+    ``liveness`` reports the ingest running beside it (none: the health endpoint says degraded);
+    ``service_token`` is a bearer token that secagg's own health probe sends (viewer; it is
+    never written anywhere)."""
     app = FastAPIOffline(
         title="secagg",
         version=code_version(),
@@ -47,8 +55,14 @@ def create_app(
     app.state.liveness = liveness or (lambda: NO_INGEST)
     app.state.read_pools = {}
     app.state.plot_rate = plots.PlotRate()
-    for module in (health, threats, events, agents, notifications, provenance, plots, ota):
+    app.state.service_token = None if service_token is None else secrets.digest(service_token)
+    auth = (config or AggregatorConfig()).auth
+    app.state.login_throttle = LoginThrottle(
+        max_failures=auth.login_max_failures, window_s=auth.login_window_s
+    )
+    for module in (health, threats, events, agents, notifications, provenance, plots, ota, tokens):
         app.include_router(module.router)
+    app.include_router(ota.api_router)
     return app
 
 
