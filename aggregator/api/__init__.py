@@ -10,14 +10,17 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from aggregator import web
 from aggregator.api.routes import (
     agents,
     events,
     health,
+    links,
     notifications,
     ota,
     plots,
     provenance,
+    reproduce,
     threats,
     tokens,
 )
@@ -60,9 +63,12 @@ def create_app(
     app.state.login_throttle = LoginThrottle(
         max_failures=auth.login_max_failures, window_s=auth.login_window_s
     )
-    for module in (health, threats, events, agents, notifications, provenance, plots, ota, tokens):
+    app.state.reproduce_lock = reproduce.ReproduceLock()
+    routers = (health, threats, events, agents, notifications, provenance, plots, ota, tokens)
+    for module in (*routers, reproduce, links):
         app.include_router(module.router)
     app.include_router(ota.api_router)
+    web.mount(app)
     return app
 
 

@@ -51,10 +51,23 @@ class Host:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
+    _token: str | None = None
+
     def api_health(self) -> dict[str, Any]:
+        if self._token is None:  # a viewer token, made as the service's user (its store)
+            out = self.sh(
+                "runuser -u secagg -- /opt/secagent/current/bin/secagg token create "
+                "--name systemd-test --role viewer --config /etc/secagent/secagg.yaml",
+                check=False,
+            )
+            found = [line for line in out.splitlines() if line.startswith("sga_")]
+            if not found:
+                return {}
+            self._token = found[-1]
         out = self.sh(
             '/opt/secagent/current/bin/python -c "import urllib.request; print(urllib.request.'
-            "urlopen('http://127.0.0.1:8080/api/health', timeout=5).read().decode())\"",
+            "urlopen(urllib.request.Request('http://127.0.0.1:8080/api/health', headers="
+            f"{{'Authorization': 'Bearer {self._token}'}}), timeout=5).read().decode())\"",
             check=False,
         )
         return json.loads(out) if out.strip().startswith("{") else {}
