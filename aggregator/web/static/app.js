@@ -157,7 +157,7 @@ async function reproduce(button) {
       cell(row, f.frame_id.slice(0, 12));
       cell(row, f.status);
       cell(row, f.mode);
-      cell(row, f.input);
+      cell(row, f.input.replace(/\/[^ ]*\//g, ""));
       cell(row, `${f.matched}/${f.recorded} (re-run ${f.rerun})`);
       cell(row, f.iou_min === null ? "" : f.iou_min.toFixed(4));
       cell(row, f.score_delta_max === null ? "" : f.score_delta_max.toFixed(4));
