@@ -271,6 +271,43 @@ class ApiConfig(_Section):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+class RunLogsConfig(_Section):
+    enabled: bool = Field(True, description="store the agents' and secagg's warnings and errors")
+    keep_rows: int = Field(
+        1_000_000, ge=1000, le=100_000_000, description="the newest lines kept (older deleted)"
+    )
+    max_lines_per_minute: int = Field(
+        600,
+        ge=1,
+        le=1_000_000,
+        description="most lines stored a minute per agent (more: dropped and counted)",
+    )
+    queue_max: int = Field(
+        10_000, ge=100, le=1_000_000, description="lines received and not yet stored"
+    )
+
+
+class HomeAssistantConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="publish Home Assistant MQTT discovery and per-camera state and snapshot "
+        "topics (retained) on secagg's broker connection",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="Home Assistant's discovery prefix",
+    )
+    state_prefix: str = Field(
+        "secagent/ha",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="where the availability, state and snapshot topics go",
+    )
+    interval_s: float = Field(
+        1.0, gt=0, le=3600, description="how often the store is checked for changes"
+    )
+
+
 class AuthConfig(_Section):
     public_health: bool = Field(
         False,
@@ -439,6 +476,16 @@ class AggregatorConfig(_Section):
         default_factory=dict, validate_default=True, description="the store writer"
     )
     api: ApiConfig = Field(default_factory=dict, validate_default=True, description="the REST API")
+    run_logs: RunLogsConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="the agents' and secagg's warnings and errors, stored with their ids",
+    )
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Home Assistant MQTT discovery, per-camera state and snapshot topics",
+    )
     auth: AuthConfig = Field(
         default_factory=dict,
         validate_default=True,

@@ -16,6 +16,7 @@ from aggregator.api.routes import (
     events,
     health,
     links,
+    metrics,
     notifications,
     ota,
     plots,
@@ -28,6 +29,7 @@ from aggregator.auth import secrets
 from aggregator.auth.throttle import LoginThrottle
 from aggregator.config import AggregatorConfig
 from aggregator.liveness import NO_INGEST, Liveness
+from aggregator.metrics import AggregatorMetrics
 from appcommon.version import code_version
 
 DOCS_STATIC_URL = "/static/docs"
@@ -39,11 +41,13 @@ def create_app(
     *,
     liveness: Callable[[], Liveness] | None = None,
     service_token: str | None = None,
+    metrics_of: AggregatorMetrics | None = None,
 ) -> FastAPI:
     """The API app. ``config`` replaces :func:`get_settings` (what ``secagg serve`` does);
     ``liveness`` reports the ingest running beside it (none: the health endpoint says degraded);
     ``service_token`` is a bearer token that secagg's own health probe sends (viewer; it is
-    never written anywhere)."""
+    never written anywhere); ``metrics_of`` the metrics of the service around it (none: of the
+    API alone)."""
     app = FastAPIOffline(
         title="secagg",
         version=code_version(),
@@ -65,7 +69,9 @@ def create_app(
     )
     app.state.reproduce_lock = reproduce.ReproduceLock()
     routers = (health, threats, events, agents, notifications, provenance, plots, ota, tokens)
-    for module in (*routers, reproduce, links):
+    app.state.metrics = metrics_of or AggregatorMetrics(config or AggregatorConfig())
+    app.middleware("http")(app.state.metrics.middleware)
+    for module in (*routers, reproduce, links, metrics):
         app.include_router(module.router)
     app.include_router(ota.api_router)
     web.mount(app)

@@ -280,3 +280,23 @@ def distinct_values(conn: Connection) -> dict[str, list[str]]:
 def latest_id(conn: Connection) -> int:
     row = conn.execute("SELECT MAX(id) FROM events").fetchone()
     return int(row[0] or 0)
+
+
+def camera_stats(conn: Connection) -> dict[tuple[str, str], tuple[int, int]]:
+    """(agent, camera) -> (events so far, the latest event's id)."""
+    rows = conn.execute("SELECT agent_id, camera, COUNT(*), MAX(id) FROM events GROUP BY 1, 2")
+    return {(str(r[0]), str(r[1])): (int(r[2]), int(r[3])) for r in rows}
+
+
+def change_token(conn: Connection) -> tuple[Any, ...]:
+    """Changes when an event starts, grows or ends, or an agent's status changes: a cheap check
+    before recomputing what depends on them."""
+    events = conn.execute(
+        "SELECT MAX(id), (SELECT COUNT(*) || ':' || COALESCE(SUM(threat_count), 0) || ':' || "
+        "COALESCE(MAX(last_seen_ts), 0) FROM events WHERE ended_ts IS NULL) FROM events"
+    ).fetchone()
+    agents = conn.execute(
+        "SELECT group_concat(agent_id || ':' || state || ':' || COALESCE(last_status_ts, 0)) "
+        "FROM agents"
+    ).fetchone()
+    return (events[0], events[1], agents[0])

@@ -175,7 +175,9 @@ def provenance(conn: store.Connection, event_id: int, *, limit: int) -> dict[str
     tags = _release_tags(conn)
     run_inputs: dict[str, set[str]] = {}
     run_outputs: dict[str, set[str]] = {}
-    kind_of = {n["id"]: n.get("kind") for n in graph.nodes if n["type"] == "artifact"}
+    kind_of: dict[str, str] = {
+        n["id"]: str(n.get("kind")) for n in graph.nodes if n["type"] == "artifact"
+    }
     run_kind = {n["id"]: n["kind"] for n in graph.nodes if n["type"] == "run"}
     for e in graph.edges:
         if e["type"] == "used":
