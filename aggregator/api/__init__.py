@@ -16,6 +16,7 @@ from aggregator.api.routes import (
     events,
     health,
     links,
+    logs,
     metrics,
     notifications,
     ota,
@@ -71,7 +72,7 @@ def create_app(
     routers = (health, threats, events, agents, notifications, provenance, plots, ota, tokens)
     app.state.metrics = metrics_of or AggregatorMetrics(config or AggregatorConfig())
     app.middleware("http")(app.state.metrics.middleware)
-    for module in (*routers, reproduce, links, metrics):
+    for module in (*routers, reproduce, links, logs, metrics):
         app.include_router(module.router)
     app.include_router(ota.api_router)
     web.mount(app)

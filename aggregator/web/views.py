@@ -252,13 +252,8 @@ def agents_page(conn: store.Connection) -> dict[str, Any]:
 
 
 def logs_of_event(conn: store.Connection, event_id: int) -> list[store.logs.LogRow]:
-    """Everything agents and secagg logged about an event: by its id, its messages, their
-    lineages and frames."""
-    messages = store.messages.of_event(conn, event_id)
-    return store.logs.about(
-        conn,
-        event_ids=[event_id],
-        message_ids=[m.message_id for m in messages],
-        lineage_ids=[m.lineage_id for m in messages],
-        frame_ids=[m.frame_id for m in messages],
-    )
+    """Everything agents and secagg logged about an event (its id, messages, lineages,
+    frames)."""
+    from aggregator.api.routes.logs import lines_about_event
+
+    return lines_about_event(conn, event_id, limit=1000)
