@@ -62,6 +62,19 @@ COVERED = {
     ("GET", "/api/rollouts/{rollout_id}/compare"),
     ("GET", "/ota/v1/metadata/{name}"),
     ("GET", "/ota/v1/targets/{kind}/{name}"),
+    # access control, every route by role: tests/test_access.py; tokens there too
+    ("GET", "/api/me"),
+    ("GET", "/api/tokens"),
+    ("POST", "/api/tokens"),
+    ("DELETE", "/api/tokens/{token_id}"),
+    ("GET", "/api/links/events/{event_id}/snapshot.jpg"),
+    # the review pages' actions: tests/test_web.py and tests/test_web_browser.py
+    ("POST", "/api/events/review"),
+    ("POST", "/api/events/{event_id}/reproduce"),
+    ("GET", "/api/snapshots/{sha256}.jpg"),
+    # metrics: tests/test_metrics.py; run logs: tests/test_runlogs.py
+    ("GET", "/metrics"),
+    ("GET", "/api/logs"),
 }
 """The routes this file tests; a new route fails test_every_route_is_covered until it is."""
 
@@ -265,7 +278,8 @@ def test_agents_and_one_agent(site: Site) -> None:
         2,
     )
     assert cam["versions"]["model_sha256"] == MODEL_SHA
-    assert cam["cameras"] == [{"name": "yard", "state": "running", "counters": {"captured": 7}}]
+    yard = {"name": "yard", "state": "running", "counters": {"captured": 7}}
+    assert cam["cameras"] == [{**yard, "fps": None, "detail": None}]  # fps: after 2 statuses
     assert cam["clock_at"] == "2026-11-28T12:01:02Z"  # its status's sent_at
     gate = agents[1]
     assert gate["last_status_at"] is None and gate["cameras"] == []  # no status yet

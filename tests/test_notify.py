@@ -306,6 +306,8 @@ def test_a_webhook_receives_the_event_as_json_after_a_retry(make_ingest: MakeIng
     assert body["event"]["schema"] == "secagent.event/1" and body["event"]["event_id"] == 1
     assert body["event"]["threat_count"] == 1 and body["event"]["top_score"] == 0.9
     assert body["api_url"] == "https://secagg.example.org/api/events/1"
+    assert body["page_url"] == "https://secagg.example.org/events/1"  # the review page
+    assert f"Details:  {body['page_url']}" in body["body"]
     assert "1 threat(s), top person 0.90" in body["summary"]
     (row,) = h.notifications()
     assert (row["channel"], row["attempts"], row["state"]) == ("webhook", 2, "sent")
