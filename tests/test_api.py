@@ -20,7 +20,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.liveness import Liveness
 from aggregator.notify import NotificationSender
 from tests.support import wait_for
-from tests.support.auth import HEADERS, seed_tokens
+from tests.support.auth import HEADERS, api_client, seed_tokens
 from tests.support.ingest import (
     JPEG,
     JPEG_SHA,
@@ -362,7 +362,7 @@ def test_an_ambiguous_prefix_is_409_with_the_candidates(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     shas = ["abcd" + "1" * 60, "abcd" + "2" * 60]
     store_payloads(config, [threat_payload(at_s=i, frame_sha256=s) for i, s in enumerate(shas)])
-    client = TestClient(create_app(config))
+    client = api_client(config)
     r = client.get("/api/provenance/frame:abcd")
     assert r.status_code == 409
     assert r.json()["detail"]["candidates"] == [f"frame:{s}" for s in shas]
@@ -438,7 +438,7 @@ def test_health_without_an_ingest_is_503_with_the_counts(site: Site) -> None:
 def test_health_is_503_when_degraded(
     site: Site, liveness: Liveness, status: int, problem: str | None
 ) -> None:
-    client = TestClient(create_app(site.config, liveness=lambda: liveness))
+    client = api_client(site.config, liveness=lambda: liveness)
     r = client.get("/api/health")
     assert r.status_code == status
     body = r.json()
@@ -452,5 +452,5 @@ def test_health_is_503_when_degraded(
 
 def test_health_without_a_store_is_503(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    r = TestClient(create_app(config)).get("/api/health")
+    r = TestClient(create_app(config), headers=HEADERS).get("/api/health")  # no store: 503
     assert r.status_code == 503 and "store not available" in r.json()["detail"]
