@@ -146,16 +146,26 @@ class RunLogs(logging.Handler):
 
     def start(self) -> None:
         logging.getLogger().addHandler(self)
+        self.agent.link.before_offline.append(self.flush)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Send what is held once more (if connected), then detach."""
+    def flush(self) -> None:
+        """Send what is held (while connected): at the agent's stop, before its offline status."""
         self._stop.set()
         self._thread.join(timeout=5)
         try:
-            self._send_some()
+            while self._lines and self.agent.link.connected.is_set():
+                before = len(self._lines)
+                self._send_some()
+                if len(self._lines) >= before:
+                    break
         except Exception as exc:
             log.debug("sending run logs at stop failed: %s", exc)
+
+    def stop(self) -> None:
+        """Detach (after :meth:`flush`, which the link's stop ran)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
         logging.getLogger().removeHandler(self)
 
     def stats(self) -> dict[str, Any]:

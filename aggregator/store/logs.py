@@ -108,3 +108,9 @@ def prune(conn: Connection, *, keep_rows: int) -> int:
         "DELETE FROM run_logs WHERE id <= (SELECT MAX(id) FROM run_logs) - ?", (keep_rows,)
     )
     return cur.rowcount
+
+
+def recent(conn: Connection, *, limit: int) -> list[LogRow]:
+    """The newest ``limit`` lines, oldest first."""
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM run_logs ORDER BY id DESC LIMIT ?", (limit,))
+    return [LogRow(*r) for r in reversed(rows.fetchall())]
