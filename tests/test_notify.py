@@ -127,7 +127,7 @@ def test_a_burst_of_threat_frames_sends_one_email(
     assert "HIGH person_on_premises on yard" in mail["Subject"]
     assert mail["To"] == "guard@example.org" and mail["Message-ID"].startswith("<secagg.1.")
     text = mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    assert "https://secagg.example.org/api/events/1" in text
+    assert "Details:  https://secagg.example.org/events/1" in text  # the event's page
     assert "Threats:  40, top person 0.70" in text and "Agent:    cam-host" in text
     (attachment,) = list(mail.iter_attachments())
     assert attachment.get_content_type() == "image/jpeg"

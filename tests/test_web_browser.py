@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -159,7 +160,8 @@ def publish_threat(demo: Demo, *, agent_id: str, camera: str) -> None:
     client.connect(demo.mqtt_host, demo.mqtt_port)
     client.loop_start()
     try:
-        p = payload(at_s=86400, camera=camera, agent_id=agent_id)
+        p = payload(camera=camera, agent_id=agent_id)
+        p["frame"]["captured_at"] = datetime.now(UTC).isoformat()
         info = client.publish(f"secagent/v1/{agent_id}/threats", json.dumps(p), qos=1)
         info.wait_for_publish(timeout=10)
     finally:
@@ -252,7 +254,11 @@ def test_review_pages_in_a_browser(demo: Demo, browser: Browser, shots: Path) ->
         lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"),
         what="every frame loaded",
     )
-    page.screenshot(path=shots / "event.png", full_page=True)
+    page.screenshot(
+        path=shots / "event.png",
+        full_page=True,
+        clip={"x": 0, "y": 0, "width": 1360, "height": 1900},
+    )
 
     # live: a new event appears on the open list without a reload
     page.goto(demo.url + "/")

@@ -10,6 +10,7 @@ No credential, or a bad one: 401. Too low a role, or no CSRF token: 403.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Annotated, Any
 
@@ -52,6 +53,36 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+class _RefusalLog:
+    """Refused tokens, logged at most once a minute per client address with how many there
+    were (never the token): a client trying tokens cannot flood the log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[str, tuple[float, int]] = {}
+
+    def log(self, address: str, path: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, count = self._since.get(address, (-1e9, 0))
+            if now - last < 60:
+                self._since[address] = (last, count + 1)
+                return
+            if len(self._since) > 10_000:
+                self._since.clear()
+            self._since[address] = (now, 0)
+        log.warning(
+            "refused a bearer token that is not valid (unknown or revoked) from %s for %s "
+            "(%d more from it in the minute before) [logged once a minute per address]",
+            address,
+            path,
+            count,
+        )
+
+
+_refused = _RefusalLog()
+
+
 def identify(
     request: Request, conn: store.Connection, token: str | None, cookie: str | None
 ) -> Principal | None:
@@ -62,11 +93,7 @@ def identify(
             return Principal(name="secagg", role=Role.viewer, kind="service")
         row = store.access.token_by_hash(conn, secrets.digest(token))
         if row is None:
-            log.warning(
-                "refused a bearer token that is not valid (unknown or revoked) from %s for %s",
-                client_address(request),
-                request.url.path,
-            )
+            _refused.log(client_address(request), request.url.path)
             raise unauthorised("the token is not valid (unknown or revoked)")
         return Principal(name=row.name, role=Role.parse(row.role), kind="token")
     if cookie is not None:

@@ -146,8 +146,14 @@ def get_event_snapshot(conn: Db, settings: Settings, event_id: EventId) -> FileR
     )
 
 
+JSON_MAX_ID = 2**53
+"""Ids in a JSON body: the largest integer every JSON reader keeps exactly."""
+
+
 class ReviewRequest(BaseModel):
-    event_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(min_length=1, max_length=1000)
+    event_ids: list[Annotated[int, Field(ge=1, le=JSON_MAX_ID)]] = Field(
+        min_length=1, max_length=1000
+    )
     reviewed: bool = Field(True, description="false: mark them not reviewed again")
 
 
