@@ -91,7 +91,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/events/review"): {"event_ids": [1]},
     ("POST", "/api/tokens"): {"name": "made-in-test", "role": "viewer"},
 }
-BELOW = {"operator": Role.viewer, "admin": Role.operator}
+BELOW = {Role.operator: Role.viewer, Role.admin: Role.operator}
 
 
 @dataclass
@@ -117,7 +117,10 @@ def request(client: TestClient, method: str, path: str, **kwargs: Any) -> httpx.
     for name, value in PATHS.items():
         concrete = concrete.replace("{" + name + "}", value)
     key = (method, path)
-    return client.request(method, concrete, params=QUERIES.get(key), json=BODIES.get(key), **kwargs)
+    response: httpx.Response = client.request(
+        method, concrete, params=QUERIES.get(key), json=BODIES.get(key), **kwargs
+    )
+    return response
 
 
 def test_the_table_names_every_route(site: Site) -> None:

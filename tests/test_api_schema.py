@@ -63,7 +63,7 @@ def api_schema(
 
 
 def new_admin_token(api_schema: OpenApiSchema) -> str:
-    path: Path = api_schema.app.state.config.store.path  # type: ignore[attr-defined]
+    path: Path = api_schema.app.state.config.store.path
     conn = store.connect(path)
     try:
         with store.transaction(conn):

@@ -96,14 +96,14 @@ def test_home_assistant_reads_discovery_state_and_snapshot(
 
         # a threat: the binary sensor turns on, with the event's fields and its snapshot
         p = payload(agent_id=agent, camera="yard", at_s=0)
-        p["frame"]["captured_at"] = now.isoformat()  # type: ignore[index]
+        p["frame"]["captured_at"] = now.isoformat()
         publish(broker, f"secagent/v1/{agent}/threats", p)
-        state = wait_for(
-            lambda: (
-                (s := reader.json(f"secagent/ha/{agent}/yard/state")) and s["threat"] == "ON" and s
-            ),
-            what="the threat on",
-        )
+
+        def threat_on() -> dict[str, object] | None:
+            s = reader.json(f"secagent/ha/{agent}/yard/state")
+            return s if s is not None and s["threat"] == "ON" else None
+
+        state = wait_for(threat_on, what="the threat on")
         assert state["events"] == 1 and state["last_event_id"] == 1
         assert state["severity"] == "high" and state["label"] == "person"
         assert state["url"] == f"{api}/events/1"

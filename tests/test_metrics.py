@@ -46,7 +46,7 @@ def test_secagg_metrics(broker: Mosquitto, tmp_path: Path) -> None:
         try:
             for i in range(3):
                 p = payload(agent_id="m-host", camera="yard", at_s=i)
-                p["frame"]["captured_at"] = datetime.now(UTC).isoformat()  # type: ignore[index]
+                p["frame"]["captured_at"] = datetime.now(UTC).isoformat()
                 pub.publish("secagent/v1/m-host/threats", _json(p), qos=1).wait_for_publish(10)
             pub.publish("secagent/v1/m-host/threats", b"{not json", qos=1).wait_for_publish(10)
         finally:
@@ -59,10 +59,11 @@ def test_secagg_metrics(broker: Mosquitto, tmp_path: Path) -> None:
             assert r.headers["content-type"].startswith("text/plain")
             return r.text
 
-        text = wait_for(
-            lambda: (t := scrape()) and value(t, "secagg_messages_stored_total") == 3 and t,
-            what="three messages stored",
-        )
+        def stored() -> str | None:
+            t = scrape()
+            return t if value(t, "secagg_messages_stored_total") == 3 else None
+
+        text = wait_for(stored, what="three messages stored")
         assert value(text, 'secagg_messages_rejected_total{reason="invalid_json"}') == 1
         assert value(text, "secagg_messages_received_total") == 4
         assert value(text, "secagg_broker_connected") == 1
@@ -115,16 +116,15 @@ def test_secagent_metrics(broker: Mosquitto, tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return None
 
-        text = wait_for(
-            lambda: (
-                (t := scrape())
-                and value(t, 'secagent_frames_total{camera="door",outcome="captured"}') == 6
-                and value(t, 'secagent_frames_total{camera="door",outcome="detected"}')
-                and t
-            ),
-            timeout_s=120,
-            what="the door's stills through the agent",
-        )
+        def through() -> str | None:
+            t = scrape()
+            if t is None:
+                return None
+            captured = value(t, 'secagent_frames_total{camera="door",outcome="captured"}')
+            detected = value(t, 'secagent_frames_total{camera="door",outcome="detected"}')
+            return t if captured == 6 and detected else None
+
+        text = wait_for(through, timeout_s=120, what="the door's stills through the agent")
         assert value(text, 'secagent_frames_total{camera="door",outcome="rejected"}') == 4
         assert (value(text, "secagent_inference_seconds_count") or 0) >= 1
         assert value(text, 'secagent_motion_fraction{camera="door"}') is not None

@@ -101,10 +101,11 @@ def test_agent_and_secagg_logs_of_a_result(broker: Mosquitto, tmp_path: Path) ->
                 r = httpx.get(f"{api}/api/logs", params={"agent_id": "logs-host"}, headers=HEADERS)
                 return [x for x in r.json() if x["source"] == "agent"]
 
-            found = wait_for(
-                lambda: len(agent_lines()) >= rejected and agent_lines(),
-                what="the agent's warnings stored",
-            )
+            def all_agent_lines() -> list[dict[str, object]] | None:
+                found = agent_lines()
+                return found if len(found) >= rejected else None
+
+            found = wait_for(all_agent_lines, what="the agent's warnings stored")
             broken = [x for x in found if "rejected" in str(x["msg"])]
             assert len(broken) == rejected
             assert all(x["camera"] == "door" and x["frame_id"] for x in broken)
@@ -135,9 +136,11 @@ def test_agent_and_secagg_logs_of_a_result(broker: Mosquitto, tmp_path: Path) ->
                 r = httpx.get(f"{api}/api/logs", params={"event_id": 1}, headers=HEADERS)
                 return list(r.json())
 
-            lines = wait_for(
-                lambda: len(about_event()) >= 2 and about_event(), what="both sides' lines"
-            )
+            def both_sides() -> list[dict[str, object]] | None:
+                found = about_event()
+                return found if len(found) >= 2 else None
+
+            lines = wait_for(both_sides, what="both sides' lines")
             sources = {(x["source"], x["msg"]) for x in lines}
             assert ("agent", "slow inference on this frame") in sources
             assert any(s == "secagg" and "attempt 1 failed" in str(m) for s, m in sources)
@@ -154,14 +157,16 @@ def test_agent_and_secagg_logs_of_a_result(broker: Mosquitto, tmp_path: Path) ->
                 "secagent/v1/flood-host/logs",
                 logs_message("logs-host", [line("spoofed", lineage_id=lineage)]),
             )
-            metrics = wait_for(
-                lambda: (
-                    (m := httpx.get(f"{api}/metrics", headers=HEADERS).text)
-                    and 'secagg_run_log_lines_dropped_total{reason="rate"} 50.0' in m
-                    and m
-                ),
-                what="the flood counted",
-            )
+
+            def flood_counted() -> str | None:
+                text = httpx.get(f"{api}/metrics", headers=HEADERS).text
+                return (
+                    text
+                    if 'secagg_run_log_lines_dropped_total{reason="rate"} 50.0' in text
+                    else None
+                )
+
+            metrics = wait_for(flood_counted, what="the flood counted")
             assert "secagg_run_log_lines_stored_total" in metrics
             stored = httpx.get(
                 f"{api}/api/logs", params={"agent_id": "flood-host", "limit": 1000}, headers=HEADERS
