@@ -11,9 +11,9 @@ SERVE ?= 0
 ORT ?= cpu
 SRC := agent aggregator modelrt appcommon wire demo tests bench docker/tests setup.py
 
-.PHONY: setup demo demo-ota test lint format bench clean mosquitto rtsp-server install docker-test
+.PHONY: setup demo demo-ota test lint format bench clean mosquitto rtsp-server chromium install docker-test
 
-setup: $(STAMP) mosquitto rtsp-server
+setup: $(STAMP) mosquitto rtsp-server chromium
 
 $(STAMP): pyproject.toml setup.py constraints.txt requirements-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -47,6 +47,14 @@ rtsp-server:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq --no-install-recommends $(RTSP_PACKAGES) && \
 		/usr/bin/python3 tests/support/rtsp_server.py --check; }
+
+# The review pages are tested in a real browser: Debian's chromium, driven by Playwright (pip);
+# Playwright's own browser download cannot work offline, so it launches /usr/bin/chromium.
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium for the browser tests of the review pages (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
 
 demo: setup
 	$(PY) -m demo $(if $(filter 1,$(SERVE)),--serve,)

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -28,6 +29,11 @@ from modelrt import (
     load_model_argument,
 )
 from modelrt.frames import still_sha256
+
+if TYPE_CHECKING:
+    from agent.metrics import MetricsServer
+    from agent.pipeline import Agent
+    from agent.runlogs import RunLogs
 from modelrt.rules import RulesError
 from modelrt.runtime import RuntimeInstallError, load_onnxruntime
 
@@ -38,6 +44,34 @@ log = logging.getLogger("agent")
 @click.version_option(package_name="secagent")
 def main() -> None:
     """secagent: edge object detection for security cameras."""
+
+
+def _start_metrics(agent: Agent) -> MetricsServer | None:
+    """The Prometheus listener, when ``metrics.enabled``."""
+    from agent.metrics import MetricsServer
+
+    if not agent.config.metrics.enabled:
+        return None
+    server = MetricsServer(agent, agent.config.metrics)
+    agent.engine.on_inference_ms = server.collector.observe_inference_ms
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(
+            f"metrics listener on {agent.config.metrics.host}:{agent.config.metrics.port}: {exc}"
+        ) from exc
+    return server
+
+
+def _start_run_logs(agent: Agent) -> RunLogs | None:
+    """Warnings and errors to the aggregator, when ``run_logs.enabled``."""
+    from agent.runlogs import RunLogs
+
+    if not agent.config.run_logs.enabled:
+        return None
+    handler = RunLogs(agent, agent.config.run_logs)
+    handler.start()
+    return handler
 
 
 @main.command()
@@ -80,6 +114,8 @@ def run(
     except (RuntimeInstallError, ConfigError, DetectorError, OSError, sqlite3.Error) as exc:
         raise click.ClickException(str(exc)) from exc
     supervisor = Supervisor(agent, notifier, health_file=health_file)
+    metrics = _start_metrics(agent)
+    run_logs = _start_run_logs(agent)
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("agent=%s signal %d: stopping", agent.agent_id, signum)
@@ -92,6 +128,11 @@ def run(
         agent.run(exit_when_done=exit_when_done, tick=supervisor.tick)
     except AgentDied as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        if run_logs is not None:
+            run_logs.stop()
     log.info("agent=%s stopped cleanly", agent.agent_id)
     if agent.ota is not None and agent.ota.exit_code is not None:
         # an agent release was switched to: the service manager starts it (secagent-launch)

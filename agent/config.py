@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from agent.metrics import MetricsConfig
 from agent.ota.config import OtaConfig
+from agent.runlogs import RunLogsConfig
 from appcommon.configfile import (
     ConfigError,
     find_data_file,
@@ -375,6 +377,16 @@ class AgentConfig(_Section):
         default_factory=dict,
         validate_default=True,
         description="over-the-air updates: signed releases from the aggregator (docs/ota.md)",
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Prometheus metrics on a small HTTP listener (off by default; loopback)",
+    )
+    run_logs: RunLogsConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="warnings and errors sent to the aggregator with their ids (secagg logs)",
     )
     _resolve = field_validator("rules")(_installation_file("rules file"))
 

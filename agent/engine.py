@@ -231,6 +231,8 @@ class DetectionEngine:
         self._switch: tuple[Detector, object, threading.Event] | None = None
         self._switch_lock = threading.Lock()
         self.inference_errors = 0
+        self.on_inference_ms: Callable[[float], None] | None = None
+        """Told each frame's inference time (the metrics' histogram), when set."""
         self.latencies_ms: deque[float] = deque(maxlen=200)
         """Per-frame inference time of the latest frames (since the last switch)."""
         self.recent: deque[np.ndarray] = deque(maxlen=8)
@@ -347,6 +349,9 @@ class DetectionEngine:
         tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([a.tensor for a in batch])
         output = detector.infer(tensor)
         self.latencies_ms.append(detector.last_inference_ms / len(batch))
+        if self.on_inference_ms is not None:
+            for _ in batch:
+                self.on_inference_ms(detector.last_inference_ms / len(batch))
         self.recent.append(batch[-1].image)
         self.batches += 1
         self.batched_frames += len(batch)

@@ -53,6 +53,9 @@ class MqttLink:
         self.outbox = outbox
         self._status = status
         self.connected = threading.Event()
+        self.before_offline: list[Callable[[], None]] = []
+        """Run at stop, before the offline status (which waits for its PUBACK, and so for what
+        was published before it): the run logs send what they hold."""
         self.attempted = threading.Event()
         """Set once the first connection attempt has an outcome (connected, refused or failed)."""
         self._stop = threading.Event()
@@ -367,6 +370,8 @@ class MqttLink:
         self._stop.set()
         self.outbox.notify()
         self._thread.join(timeout_s)
+        for flush in self.before_offline:
+            flush()
         if self.connected.is_set():
             info = self.publish_status("offline")
             try:

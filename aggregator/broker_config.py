@@ -96,6 +96,11 @@ class DeploymentSpec(BaseModel):
         return self
 
 
+HA_STATE = "secagent/ha"
+HA_DISCOVERY = "homeassistant"
+"""The default Home Assistant prefixes (``homeassistant.state_prefix``/``discovery_prefix``)."""
+
+
 def acl_text(spec: DeploymentSpec) -> str:
     """The ACL: agents write only under their own id and read only their own ota/receipts."""
     agg = spec.aggregator_user
@@ -105,9 +110,12 @@ def acl_text(spec: DeploymentSpec) -> str:
         f"topic read {PREFIX}/+/threats",
         f"topic read {PREFIX}/+/status",
         f"topic read {PREFIX}/+/ota/report",
+        f"topic read {Topics.ALL_LOGS}",
         f"topic write {PREFIX}/+/ota",
         f"topic write {PREFIX}/+/receipts",
         f"topic readwrite {Topics.EVENTS}",
+        f"topic write {HA_STATE}/#",  # Home Assistant: availability, state, snapshot
+        f"topic write {HA_DISCOVERY}/#",
         "",
     ]
     for agent in spec.agents:
@@ -117,6 +125,7 @@ def acl_text(spec: DeploymentSpec) -> str:
             f"topic write {t.threats}",
             f"topic write {t.status}",
             f"topic write {t.ota_report}",
+            f"topic write {t.logs}",
             f"topic read {t.ota}",
             f"topic read {t.receipts}",
             "",
@@ -126,6 +135,8 @@ def acl_text(spec: DeploymentSpec) -> str:
             f"user {reader}",
             f"topic read {Topics.EVENTS}",
             f"topic read {Topics.ALL_STATUS}",
+            f"topic read {HA_STATE}/#",
+            f"topic read {HA_DISCOVERY}/#",
             "",
         ]
     return "\n".join(lines)

@@ -35,6 +35,9 @@ AGGREGATOR_MODULES = (
     "uvicorn",
     "httpx",
     "matplotlib",
+    "jinja2",
+    "argon2",
+    "prometheus_client",
 )
 """What the ``aggregator`` extra installs; a camera host installs only the agent's."""
 
@@ -340,10 +343,81 @@ def plot(
 
 
 def _add_ota_commands() -> None:
+    from aggregator.auth.cli import COMMANDS as AUTH_COMMANDS
     from aggregator.ota.cli import COMMANDS
 
-    for command in COMMANDS:
+    for command in (*COMMANDS, *AUTH_COMMANDS):
         main.add_command(command)
 
 
 _add_ota_commands()
+
+
+@main.command()
+@config_option("aggregator")
+@click.option("--event", "event_id", type=int, help="everything logged about this event")
+@click.option("--lineage", "lineage_id", help="... about this lineage (one frame's runs)")
+@click.option("--frame", "frame_id", help="... about this frame")
+@click.option("--agent", "agent_id", help="an agent's lines (with --since/--until)")
+@click.option("--since", type=click.DateTime(), help="with --agent: from this time (UTC)")
+@click.option("--until", type=click.DateTime(), help="with --agent: before this time (UTC)")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def logs(
+    config_path: Path,
+    event_id: int | None,
+    lineage_id: str | None,
+    frame_id: str | None,
+    agent_id: str | None,
+    since: object,
+    until: object,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The warnings and errors the agents and secagg logged about a result, oldest first.
+
+    With --event: about the event, its messages, their lineages and frames; --lineage or
+    --frame: about one frame's runs; --agent: an agent's lines in a time range.
+    """
+    from datetime import UTC, datetime
+
+    from aggregator import store
+    from aggregator.api.routes.logs import line_public, lines_about_event
+
+    def ts(value: object) -> float | None:
+        if not isinstance(value, datetime):
+            return None
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+    if not (event_id or lineage_id or frame_id or agent_id):
+        raise click.UsageError("say what about: --event, --lineage, --frame or --agent")
+    config = _load(config_path)
+    conn = _read_db(config)
+    try:
+        if event_id is not None:
+            rows = lines_about_event(conn, event_id, limit=limit)
+        elif lineage_id or frame_id:
+            rows = store.logs.about(
+                conn,
+                lineage_ids=[lineage_id] if lineage_id else [],
+                frame_ids=[frame_id] if frame_id else [],
+                limit=limit,
+            )
+        else:
+            assert agent_id is not None
+            rows = store.logs.of_agent(
+                conn, agent_id, since_ts=ts(since), until_ts=ts(until), limit=limit
+            )
+    finally:
+        conn.close()
+    for row in rows:
+        if as_json:
+            click.echo(line_public(row).model_dump_json())
+            continue
+        where = f"{row.source}:{row.agent_id}" if row.agent_id else row.source
+        click.echo(
+            f"{datetime.fromtimestamp(row.at_ts, UTC):%Y-%m-%d %H:%M:%S} {where:<20} "
+            f"{row.level:<8} {row.msg}"
+        )
+    if not rows:
+        click.echo("nothing logged about it", err=True)

@@ -271,6 +271,80 @@ class ApiConfig(_Section):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+class RunLogsConfig(_Section):
+    enabled: bool = Field(True, description="store the agents' and secagg's warnings and errors")
+    keep_rows: int = Field(
+        1_000_000, ge=1000, le=100_000_000, description="the newest lines kept (older deleted)"
+    )
+    max_lines_per_minute: int = Field(
+        600,
+        ge=1,
+        le=1_000_000,
+        description="most lines stored a minute per agent (more: dropped and counted)",
+    )
+    queue_max: int = Field(
+        10_000, ge=100, le=1_000_000, description="lines received and not yet stored"
+    )
+
+
+class HomeAssistantConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="publish Home Assistant MQTT discovery and per-camera state and snapshot "
+        "topics (retained) on secagg's broker connection",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="Home Assistant's discovery prefix",
+    )
+    state_prefix: str = Field(
+        "secagent/ha",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="where the availability, state and snapshot topics go",
+    )
+    interval_s: float = Field(
+        1.0, gt=0, le=3600, description="how often the store is checked for changes"
+    )
+
+
+class AuthConfig(_Section):
+    public_health: bool = Field(
+        False,
+        description="GET /api/health and /api/ping answer without a credential (a load "
+        "balancer's or container's check); otherwise they need a viewer token too",
+    )
+    public_metrics: bool = Field(
+        False,
+        description="GET /metrics answers without a credential (a Prometheus on a trusted "
+        "network); otherwise Prometheus sends a viewer token (authorization: credentials)",
+    )
+    session_ttl_s: float = Field(
+        12 * 3600.0, ge=60, le=30 * 86400, description="a page login lasts this long"
+    )
+    login_max_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="failed logins from one address, or for one user name, within "
+        "login_window_s before further logins are refused (429, logged)",
+    )
+    login_window_s: float = Field(
+        300.0, gt=0, le=86400, description="the window in which failed logins are counted"
+    )
+    cookie_secure: bool | None = Field(
+        None,
+        description="send the session cookie over HTTPS only (null: when api.public_url is "
+        "https://)",
+    )
+    link_ttl_s: float = Field(
+        7 * 86400.0,
+        ge=60,
+        le=365 * 86400,
+        description="how long a signed snapshot link in a webhook notification works",
+    )
+
+
 class RetryConfig(_Section):
     max_attempts: int = Field(
         50, ge=1, le=100_000, description="attempts before a notification is given up (failed)"
@@ -402,6 +476,21 @@ class AggregatorConfig(_Section):
         default_factory=dict, validate_default=True, description="the store writer"
     )
     api: ApiConfig = Field(default_factory=dict, validate_default=True, description="the REST API")
+    run_logs: RunLogsConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="the agents' and secagg's warnings and errors, stored with their ids",
+    )
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Home Assistant MQTT discovery, per-camera state and snapshot topics",
+    )
+    auth: AuthConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="who may use the API and the pages: tokens, logins, roles (docs/security.md)",
+    )
     notify: NotifyConfig = Field(
         default_factory=dict,
         validate_default=True,

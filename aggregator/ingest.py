@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -131,6 +132,11 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
+        self.on_batch: Callable[[int, float], None] | None = None
+        """Told each committed batch's size and seconds (the metrics' histogram), when set."""
+        self.extra_subscriptions: list[str] = []
+        """More topics (QoS 1) whose messages another component takes on this client through
+        paho's ``message_callback_add`` (the agents' run logs): one session, one account."""
         self._writer = threading.Thread(target=self._guarded_loop, name="store-writer", daemon=True)
 
     # paho callbacks (network thread) -------------------------------------------------------
@@ -168,6 +174,7 @@ class Ingest:
         )
         client.subscribe(
             [(Topics.ALL_THREATS, 1), (Topics.ALL_STATUS, 1), (Topics.ALL_OTA_REPORTS, 1)]
+            + [(topic, 1) for topic in self.extra_subscriptions]
         )
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
@@ -283,6 +290,8 @@ class Ingest:
                     self.stats.failed_batches += 1
                     log.exception("a batch of %d message(s) failed after its commit", len(batch))
                 else:
+                    if self.on_batch is not None and self._busy_since is not None:
+                        self.on_batch(len(batch), time.monotonic() - self._busy_since)
                     if self.store_error is not None:
                         log.info("store %s writable again", self.config.store.path)
                     self.store_error = None

@@ -285,6 +285,7 @@ def record_status(
             outbox_oldest_age_s=status.outbox_oldest_age_s,
             cameras_json=json.dumps([c.model_dump(mode="json") for c in status.cameras]),
             outbox_lost_json=json.dumps([o.model_dump(mode="json") for o in status.outbox_lost]),
+            inference_ms=status.inference_ms,
         ),
         clock_max_ts=context.clock_max_ts,
     )

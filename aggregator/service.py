@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import signal
 import threading
 import time
@@ -29,8 +30,11 @@ import uvicorn
 from aggregator import store
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
+from aggregator.homeassistant import HomeAssistantBridge
 from aggregator.ingest import Ingest
+from aggregator.metrics import AggregatorMetrics
 from aggregator.ota.controller import OtaController
+from aggregator.runlogs import RunLogStore
 from appcommon.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,23 @@ class Service:
         self.notifier = notifier or Notifier()
         self.stall_s = self.notifier.watchdog_s or DEFAULT_STALL_S
         self.ingest = Ingest(config)  # migrates the store
-        app = create_app(config, liveness=self.ingest.liveness)
+        self.run_logs: RunLogStore | None = None
+        if config.run_logs.enabled:  # the agents' logs topic, on the ingest's session
+            self.run_logs = RunLogStore(config)
+            self.ingest.extra_subscriptions.append(self.run_logs.attach(self.ingest.client))
+        self.homeassistant: HomeAssistantBridge | None = None
+        if config.homeassistant.enabled:
+            self.homeassistant = HomeAssistantBridge(
+                config, self._publish_retained, self.ingest.connected
+            )
+        # secagg's own health probe authenticates with a token made here and kept in memory
+        self._probe_token = secrets.token_urlsafe(32)
+        app = create_app(
+            config,
+            liveness=self.ingest.liveness,
+            service_token=self._probe_token,
+            metrics_of=AggregatorMetrics(config, ingest=self.ingest, run_logs=self.run_logs),
+        )
         self._read_pools: dict[str, store.ReadPool] = app.state.read_pools
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -91,6 +111,10 @@ class Service:
         self._probe_ok_at = time.monotonic()
         self._next_probe = 0.0
 
+    def _publish_retained(self, topic: str, payload: bytes) -> bool:
+        info = self.ingest.client.publish(topic, payload, qos=1, retain=True)
+        return info.rc == 0
+
     # signals ---------------------------------------------------------------------------------
     def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         if not self._stop.is_set():
@@ -110,7 +134,11 @@ class Service:
         if now >= self._next_probe:
             self._next_probe = now + min(5.0, self.stall_s / 4)
             try:
-                response = httpx.get(self._probe_url, timeout=min(5.0, self.stall_s / 2))
+                response = httpx.get(
+                    self._probe_url,
+                    timeout=min(5.0, self.stall_s / 2),
+                    headers={"Authorization": f"Bearer {self._probe_token}"},
+                )
                 # 503 is an answer too: degraded (say, the broker is away) but serving
                 if response.status_code in (200, 503):
                     self._probe_ok_at = now
@@ -135,9 +163,13 @@ class Service:
         API could not start."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        if self.run_logs is not None:
+            self.run_logs.start()
         self.ingest.start()
         if self.ota is not None:
             self.ota.start()
+        if self.homeassistant is not None:
+            self.homeassistant.start()
         self._api.start()
         ready = False
         failed: str | None = None
@@ -188,7 +220,11 @@ class Service:
             pool.close()
         if self.ota is not None:
             self.ota.stop()
+        if self.homeassistant is not None:
+            self.homeassistant.stop()
         self.ingest.stop()
+        if self.run_logs is not None:
+            self.run_logs.stop()
         self.notifier.close()
 
 

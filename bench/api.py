@@ -43,6 +43,23 @@ BIN = Path(sys.executable).parent
 ROUTES = ("/api/ping", "/api/health", "/api/events?limit=100")
 
 
+HEADERS: dict[str, str] = {}
+"""A viewer token of the bench's store (sent to a checkout without access control too: it is
+ignored there)."""
+
+
+def bench_token(config: AggregatorConfig) -> str:
+    from aggregator.auth import accounts
+    from aggregator.auth.roles import Role
+
+    conn = store.connect(config.store.path)
+    try:
+        with store.transaction(conn):
+            return accounts.create_token(conn, name="bench", role=Role.viewer).token
+    finally:
+        conn.close()
+
+
 def populate(config: AggregatorConfig, messages: int) -> None:
     """``messages`` threats of one agent, a new event every 10 (60 s apart: past the cutoff)."""
     store.migrate(config.store.path)
@@ -100,7 +117,9 @@ async def hammer(base: str, route: str, *, clients: int, seconds: float) -> list
                 raise RuntimeError(f"{route}: {response.status_code}")
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=base, limits=limits, timeout=30, headers=HEADERS
+    ) as client:
         await client.get(route)  # warm up
         await asyncio.gather(*(one(client) for _ in range(clients)))
     return latencies
@@ -136,6 +155,7 @@ def main() -> None:
                 }
             )
             populate(config, args.messages)
+            HEADERS["Authorization"] = f"Bearer {bench_token(config)}"
             (work / "secagg.yaml").write_text(  # only what an earlier checkout knows too
                 json.dumps(
                     {
@@ -163,7 +183,8 @@ def main() -> None:
                 deadline = time.monotonic() + 60
                 while True:
                     try:
-                        if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                        r = httpx.get(f"{base}/api/health", headers=HEADERS, timeout=1)
+                        if r.status_code == 200:
                             break
                     except httpx.HTTPError:
                         pass

@@ -110,6 +110,28 @@ def prepare(work: Path) -> tuple[Path, Path]:
     return clip, door
 
 
+def first_admin(bindir: Path, agg_conf: Path, work: Path) -> tuple[tuple[str, str], dict[str, str]]:
+    """The demo's first admin: a page login (user ``admin``, a generated password) and an API
+    token, made with ``secagg user add`` and ``secagg token create`` as an operator would."""
+
+    def secagg(*args: str) -> str:
+        done = subprocess.run(
+            [str(bindir / "secagg"), *args, "--config", str(agg_conf)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+
+    out = secagg("user", "add", "admin", "--role", "admin", "--generate")
+    password = out.split("password: ", 1)[1].strip()
+    token = secagg("token", "create", "--name", "demo", "--role", "admin").strip()
+    creds = work / "credentials.txt"
+    creds.write_text(f"page login: admin / {password}\nAPI token (admin): {token}\n")
+    creds.chmod(0o600)
+    return ("admin", password), {"Authorization": f"Bearer {token}"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("--serve", action="store_true", help="keep the API up until Ctrl-C")
@@ -134,6 +156,7 @@ def main() -> int:
         work, broker=broker, api_port=api_port, clip=clip, door=door, smtp_port=mailbox.port
     )
     api = f"http://127.0.0.1:{api_port}"
+    login, headers = first_admin(bindir, agg_conf, work)
     agg_log = (work / "secagg.log").open("w")
     aggregator = subprocess.Popen(
         [str(bindir / "secagg"), "serve", "--config", str(agg_conf)],
@@ -147,13 +170,13 @@ def main() -> int:
             if aggregator.poll() is not None:
                 raise SystemExit(f"secagg exited early; see {work / 'secagg.log'}")
             try:
-                body = httpx.get(f"{api}/api/health", timeout=2).json()
+                body = httpx.get(f"{api}/api/health", headers=headers, timeout=2).json()
             except httpx.HTTPError:
                 return None
             return body if body.get("broker_connected") else None
 
         wait_until("the aggregator's API", healthy, timeout_s=60)
-        say(f"      API {api}/docs")
+        say(f"      pages {api}/ (log in as {login[0]}), API {api}/docs")
 
         say("[4/5] running the agent (secagent run) on the sample model")
         summary = run_agent(bindir, agent_conf, work)
@@ -164,13 +187,18 @@ def main() -> int:
             lambda: (h := healthy()) and h["messages"] >= summary["threat_messages"] and h,
             timeout_s=60,
         )
-        events = httpx.get(f"{api}/api/events", params={"limit": 100}, timeout=5).json()
+        events = httpx.get(
+            f"{api}/api/events", params={"limit": 100}, headers=headers, timeout=5
+        ).json()
         wait_until(
             "one email per threat event",
             lambda: len(mailbox.messages) >= len(events),
             timeout_s=60,
         )
         print_summary(summary, health, events, work=work, api=api, mailbox=mailbox)
+        say(f"review page       {api}/   user {login[0]}, password {login[1]}")
+        say(f"API token (admin) {headers['Authorization'][7:]}")
+        say(f"                  (both also in {work / 'credentials.txt'})")
         if args.serve:
             say(f"\nServing {api} (Ctrl-C to stop)")
             stop = {signal.SIGINT, signal.SIGTERM}
@@ -267,9 +295,9 @@ def print_summary(
         say(f"  {m['Subject']}")
     say(f"database          {work / 'secagg.sqlite'}")
     say(f"logs              {work / 'secagent.log'}, {work / 'secagg.log'}")
-    say("query the API     make demo SERVE=1, then e.g.")
-    say(f"                  curl -s {api}/api/events | python3 -m json.tool")
-    say(f"                  curl -s {api}/api/events/1   # threats with provenance")
+    say("query the API     make demo SERVE=1, then e.g. (TOKEN: the API token below)")
+    say(f"                  curl -s -H 'Authorization: Bearer TOKEN' {api}/api/events")
+    say(f"                  curl -s -H 'Authorization: Bearer TOKEN' {api}/api/events/1")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ def candidate_model(folder: Path) -> Path:
     return path
 
 
+HEADERS: dict[str, str] = {}
+"""The demo's API token (made by ``secagg token create`` once the store exists)."""
+
+
 def secagg(conf: Path, *args: str) -> str:
     done = subprocess.run(
         [str(BIN / "secagg"), *args, "--config", str(conf)],
@@ -111,6 +115,8 @@ def main() -> int:
         )
         say(f"      release {release['id']}: sha256 {release['sha256'][:16]}…, {release['compat']}")
         (work / "token").write_text(secagg(conf, "ota", "token", "demo-host"))
+        token = secagg(conf, "token", "create", "--name", "demo-ota", "--role", "viewer").strip()
+        HEADERS["Authorization"] = f"Bearer {token}"  # the demo's own API calls
         agent_conf = work / "secagent.yaml"
         agent_conf.write_text(
             yaml.safe_dump(
@@ -171,7 +177,7 @@ def main() -> int:
 
 def reports(api: str) -> list[dict[str, Any]]:
     try:
-        r = httpx.get(f"{api}/api/agents/demo-host/history", timeout=5)
+        r = httpx.get(f"{api}/api/agents/demo-host/history", headers=HEADERS, timeout=5)
     except httpx.HTTPError:
         return []
     return list(r.json()["reports"]) if r.status_code == 200 else []
@@ -186,7 +192,8 @@ def reported(api: str, release_id: int | None, state: str) -> dict[str, Any] | N
 def run(conf: Path, api: str, release: dict[str, Any]) -> None:
     def agent_up() -> bool:
         try:
-            return httpx.get(f"{api}/api/agents/demo-host", timeout=2).status_code == 200
+            r = httpx.get(f"{api}/api/agents/demo-host", headers=HEADERS, timeout=2)
+            return r.status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -20,6 +20,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.liveness import Liveness
 from aggregator.notify import NotificationSender
 from tests.support import wait_for
+from tests.support.auth import HEADERS, api_client, seed_tokens
 from tests.support.ingest import (
     JPEG,
     JPEG_SHA,
@@ -61,6 +62,19 @@ COVERED = {
     ("GET", "/api/rollouts/{rollout_id}/compare"),
     ("GET", "/ota/v1/metadata/{name}"),
     ("GET", "/ota/v1/targets/{kind}/{name}"),
+    # access control, every route by role: tests/test_access.py; tokens there too
+    ("GET", "/api/me"),
+    ("GET", "/api/tokens"),
+    ("POST", "/api/tokens"),
+    ("DELETE", "/api/tokens/{token_id}"),
+    ("GET", "/api/links/events/{event_id}/snapshot.jpg"),
+    # the review pages' actions: tests/test_web.py and tests/test_web_browser.py
+    ("POST", "/api/events/review"),
+    ("POST", "/api/events/{event_id}/reproduce"),
+    ("GET", "/api/snapshots/{sha256}.jpg"),
+    # metrics: tests/test_metrics.py; run logs: tests/test_runlogs.py
+    ("GET", "/metrics"),
+    ("GET", "/api/logs"),
 }
 """The routes this file tests; a new route fails test_every_route_is_covered until it is."""
 
@@ -105,7 +119,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 conn.close()
         finally:
             sender.stop()
-    yield Site(TestClient(create_app(config)), config, hook.requests, yard)
+    seed_tokens(config.store.path)
+    yield Site(TestClient(create_app(config), headers=HEADERS), config, hook.requests, yard)
 
 
 def test_every_route_is_covered(site: Site) -> None:
@@ -263,7 +278,8 @@ def test_agents_and_one_agent(site: Site) -> None:
         2,
     )
     assert cam["versions"]["model_sha256"] == MODEL_SHA
-    assert cam["cameras"] == [{"name": "yard", "state": "running", "counters": {"captured": 7}}]
+    yard = {"name": "yard", "state": "running", "counters": {"captured": 7}}
+    assert cam["cameras"] == [{**yard, "fps": None, "detail": None}]  # fps: after 2 statuses
     assert cam["clock_at"] == "2026-11-28T12:01:02Z"  # its status's sent_at
     gate = agents[1]
     assert gate["last_status_at"] is None and gate["cameras"] == []  # no status yet
@@ -346,7 +362,7 @@ def test_an_ambiguous_prefix_is_409_with_the_candidates(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     shas = ["abcd" + "1" * 60, "abcd" + "2" * 60]
     store_payloads(config, [threat_payload(at_s=i, frame_sha256=s) for i, s in enumerate(shas)])
-    client = TestClient(create_app(config))
+    client = api_client(config)
     r = client.get("/api/provenance/frame:abcd")
     assert r.status_code == 409
     assert r.json()["detail"]["candidates"] == [f"frame:{s}" for s in shas]
@@ -422,7 +438,7 @@ def test_health_without_an_ingest_is_503_with_the_counts(site: Site) -> None:
 def test_health_is_503_when_degraded(
     site: Site, liveness: Liveness, status: int, problem: str | None
 ) -> None:
-    client = TestClient(create_app(site.config, liveness=lambda: liveness))
+    client = api_client(site.config, liveness=lambda: liveness)
     r = client.get("/api/health")
     assert r.status_code == status
     body = r.json()
@@ -436,5 +452,5 @@ def test_health_is_503_when_degraded(
 
 def test_health_without_a_store_is_503(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    r = TestClient(create_app(config)).get("/api/health")
+    r = TestClient(create_app(config), headers=HEADERS).get("/api/health")  # no store: 503
     assert r.status_code == 503 and "store not available" in r.json()["detail"]

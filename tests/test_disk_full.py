@@ -19,14 +19,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from aggregator import store
-from aggregator.api import create_app
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from tests.support import wait_for
+from tests.support.auth import api_client
 from tests.support.ingest import T0, ingest_config, payload
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -92,7 +91,7 @@ def test_a_full_disk_is_reported_and_ingest_resumes_once_space_is_freed(
             agent.publish("secagent/v1/cam-host/threats", json.dumps(p).encode(), qos=1)
 
     try:
-        with TestClient(create_app(config, liveness=ingest.liveness)) as api:
+        with api_client(config, liveness=ingest.liveness) as api:
             wait_for(ingest.connected.is_set, what="ingest connected")
             send(5)
             wait_for(lambda: ingest.stats.stored == 5, what="5 stored before the disk fills")

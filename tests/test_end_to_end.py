@@ -16,6 +16,7 @@ from aggregator import plots, store
 from demo.broker import Mosquitto, free_port
 from modelrt import load_manifest
 from tests.support import DEFAULT_RULES, MODEL_MANIFEST, wait_for
+from tests.support.auth import HEADERS
 from tests.support.processes import (
     BIN,
     run_agent_to_completion,
@@ -51,17 +52,21 @@ def clip_run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPa
     with running_aggregator(agg_conf, api, work / "secagg.log"):
         summary = run_agent_to_completion(agent_conf)
         wait_for(
-            lambda: httpx.get(f"{api}/api/health").json()["messages"] >= summary["threat_messages"],
+            lambda: (
+                httpx.get(f"{api}/api/health", headers=HEADERS).json()["messages"]
+                >= summary["threat_messages"]
+            ),
             timeout_s=60,
             what="every threat message stored",
         )
-        health = httpx.get(f"{api}/api/health").json()
-        events = httpx.get(f"{api}/api/events").json()
-        details = [httpx.get(f"{api}/api/events/{e['id']}").json() for e in events]
-        threats = httpx.get(f"{api}/api/threats", params={"limit": 1000}).json()
+        health = httpx.get(f"{api}/api/health", headers=HEADERS).json()
+        events = httpx.get(f"{api}/api/events", headers=HEADERS).json()
+        details = [httpx.get(f"{api}/api/events/{e['id']}", headers=HEADERS).json() for e in events]
+        threats = httpx.get(f"{api}/api/threats", headers=HEADERS, params={"limit": 1000}).json()
         agent = wait_for(
             lambda: (
-                (a := httpx.get(f"{api}/api/agents/e2e-host").json()).get("state") == "offline"
+                (a := httpx.get(f"{api}/api/agents/e2e-host", headers=HEADERS).json()).get("state")
+                == "offline"
                 and a
             ),
             what="the agent's last status (offline) stored",

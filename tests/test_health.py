@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from aggregator import store
-from aggregator.api import create_app
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
+from tests.support.auth import api_client
 from tests.support.ingest import Harness, ingest_config, threat_payload
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -44,7 +43,7 @@ def test_an_unreachable_broker_is_logged_and_health_is_503_until_it_is_up(
     ingest = Ingest(config)
     started.append(ingest)
     ingest.start()
-    client = TestClient(create_app(config, liveness=ingest.liveness))
+    client = api_client(config, liveness=ingest.liveness)
     wait_for(lambda: len(_unreachable(caplog)) >= 2, what="two failed connection attempts logged")
     first, second = _unreachable(caplog)[:2]
     assert re.fullmatch(
@@ -71,7 +70,7 @@ def test_a_stalled_store_writer_is_503_and_it_survives_the_stall(
     started.append(ingest)
     ingest.start()
     wait_for(ingest.connected.is_set, what="ingest connected")
-    client = TestClient(create_app(config, liveness=ingest.liveness))
+    client = api_client(config, liveness=ingest.liveness)
     assert client.get("/api/health").status_code == 200
     other = store.connect(config.store.path)  # another writer (a plot, say) holds the lock
     try:

@@ -22,15 +22,14 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from aggregator import store
-from aggregator.api import create_app
 from aggregator.ingest import Ingest
 from aggregator.records import Outcome
 from demo.broker import Mosquitto
 from tests.support import wait_for
+from tests.support.auth import api_client
 from tests.support.ingest import (
     JPEG,
     T0,
@@ -184,7 +183,7 @@ def test_a_poison_message_is_refused_with_its_reason_and_the_next_one_is_stored(
         stored = len(store.messages.list_threats(conn, limit=2000))
         counters = store.counters.ingest_counters(conn)
         files = [p for p in config.store.snapshots_dir.rglob("*") if p.is_file()]
-        with TestClient(create_app(config)) as client:  # every read still works
+        with api_client(config) as client:  # every read still works
             for url in ("/api/events", "/api/threats", "/api/events/1", "/api/agents"):
                 assert client.get(url).status_code == 200, url
     finally:
@@ -309,7 +308,7 @@ def test_times_stored_before_the_checks_never_break_a_read(
         ],
     )
     assert [r.kind for r in result.results] == ["stored", "status"]  # type: ignore[union-attr]
-    with TestClient(create_app(config)) as client:
+    with api_client(config) as client:
         for url in (
             "/api/events",
             "/api/threats",

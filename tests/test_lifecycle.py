@@ -23,6 +23,7 @@ import pytest
 from agent.synthetic import serial_of
 from demo.broker import Mosquitto
 from tests.support import wait_for
+from tests.support.auth import HEADERS
 from tests.support.models import stalling_model
 from tests.support.notify import NotifySocket
 from tests.support.processes import (
@@ -197,12 +198,12 @@ def test_secagg_ready_watchdog_and_sigterm_mid_stream(sock: NotifySocket, tmp_pa
     try:
         sock.wait("READY", "1")
         # READY means the store is migrated and the API listens: it answers at once
-        assert httpx.get(f"{api}/api/health", timeout=5).status_code == 200
+        assert httpx.get(f"{api}/api/health", headers=HEADERS, timeout=5).status_code == 200
         wait_for(lambda: len(sock.pings()) >= 2, timeout_s=10, what="watchdog pings")
         gen = start_test_threats(agent_conf, count=N, rate_hz=150, cameras=2)
         wait_for(lambda: len(stored_serials(db)) >= 100, timeout_s=60, what="100 stored")
         # the API's read connections are open too: closed at the stop, so the WAL goes
-        assert httpx.get(f"{api}/api/events", timeout=5).status_code == 200
+        assert httpx.get(f"{api}/api/events", headers=HEADERS, timeout=5).status_code == 200
         proc.send_signal(signal.SIGTERM)
         sock.wait("STOPPING", "1", timeout_s=10)
         proc.wait(timeout=30)

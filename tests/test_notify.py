@@ -24,6 +24,7 @@ from aggregator.ingest import Ingest
 from aggregator.notify import notification_content_sha256
 from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
+from tests.support.auth import api_client
 from tests.support.ingest import T0, Harness, ingest_config, subscribe_json, threat_payload
 from tests.support.servers import SmtpServer, WebhookServer
 
@@ -126,7 +127,7 @@ def test_a_burst_of_threat_frames_sends_one_email(
     assert "HIGH person_on_premises on yard" in mail["Subject"]
     assert mail["To"] == "guard@example.org" and mail["Message-ID"].startswith("<secagg.1.")
     text = mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    assert "https://secagg.example.org/api/events/1" in text
+    assert "Details:  https://secagg.example.org/events/1" in text  # the event's page
     assert "Threats:  40, top person 0.70" in text and "Agent:    cam-host" in text
     (attachment,) = list(mail.iter_attachments())
     assert attachment.get_content_type() == "image/jpeg"
@@ -267,11 +268,8 @@ def test_cameras_of_one_site_make_one_event(make_ingest: MakeIngest, smtp: SmtpS
     assert [json.loads(e["cameras"]) for e in events] == [["yard", "door"], ["door"]]
     assert [e["threat_count"] for e in events] == [3, 1]
     assert "on yard, door" in smtp.messages[0]["Subject"]
-    from fastapi.testclient import TestClient
 
-    from aggregator.api import create_app
-
-    listed = TestClient(create_app(h.ingest.config)).get("/api/events").json()
+    listed = api_client(h.ingest.config).get("/api/events").json()
     assert [e["cameras"] for e in listed] == [["door"], ["yard", "door"]]
 
 
@@ -308,6 +306,8 @@ def test_a_webhook_receives_the_event_as_json_after_a_retry(make_ingest: MakeIng
     assert body["event"]["schema"] == "secagent.event/1" and body["event"]["event_id"] == 1
     assert body["event"]["threat_count"] == 1 and body["event"]["top_score"] == 0.9
     assert body["api_url"] == "https://secagg.example.org/api/events/1"
+    assert body["page_url"] == "https://secagg.example.org/events/1"  # the review page
+    assert f"Details:  {body['page_url']}" in body["body"]
     assert "1 threat(s), top person 0.90" in body["summary"]
     (row,) = h.notifications()
     assert (row["channel"], row["attempts"], row["state"]) == ("webhook", 2, "sent")

@@ -10,6 +10,7 @@ import httpx
 
 from demo.broker import Mosquitto
 from tests.support import wait_for
+from tests.support.auth import HEADERS
 from tests.support.ota import AgentProcess, OtaSite, StillFeeder, model_sha, tiny_model
 
 
@@ -61,13 +62,16 @@ def test_a_rollout_halts_at_its_error_threshold_and_leaves_healthy_groups(
         ]
         wait_for(
             lambda: (
-                httpx.get(f"{site.api}/api/rollouts/{rollout['id']}").json()["state"] == "halted"
+                httpx.get(f"{site.api}/api/rollouts/{rollout['id']}", headers=HEADERS).json()[
+                    "state"
+                ]
+                == "halted"
             ),
             timeout_s=90,
             what="the rollout halted",
         )
-        doc = httpx.get(f"{site.api}/api/rollouts/{rollout['id']}").json()
-        listed = httpx.get(f"{site.api}/api/rollouts").json()
+        doc = httpx.get(f"{site.api}/api/rollouts/{rollout['id']}", headers=HEADERS).json()
+        listed = httpx.get(f"{site.api}/api/rollouts", headers=HEADERS).json()
         failed = site.wait_report("c-bad", release_id=release["id"], state="failed")
         history = {a: site.history(a) for a in agents}
     finally:

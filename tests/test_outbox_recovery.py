@@ -21,6 +21,7 @@ import pytest
 from agent.outbox import JOURNAL_MODE, Outbox
 from demo.broker import Mosquitto
 from tests.support import wait_for
+from tests.support.auth import HEADERS
 from tests.support.processes import (
     finish,
     running_aggregator,
@@ -149,7 +150,7 @@ def test_the_aggregator_shows_what_a_broken_outbox_lost(tmp_path: Path) -> None:
             assert summary["outbox_depth"] == 0
 
             def reported() -> list[dict[str, Any]]:
-                agent = httpx.get(f"{api}/api/agents/lossy-host", timeout=5)
+                agent = httpx.get(f"{api}/api/agents/lossy-host", headers=HEADERS, timeout=5)
                 return agent.json()["outbox_lost"] if agent.status_code == 200 else []
 
             (lost,) = wait_for(reported, what="the loss in the aggregator's agent view")

@@ -12,15 +12,14 @@ from typing import Any
 import pytest
 import sqlite_utils
 from click.testing import CliRunner
-from fastapi.testclient import TestClient
 
 from aggregator import lineage, provenance, records, snapshots, store
-from aggregator.api import create_app
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig, MqttConfig
 from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from tests.support import wait_for
+from tests.support.auth import api_client
 from tests.support.ingest import (
     CONFIG_SHA,
     JPEG,
@@ -217,7 +216,7 @@ def test_snapshot_retention_deletes_old_snapshots_and_keeps_the_lineage(tmp_path
     assert deleted == [JPEG_SHA] and not path.exists()
     assert lineage.inputs_of(lineage.graph(conn, "event:1"))["snapshot"] == [f"snapshot:{JPEG_SHA}"]
     conn.close()
-    r = TestClient(create_app(config)).get("/api/events/1/snapshot.jpg")
+    r = api_client(config).get("/api/events/1/snapshot.jpg")
     assert r.status_code == 410 and "retention" in r.json()["detail"]
 
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aggregator import lineage, store
-from aggregator.api import create_app
+from tests.support.auth import api_client
 from tests.support.ingest import T0, make_config, payload, store_payloads
 
 
@@ -54,7 +54,7 @@ def test_the_pages_of_a_graph_add_up_to_the_whole_graph(
         whole = lineage.graph(conn, artifact, direction=direction)
     finally:
         conn.close()
-    with TestClient(create_app(config)) as client:
+    with api_client(config) as client:
         pages = _walk(client, artifact, direction, limit)
     artifacts = [n["id"] for p in pages for n in p["nodes"] if n["type"] == "artifact"]
     runs = {n["id"] for p in pages for n in p["nodes"] if n["type"] == "run"}
@@ -74,7 +74,7 @@ def test_a_page_is_bounded_however_large_the_graph(tmp_path: Path) -> None:
     sizes = []
     for n in (40, 160):
         config = _store(tmp_path / str(n), n)
-        with TestClient(create_app(config)) as client:
+        with api_client(config) as client:
             got = client.get("/api/provenance/code:0.1.0+gtest?direction=downstream&limit=20")
             body = got.json()
             assert got.status_code == 200 and body["truncated"]
@@ -97,6 +97,6 @@ def test_a_page_is_bounded_however_large_the_graph(tmp_path: Path) -> None:
 )
 def test_paging_parameters_are_bounded(tmp_path: Path, params: dict[str, int], status: int) -> None:
     config = _store(tmp_path, 2)
-    with TestClient(create_app(config)) as client:
+    with api_client(config) as client:
         got = client.get("/api/provenance/event:1", params=params)
     assert got.status_code == status, got.text

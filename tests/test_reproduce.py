@@ -18,6 +18,7 @@ from demo.broker import Mosquitto
 from demo.footage import sample_still
 from modelrt import load_manifest
 from tests.support import DEFAULT_RULES, MODEL_MANIFEST, ROOT, wait_for
+from tests.support.auth import HEADERS
 from tests.support.processes import (
     BIN,
     run_agent_to_completion,
@@ -54,11 +55,14 @@ def run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPathFac
     with running_aggregator(agg_conf, api, work / "secagg.log"):
         summary = run_agent_to_completion(agent_conf)
         wait_for(
-            lambda: httpx.get(f"{api}/api/health").json()["messages"] >= summary["threat_messages"],
+            lambda: (
+                httpx.get(f"{api}/api/health", headers=HEADERS).json()["messages"]
+                >= summary["threat_messages"]
+            ),
             timeout_s=60,
             what="every threat message stored",
         )
-        events = httpx.get(f"{api}/api/events").json()
+        events = httpx.get(f"{api}/api/events", headers=HEADERS).json()
         yield {"work": work, "config": agg_conf, "api": api, "events": events, "still": door}
 
 
@@ -74,8 +78,8 @@ def event_of(run: dict[str, Any], camera: str) -> int:
 
 def test_the_lineage_of_an_event_reaches_model_rules_frames_and_code(run) -> None:  # type: ignore[no-untyped-def]
     event_id = event_of(run, "yard")
-    detail = httpx.get(f"{run['api']}/api/events/{event_id}").json()
-    graph = httpx.get(f"{run['api']}/api/provenance/event:{event_id}").json()
+    detail = httpx.get(f"{run['api']}/api/events/{event_id}", headers=HEADERS).json()
+    graph = httpx.get(f"{run['api']}/api/provenance/event:{event_id}", headers=HEADERS).json()
     ids = {n["id"] for n in graph["nodes"]}
     assert f"model:{MODEL_SHA}" in ids and f"rules:{RULES_SHA}" in ids
     frames = {f"frame:{t['provenance']['frame_sha256']}" for t in detail["threats"]}
@@ -93,7 +97,7 @@ def test_the_lineage_of_an_event_reaches_model_rules_frames_and_code(run) -> Non
 
 def test_the_event_snapshot_is_served(run) -> None:  # type: ignore[no-untyped-def]
     event_id = event_of(run, "door")
-    r = httpx.get(f"{run['api']}/api/events/{event_id}/snapshot.jpg")
+    r = httpx.get(f"{run['api']}/api/events/{event_id}/snapshot.jpg", headers=HEADERS)
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     # A small JPEG still is sent as it is: the snapshot is the original file.
     assert r.content == (run["still"] / "visitor.jpg").read_bytes()
@@ -183,11 +187,14 @@ def zoned_run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempP
     with running_aggregator(agg_conf, api, work / "secagg.log"):
         summary = run_agent_to_completion(agent_conf)
         wait_for(
-            lambda: httpx.get(f"{api}/api/health").json()["messages"] >= summary["threat_messages"],
+            lambda: (
+                httpx.get(f"{api}/api/health", headers=HEADERS).json()["messages"]
+                >= summary["threat_messages"]
+            ),
             timeout_s=60,
             what="every threat message stored",
         )
-        events = httpx.get(f"{api}/api/events").json()
+        events = httpx.get(f"{api}/api/events", headers=HEADERS).json()
         yield {"work": work, "config": agg_conf, "api": api, "events": events}
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from agent import liveness
 from agent.pipeline import AgentDied, build_agent
 from aggregator import records
-from aggregator.api import create_app
 from aggregator.ingest import Ingest
 from aggregator.service import Service, ServiceError
 from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
+from tests.support.auth import api_client
 from tests.support.ingest import Harness, ingest_config, threat_payload
 from tests.support.processes import write_agent_config
 
@@ -45,7 +44,7 @@ def test_a_dead_store_writer_is_reported_and_ends_the_service(
         wait_for(ingest.connected.is_set, what="ingest connected")
         h.send(threat_payload())
         wait_for(lambda: ingest.liveness().fatal is not None, what="the writer's death seen")
-        with TestClient(create_app(config, liveness=ingest.liveness)) as api:
+        with api_client(config, liveness=ingest.liveness) as api:
             health = api.get("/api/health")
         assert health.status_code == 503
         assert any("died of SystemExit" in p for p in health.json()["problems"])

@@ -53,10 +53,16 @@ class Topics:
     def ota_report(self) -> str:
         return f"{PREFIX}/{self.agent_id}/ota/report"
 
+    @property
+    def logs(self) -> str:
+        """Agent -> aggregator: its warnings and errors (best-effort)."""
+        return f"{PREFIX}/{self.agent_id}/logs"
+
     # Subscriptions of the aggregator (all agents).
     ALL_THREATS = f"{PREFIX}/+/threats"
     ALL_STATUS = f"{PREFIX}/+/status"
     ALL_OTA_REPORTS = f"{PREFIX}/+/ota/report"
+    ALL_LOGS = f"{PREFIX}/+/logs"
     EVENTS = f"{PREFIX}/events"
 
     @staticmethod

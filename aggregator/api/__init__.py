@@ -10,18 +10,27 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from aggregator import web
 from aggregator.api.routes import (
     agents,
     events,
     health,
+    links,
+    logs,
+    metrics,
     notifications,
     ota,
     plots,
     provenance,
+    reproduce,
     threats,
+    tokens,
 )
+from aggregator.auth import secrets
+from aggregator.auth.throttle import LoginThrottle
 from aggregator.config import AggregatorConfig
 from aggregator.liveness import NO_INGEST, Liveness
+from aggregator.metrics import AggregatorMetrics
 from appcommon.version import code_version
 
 DOCS_STATIC_URL = "/static/docs"
@@ -29,10 +38,17 @@ DOCS_STATIC_URL = "/static/docs"
 
 
 def create_app(
-    config: AggregatorConfig | None = None, *, liveness: Callable[[], Liveness] | None = None
+    config: AggregatorConfig | None = None,
+    *,
+    liveness: Callable[[], Liveness] | None = None,
+    service_token: str | None = None,
+    metrics_of: AggregatorMetrics | None = None,
 ) -> FastAPI:
     """The API app. ``config`` replaces :func:`get_settings` (what ``secagg serve`` does);
-    ``liveness`` reports the ingest running beside it (none: the health endpoint says degraded)."""
+    ``liveness`` reports the ingest running beside it (none: the health endpoint says degraded);
+    ``service_token`` is a bearer token that secagg's own health probe sends (viewer; it is
+    never written anywhere); ``metrics_of`` the metrics of the service around it (none: of the
+    API alone)."""
     app = FastAPIOffline(
         title="secagg",
         version=code_version(),
@@ -47,8 +63,19 @@ def create_app(
     app.state.liveness = liveness or (lambda: NO_INGEST)
     app.state.read_pools = {}
     app.state.plot_rate = plots.PlotRate()
-    for module in (health, threats, events, agents, notifications, provenance, plots, ota):
+    app.state.service_token = None if service_token is None else secrets.digest(service_token)
+    auth = (config or AggregatorConfig()).auth
+    app.state.login_throttle = LoginThrottle(
+        max_failures=auth.login_max_failures, window_s=auth.login_window_s
+    )
+    app.state.reproduce_lock = reproduce.ReproduceLock()
+    routers = (health, threats, events, agents, notifications, provenance, plots, ota, tokens)
+    app.state.metrics = metrics_of or AggregatorMetrics(config or AggregatorConfig())
+    app.middleware("http")(app.state.metrics.middleware)
+    for module in (*routers, reproduce, links, logs, metrics):
         app.include_router(module.router)
+    app.include_router(ota.api_router)
+    web.mount(app)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -92,3 +93,17 @@ class JsonList:
 
     def response(self, items: list[Any]) -> Response:
         return Response(self._adapter.dump_json(items), media_type="application/json")
+
+
+@contextmanager
+def write_connection(settings: AggregatorConfig) -> Iterator[store.Connection]:
+    """A short-lived connection of its own for a rare write (a plot, a review, a login, a
+    token): the ingest's writer owns the rest. 503 when the store cannot be opened."""
+    try:
+        conn = store.connect(settings.store.path)
+    except store.StoreUnavailable as exc:
+        raise HTTPException(503, f"store not available: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        conn.close()

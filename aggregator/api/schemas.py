@@ -77,6 +77,8 @@ class EventPublic(BaseModel):
     threat_count: int
     top_score: float
     cameras: list[str] = Field(description="every camera of the event (several for a site)")
+    reviewed_by: str | None = Field(None, description="who marked it reviewed (null: not yet)")
+    reviewed_at: datetime | None = Field(None, description="when it was marked reviewed")
 
 
 class EventDetail(EventPublic):
@@ -87,6 +89,8 @@ class CameraPublic(BaseModel):
     name: str
     state: str = Field(description="running, finished or down")
     counters: dict[str, int] = Field(description="captured, rejected, no_motion, detected, ...")
+    fps: float | None = Field(None, description="frames captured a second, between two statuses")
+    detail: str | None = Field(None, description="why the camera is down")
 
 
 class AgentPublic(BaseModel):
@@ -109,6 +113,7 @@ class AgentPublic(BaseModel):
         "where it moved them, and the messages they held (count and commit times, if readable)",
     )
     cameras: list[CameraPublic]
+    inference_ms: float | None = Field(None, description="recent mean time of one inference")
 
 
 class NotificationAttemptPublic(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -14,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregator import events, store
+from aggregator.auth import links
 from aggregator.config import AggregatorConfig, SmtpNotifier
 from aggregator.store.models import NotificationRow
 from appcommon.version import code_version
@@ -39,6 +41,12 @@ class NotificationContent(BaseModel):
     api_url: str
     snapshot_sha256: str | None
     code_version: str
+    page_url: str | None = Field(None, description="the event's page (a login is needed)")
+    snapshot_url: str | None = Field(
+        None,
+        description="the best snapshot, by a signed link that works without a login until "
+        "it expires (auth.link_ttl_s)",
+    )
 
 
 def notification_content_sha256(content_json: str | bytes) -> str:
@@ -71,6 +79,15 @@ def render(
     message = events.event_message(conn, events.EventChange(change_type, event_id))
     snapshot_sha256 = store.messages.snapshot_sha256(conn, event.top_message_id)
     api_url = f"{config.api.base_url()}/api/events/{event_id}"
+    page_url = f"{config.api.base_url()}/events/{event_id}"
+    snapshot_url = None
+    if snapshot_sha256 is not None:
+        snapshot_url = links.snapshot_link(
+            config.api.base_url(),
+            store.access.link_key(conn),
+            event_id,
+            expires_ts=int(time.time() + config.auth.link_ttl_s),
+        )
     cameras = ", ".join(message.cameras or [message.camera])
     started = message.started_at.astimezone(UTC)
     subject = (
@@ -88,7 +105,7 @@ def render(
             f"Threats:  {message.threat_count}, top {message.label} {message.top_score:.2f}",
             f"Time:     {started:%Y-%m-%d %H:%M:%S} to "
             f"{message.last_seen_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC",
-            f"Details:  {api_url}",
+            f"Details:  {page_url}",
             "",
             f"Notification {notification.id} ({kind}, {notification.state_key}) "
             f"from secagg {code_version()}.",
@@ -106,6 +123,8 @@ def render(
             "subject": subject,
             "body": body,
             "api_url": api_url,
+            "page_url": page_url,
+            "snapshot_url": snapshot_url,
             "snapshot_sha256": snapshot_sha256,
             "code_version": code_version(),
         }

@@ -2,7 +2,8 @@
 
 - :mod:`.schema`: migrations, connections, transactions and savepoints;
 - :mod:`.models`: the typed rows every function returns (never a database row);
-- one access module per group of tables: :mod:`.messages` (messages and threats),
+- one access module per group of tables: :mod:`.access` (users, tokens, sessions),
+  :mod:`.messages` (messages and threats),
   :mod:`.events`, :mod:`.agents`, :mod:`.configs` (the agent configs in force),
   :mod:`.lineage` (artifacts, runs, used, generated),
   :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`,
@@ -16,11 +17,13 @@ Core): the same functions over another connection type, callers unchanged.
 """
 
 from aggregator.store import (
+    access,
     agents,
     configs,
     counters,
     events,
     lineage,
+    logs,
     messages,
     models,
     notifications,
@@ -51,6 +54,7 @@ __all__ = [
     "ReadPool",
     "StoreCorrupt",
     "StoreUnavailable",
+    "access",
     "agents",
     "backup",
     "check",
@@ -60,6 +64,7 @@ __all__ = [
     "counters",
     "events",
     "lineage",
+    "logs",
     "messages",
     "migrate",
     "migrations",

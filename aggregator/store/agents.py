@@ -12,7 +12,7 @@ from aggregator.store.schema import Connection
 _COLUMNS = (
     "agent_id, state, last_seen_ts, last_status_ts, status_sent_ts, versions_json, provider, "
     "outbox_depth, outbox_dropped, outbox_oldest_age_s, cameras_json, clock_ts, "
-    "outbox_lost_json"
+    "outbox_lost_json, inference_ms"
 )
 
 
@@ -31,6 +31,7 @@ def _agent(row: Sequence[Any]) -> AgentRow:
         cameras=json.loads(row[10]),
         clock_ts=row[11],
         outbox_lost=json.loads(row[12] or "[]"),
+        inference_ms=row[13],
     )
 
 
@@ -56,6 +57,32 @@ def heard_from(
     )
 
 
+def _with_fps(conn: Connection, status: StatusUpdate) -> str:
+    """The status's cameras, each with ``fps``: frames captured per second of the agent's clock
+    since its previous status (kept from before when the counter did not move forward)."""
+    cameras: list[dict[str, Any]] = json.loads(status.cameras_json)
+    if not cameras:
+        return status.cameras_json
+    row = conn.execute(
+        "SELECT cameras_json, status_sent_ts FROM agents WHERE agent_id = ?", (status.agent_id,)
+    ).fetchone()
+    if row is None or row[1] is None or status.sent_ts <= row[1]:
+        return status.cameras_json
+    before = {c.get("name"): c for c in json.loads(row[0] or "[]")}
+    for camera in cameras:
+        old = before.get(camera.get("name"))
+        if old is None:
+            continue
+        delta = camera.get("counters", {}).get("captured", 0) - old.get("counters", {}).get(
+            "captured", 0
+        )
+        if delta >= 0:
+            camera["fps"] = round(delta / (status.sent_ts - row[1]), 2)
+        elif "fps" in old:
+            camera["fps"] = old["fps"]
+    return json.dumps(cameras)
+
+
 def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float) -> float | None:
     """Store a status message unless a newer one (by ``sent_at``) is stored already; returns
     the agent's clock when it was stored, None when it was older.
@@ -63,13 +90,17 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
     Two exceptions to "newer wins": an ``offline`` over an ``online`` record always applies (the
     broker's last will carries the time the agent connected, older than its later statuses),
     and a stored ``sent_at`` beyond ``clock_max_ts`` (stored before times were checked) is
-    no reason to refuse anything."""
+    no reason to refuse anything.
+
+    Each camera gets its frame rate (``fps``) since the agent's previous status, from its
+    ``captured`` counter."""
+    cameras_json = _with_fps(conn, status)
     row = conn.execute(
         f"""INSERT INTO agents (agent_id, state, last_seen_ts, last_status_ts, status_sent_ts,
                versions_json, provider, outbox_depth, outbox_dropped, outbox_oldest_age_s,
-               cameras_json, clock_ts, outbox_lost_json)
+               cameras_json, clock_ts, outbox_lost_json, inference_ms)
            VALUES (:agent_id, :state, :heard, :heard, :sent, :versions, :provider, :depth,
-                   :dropped, :oldest, :cameras, :sent, :lost)
+                   :dropped, :oldest, :cameras, :sent, :lost, :inference_ms)
            ON CONFLICT (agent_id) DO UPDATE SET
                state = excluded.state, last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts),
                last_status_ts = excluded.last_status_ts,
@@ -84,6 +115,7 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
                outbox_oldest_age_s = excluded.outbox_oldest_age_s,
                cameras_json = CASE WHEN excluded.cameras_json = '[]' THEN cameras_json
                                    ELSE excluded.cameras_json END,
+               inference_ms = COALESCE(excluded.inference_ms, inference_ms),
                outbox_lost_json = CASE WHEN excluded.outbox_lost_json = '[]'
                                        THEN outbox_lost_json ELSE excluded.outbox_lost_json END,
                {_CLOCK}
@@ -102,7 +134,8 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
             "depth": status.outbox_depth,
             "dropped": status.outbox_dropped,
             "oldest": status.outbox_oldest_age_s,
-            "cameras": status.cameras_json,
+            "cameras": cameras_json,
+            "inference_ms": status.inference_ms,
             "lost": status.outbox_lost_json,
             "clock_max": clock_max_ts,
         },

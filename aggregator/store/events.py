@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aggregator.store.models import EventRow, NewEvent, OpenEventClock
@@ -174,18 +175,37 @@ def list_events(
     since_ts: float | None = None,
     state: str | None = None,
     before_id: int | None = None,
+    after_id: int | None = None,
+    until_ts: float | None = None,
+    severity: str | None = None,
+    label: str | None = None,
+    cameras: Sequence[str] | None = None,
+    reviewed: bool | None = None,
 ) -> list[EventRow]:
-    """Events, newest first; ``since_ts`` filters on the last threat, ``before_id`` pages."""
+    """Events, newest first; ``since_ts``/``until_ts`` filter on the last threat, ``before_id``
+    pages back, ``after_id`` asks for what is newer (the page's live updates); ``cameras``: any
+    of these (a site)."""
     where = (
         Where()
         .equals("camera", camera)
         .equals("agent_id", agent_id)
         .equals("rule", rule)
+        .equals("severity", severity)
+        .equals("label", label)
         .at_least("last_seen_ts", since_ts)
+        .below("started_ts", until_ts)
         .holds("ended_ts IS NULL", state == "open")
         .holds("ended_ts IS NOT NULL", state == "ended")
+        .holds("reviewed_ts IS NOT NULL", reviewed is True)
+        .holds("reviewed_ts IS NULL", reviewed is False)
         .below("id", before_id)
     )
+    if after_id is not None:
+        where.clauses.append("id > ?")
+        where.args.append(after_id)
+    if cameras is not None:
+        where.clauses.append(f"camera IN ({', '.join('?' * len(cameras))})" if cameras else "0")
+        where.args.extend(cameras)
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM events{where.sql} ORDER BY id DESC LIMIT ?", [*where.args, limit]
     )
@@ -210,3 +230,73 @@ def started_between(
     )
     rows = conn.execute(f"SELECT {_COLUMNS} FROM events{where.sql} ORDER BY id", where.args)
     return [_event(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class Review:
+    """Who marked an event reviewed, and when."""
+
+    event_id: int
+    reviewed_by: str
+    reviewed_ts: float
+
+
+def mark_reviewed(
+    conn: Connection, event_ids: Sequence[int], *, by: str | None, now_ts: float
+) -> list[int]:
+    """Mark events reviewed by ``by`` (None: unreviewed again); returns the ids that exist."""
+    if not event_ids:
+        return []
+    marks = ", ".join("?" * len(event_ids))
+    conn.execute(
+        f"UPDATE events SET reviewed_by = ?, reviewed_ts = ? WHERE id IN ({marks})",
+        [by, None if by is None else now_ts, *event_ids],
+    )
+    rows = conn.execute(f"SELECT id FROM events WHERE id IN ({marks}) ORDER BY id", list(event_ids))
+    return [int(r[0]) for r in rows]
+
+
+def reviews_of(conn: Connection, event_ids: Sequence[int]) -> dict[int, Review]:
+    """The reviews of these events (the ones not reviewed are left out)."""
+    if not event_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT id, reviewed_by, reviewed_ts FROM events WHERE reviewed_ts IS NOT NULL "
+        f"AND id IN ({', '.join('?' * len(event_ids))})",
+        list(event_ids),
+    )
+    return {int(r[0]): Review(int(r[0]), r[1], r[2]) for r in rows}
+
+
+def distinct_values(conn: Connection) -> dict[str, list[str]]:
+    """The cameras, labels, severities and agents that events have (the page's filters)."""
+    found: dict[str, list[str]] = {}
+    for column in ("camera", "label", "severity", "agent_id"):
+        rows = conn.execute(f"SELECT DISTINCT {column} FROM events ORDER BY {column} LIMIT 500")
+        found[column] = [str(r[0]) for r in rows]
+    return found
+
+
+def latest_id(conn: Connection) -> int:
+    row = conn.execute("SELECT MAX(id) FROM events").fetchone()
+    return int(row[0] or 0)
+
+
+def camera_stats(conn: Connection) -> dict[tuple[str, str], tuple[int, int]]:
+    """(agent, camera) -> (events so far, the latest event's id)."""
+    rows = conn.execute("SELECT agent_id, camera, COUNT(*), MAX(id) FROM events GROUP BY 1, 2")
+    return {(str(r[0]), str(r[1])): (int(r[2]), int(r[3])) for r in rows}
+
+
+def change_token(conn: Connection) -> tuple[Any, ...]:
+    """Changes when an event starts, grows or ends, or an agent's status changes: a cheap check
+    before recomputing what depends on them."""
+    events = conn.execute(
+        "SELECT MAX(id), (SELECT COUNT(*) || ':' || COALESCE(SUM(threat_count), 0) || ':' || "
+        "COALESCE(MAX(last_seen_ts), 0) FROM events WHERE ended_ts IS NULL) FROM events"
+    ).fetchone()
+    agents = conn.execute(
+        "SELECT group_concat(agent_id || ':' || state || ':' || COALESCE(last_status_ts, 0)) "
+        "FROM agents"
+    ).fetchone()
+    return (events[0], events[1], agents[0])

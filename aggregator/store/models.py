@@ -170,6 +170,7 @@ class StatusUpdate(NamedTuple):
     outbox_oldest_age_s: float
     cameras_json: str
     outbox_lost_json: str = "[]"
+    inference_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,8 @@ class AgentRow:
     cameras: list[dict[str, Any]]
     clock_ts: float | None
     outbox_lost: list[dict[str, Any]]
+    inference_ms: float | None = None
+    """the agent's recent mean inference time (its status)"""
 
 
 # notifications -------------------------------------------------------------------------------

@@ -191,3 +191,9 @@ def list_notifications(
         [*where.args, limit],
     )
     return [_notification(r) for r in rows]
+
+
+def count_by_state(conn: Connection) -> dict[str, int]:
+    """Notifications by state (pending, sent, failed, suppressed)."""
+    rows = conn.execute("SELECT state, COUNT(*) FROM notifications GROUP BY state")
+    return {str(r[0]): int(r[1]) for r in rows}

@@ -575,3 +575,71 @@ def m011_ota(db: sqlite_utils.Database) -> None:
         CREATE INDEX shadow_reports_release ON shadow_reports (release_id, agent_id, id);
         """
     )
+
+
+@migrations()
+def m012_operator(db: sqlite_utils.Database) -> None:
+    """The operator's side (:mod:`aggregator.auth`, :mod:`aggregator.web`, agent logs): page
+    users (argon2 password hashes), API tokens (sha256 of the secret only), login sessions (sha256
+    of the cookie only), the key that signs snapshot links, who reviewed an event and when, and
+    the warnings and errors logged about results by agents and by secagg."""
+    db.executescript(
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_ts REAL NOT NULL
+        );
+        CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            hint TEXT NOT NULL,
+            created_ts REAL NOT NULL,
+            revoked_ts REAL
+        );
+        CREATE TABLE sessions (
+            id_sha256 TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created_ts REAL NOT NULL,
+            expires_ts REAL NOT NULL
+        );
+        CREATE INDEX sessions_user ON sessions (user_name);
+        CREATE TABLE link_keys (
+            name TEXT PRIMARY KEY,
+            secret TEXT NOT NULL,
+            created_ts REAL NOT NULL
+        );
+        ALTER TABLE events ADD COLUMN reviewed_ts REAL;
+        ALTER TABLE events ADD COLUMN reviewed_by TEXT;
+        ALTER TABLE agents ADD COLUMN inference_ms REAL;
+        CREATE TABLE run_logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            source TEXT NOT NULL,
+            agent_id TEXT,
+            level TEXT NOT NULL,
+            logger TEXT NOT NULL,
+            msg TEXT NOT NULL,
+            at_ts REAL NOT NULL,
+            received_ts REAL NOT NULL,
+            lineage_id TEXT,
+            frame_id TEXT,
+            camera TEXT,
+            message_id TEXT,
+            event_id INTEGER,
+            release_id INTEGER
+        );
+        CREATE INDEX run_logs_lineage ON run_logs (lineage_id) WHERE lineage_id IS NOT NULL;
+        CREATE INDEX run_logs_frame ON run_logs (frame_id) WHERE frame_id IS NOT NULL;
+        CREATE INDEX run_logs_message ON run_logs (message_id) WHERE message_id IS NOT NULL;
+        CREATE INDEX run_logs_event ON run_logs (event_id) WHERE event_id IS NOT NULL;
+        CREATE INDEX run_logs_agent ON run_logs (agent_id, at_ts);
+        """
+    )
+    db.conn.execute(
+        "INSERT INTO link_keys (name, secret, created_ts) VALUES ('snapshot_links', "
+        "lower(hex(randomblob(32))), (julianday('now') - 2440587.5) * 86400.0)"
+    )

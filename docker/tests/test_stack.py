@@ -35,13 +35,37 @@ def free_port() -> int:
 class Stack:
     def __init__(self, compose: Compose, api: str) -> None:
         self.compose, self.api = compose, api
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """A viewer token, made in the aggregator's container as an operator would."""
+        if self._headers is None:
+            token = (
+                self.compose.exec(
+                    "secagg",
+                    "secagg",
+                    "token",
+                    "create",
+                    "--name",
+                    "docker-test",
+                    "--role",
+                    "viewer",
+                    "--config",
+                    "/etc/secagent/secagg.yaml",
+                )
+                .strip()
+                .splitlines()[-1]
+            )
+            self._headers = {"Authorization": f"Bearer {token}"}
+        return self._headers
 
     def get(self, path: str) -> object:
-        return httpx.get(f"{self.api}{path}", timeout=10).json()
+        return httpx.get(f"{self.api}{path}", headers=self.headers, timeout=10).json()
 
     def stored(self) -> int:
         try:
-            agent = httpx.get(f"{self.api}/api/agents/{AGENT}", timeout=5)
+            agent = httpx.get(f"{self.api}/api/agents/{AGENT}", headers=self.headers, timeout=5)
             health = httpx.get(f"{self.api}/api/health", timeout=5).json()
         except httpx.HTTPError:
             return -1

@@ -59,11 +59,25 @@ class Host:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
+    _token: str | None = None
+
     def api(self, path: str) -> Any:
-        """The aggregator's answer to GET ``path`` (None when it does not answer 200)."""
+        """The aggregator's answer to GET ``path`` with a viewer token (None when it does not
+        answer 200)."""
+        if self._token is None:  # a viewer token, made as the service's user (its store)
+            out = self.sh(
+                "runuser -u secagg -- /opt/secagent/current/bin/secagg token create "
+                "--name systemd-test --role viewer --config /etc/secagent/secagg.yaml",
+                check=False,
+            )
+            found = [line for line in out.splitlines() if line.startswith("sga_")]
+            if not found:
+                return None
+            self._token = found[-1]
         out = self.sh(
             '/usr/bin/python3 -c "import urllib.request; print(urllib.request.'
-            f"urlopen('http://127.0.0.1:8080{path}', timeout=5).read().decode())\"",
+            f"urlopen(urllib.request.Request('http://127.0.0.1:8080{path}', headers="
+            f"{{'Authorization': 'Bearer {self._token}'}}), timeout=5).read().decode())\"",
             check=False,
         )
         return json.loads(out) if out.strip()[:1] in ("{", "[") else None

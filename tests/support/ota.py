@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from demo.broker import Mosquitto
 from tests.support import DEFAULT_RULES, wait_for
+from tests.support.auth import HEADERS
 from tests.support.models import calibrated_trips, constant_model, slow_model
 from tests.support.processes import BIN, AggregatorProcess, write_aggregator_config
 
@@ -249,7 +250,7 @@ class OtaSite:
 
     # reading what the aggregator knows -------------------------------------------------------
     def history(self, agent_id: str) -> dict[str, Any]:
-        r = httpx.get(f"{self.api}/api/agents/{agent_id}/history", timeout=10)
+        r = httpx.get(f"{self.api}/api/agents/{agent_id}/history", headers=HEADERS, timeout=10)
         r.raise_for_status()
         return dict(r.json())
 
@@ -258,14 +259,17 @@ class OtaSite:
         ``ota.refresh_interval_s``)."""
 
         def reached() -> bool:
-            r = httpx.get(f"{self.api}/api/rollouts/{rollout_id}", timeout=10)
+            r = httpx.get(f"{self.api}/api/rollouts/{rollout_id}", headers=HEADERS, timeout=10)
             return r.status_code == 200 and r.json()["state"] == state
 
         wait_for(reached, timeout_s=timeout_s, what=f"rollout {rollout_id} {state}")
 
     def agent_known(self, agent_id: str) -> bool:
         """The aggregator has the agent's status (and so its config in force, and labels)."""
-        return httpx.get(f"{self.api}/api/agents/{agent_id}", timeout=10).status_code == 200
+        return (
+            httpx.get(f"{self.api}/api/agents/{agent_id}", headers=HEADERS, timeout=10).status_code
+            == 200
+        )
 
     def reports(self, agent_id: str) -> list[dict[str, Any]]:
         return list(self.history(agent_id)["reports"])

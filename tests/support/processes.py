@@ -14,6 +14,7 @@ import httpx
 
 from demo.broker import Mosquitto, free_port
 from tests.support import DEFAULT_RULES, MODEL_MANIFEST, wait_for
+from tests.support.auth import HEADERS, seed_tokens
 
 BIN = Path(sys.executable).parent
 
@@ -34,6 +35,7 @@ def write_aggregator_config(
         f"events: {{cutoff_s: {cutoff_s}, sweep_interval_s: 0.5}}\n"
         f"api: {{host: 127.0.0.1, port: {port}}}\n" + extra_yaml
     )
+    seed_tokens(work / "secagg.sqlite")  # the tests' API calls send HEADERS
     return path, f"http://127.0.0.1:{port}"
 
 
@@ -77,7 +79,9 @@ def running_aggregator(config: Path, api: str, log: Path) -> Iterator[subprocess
                 assert proc.poll() is None, f"secagg exited: {log.read_text()[-3000:]}"
                 try:
                     return bool(
-                        httpx.get(f"{api}/api/health", timeout=1).json()["broker_connected"]
+                        httpx.get(f"{api}/api/health", headers=HEADERS, timeout=1).json()[
+                            "broker_connected"
+                        ]
                     )
                 except httpx.HTTPError:
                     return False
@@ -138,16 +142,22 @@ class AggregatorProcess:
     def ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, "secagg exited"
         try:
-            return bool(httpx.get(f"{self.api}/api/health", timeout=1).json()["broker_connected"])
+            return bool(
+                httpx.get(f"{self.api}/api/health", headers=HEADERS, timeout=1).json()[
+                    "broker_connected"
+                ]
+            )
         except httpx.HTTPError:
             return False
 
     def health(self) -> dict[str, Any]:
-        health: dict[str, Any] = httpx.get(f"{self.api}/api/health", timeout=5).json()
+        health: dict[str, Any] = httpx.get(
+            f"{self.api}/api/health", headers=HEADERS, timeout=5
+        ).json()
         return health
 
     def agent(self, agent_id: str) -> dict[str, Any] | None:
-        r = httpx.get(f"{self.api}/api/agents/{agent_id}", timeout=5)
+        r = httpx.get(f"{self.api}/api/agents/{agent_id}", headers=HEADERS, timeout=5)
         return r.json() if r.status_code == 200 else None
 
     def kill(self) -> None:

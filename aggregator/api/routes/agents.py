@@ -3,11 +3,12 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from aggregator import store
+from aggregator.api.access import AUTH_RESPONSES, VIEWER
 from aggregator.api.deps import Db, dt
 from aggregator.api.schemas import AgentPublic, CameraPublic
 from aggregator.store.models import AgentRow
 
-router = APIRouter(tags=["agents"])
+router = APIRouter(tags=["agents"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
 
 
 def agent_public(agent: AgentRow) -> AgentPublic:
@@ -23,6 +24,7 @@ def agent_public(agent: AgentRow) -> AgentPublic:
         outbox_dropped=agent.outbox_dropped,
         outbox_oldest_age_s=agent.outbox_oldest_age_s,
         outbox_lost=agent.outbox_lost,
+        inference_ms=agent.inference_ms,
         cameras=[CameraPublic(**c) for c in agent.cameras],
     )
 

@@ -1,26 +1,45 @@
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
 
 from aggregator import store
-from aggregator.api.deps import BeforeId, Db, EventId, JsonList, Limit, Settings, dt, epoch
+from aggregator.api.access import AUTH_RESPONSES, OPERATOR, VIEWER, Who
+from aggregator.api.deps import (
+    MAX_ID,
+    BeforeId,
+    Db,
+    EventId,
+    JsonList,
+    Limit,
+    Settings,
+    dt,
+    epoch,
+    write_connection,
+)
 from aggregator.api.routes.threats import threat_public
 from aggregator.api.schemas import EventDetail, EventPublic
 from aggregator.snapshots import snapshot_path
+from aggregator.store.events import Review
 from aggregator.store.models import EventRow
 
-router = APIRouter(tags=["events"])
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["events"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
 EVENTS = JsonList(EventPublic)
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 """Images are served as what they are: a browser never guesses another type from the bytes."""
 
 
-def event_fields(event: EventRow) -> dict[str, Any]:
+def event_fields(event: EventRow, review: Review | None) -> dict[str, Any]:
     return {
+        "reviewed_by": None if review is None else review.reviewed_by,
+        "reviewed_at": None if review is None else dt(review.reviewed_ts),
         "id": event.id,
         "agent_id": event.agent_id,
         "camera": event.camera,
@@ -40,14 +59,32 @@ def event_fields(event: EventRow) -> dict[str, Any]:
 @router.get("/api/events", response_model=list[EventPublic], summary="Threat events, newest first")
 def list_events(
     conn: Db,
+    settings: Settings,
     limit: Limit,
-    camera: str | None = None,
-    agent_id: str | None = None,
-    rule: str | None = None,
+    camera: Annotated[str | None, Query(max_length=200)] = None,
+    agent_id: Annotated[str | None, Query(max_length=200)] = None,
+    rule: Annotated[str | None, Query(max_length=200)] = None,
+    site: Annotated[
+        str | None,
+        Query(max_length=200, description="only the cameras of this site (events.sites)"),
+    ] = None,
+    severity: Annotated[str | None, Query(max_length=50)] = None,
+    label: Annotated[str | None, Query(max_length=200)] = None,
     since: Annotated[datetime | None, Query(description="last seen at or after")] = None,
+    until: Annotated[datetime | None, Query(description="started before")] = None,
     state: Annotated[str | None, Query(pattern="^(open|ended)$")] = None,
+    reviewed: Annotated[
+        bool | None, Query(description="only reviewed (true) or not (false)")
+    ] = None,
     before_id: BeforeId = None,
+    after_id: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_ID, description="only events newer than this id (live updates)"),
+    ] = None,
 ) -> Response:
+    cameras = None
+    if site is not None:
+        cameras = sorted(c for c, s in settings.events.sites.items() if s == site)
     found = store.events.list_events(
         conn,
         limit=limit,
@@ -55,10 +92,17 @@ def list_events(
         agent_id=agent_id,
         rule=rule,
         since_ts=epoch(since),
+        until_ts=epoch(until),
         state=state,
         before_id=before_id,
+        after_id=after_id,
+        severity=severity,
+        label=label,
+        cameras=cameras,
+        reviewed=reviewed,
     )
-    return EVENTS.response([EventPublic(**event_fields(e)) for e in found])
+    reviews = store.events.reviews_of(conn, [e.id for e in found])
+    return EVENTS.response([EventPublic(**event_fields(e, reviews.get(e.id))) for e in found])
 
 
 @router.get(
@@ -72,7 +116,8 @@ def get_event(conn: Db, event_id: EventId) -> EventDetail:
     if event is None:
         raise HTTPException(404, f"event {event_id} not found")
     threats = [threat_public(t) for t in store.messages.threats_of_event(conn, event_id)]
-    return EventDetail(**event_fields(event), threats=threats)
+    review = store.events.reviews_of(conn, [event_id]).get(event_id)
+    return EventDetail(**event_fields(event, review), threats=threats)
 
 
 @router.get(
@@ -98,4 +143,62 @@ def get_event_snapshot(conn: Db, settings: Settings, event_id: EventId) -> FileR
         path,
         media_type="image/jpeg",
         headers={"X-Snapshot-SHA256": sha, "ETag": f'"{sha}"', **NOSNIFF},
+    )
+
+
+JSON_MAX_ID = 2**53
+"""Ids in a JSON body: the largest integer every JSON reader keeps exactly."""
+
+
+class ReviewRequest(BaseModel):
+    event_ids: list[Annotated[int, Field(ge=1, le=JSON_MAX_ID)]] = Field(
+        min_length=1, max_length=1000
+    )
+    reviewed: bool = Field(True, description="false: mark them not reviewed again")
+
+
+class ReviewResult(BaseModel):
+    event_ids: list[int] = Field(description="the events marked (ids that exist)")
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+
+
+@router.post(
+    "/api/events/review",
+    response_model=ReviewResult,
+    summary="Mark events reviewed (or not), recording who and when",
+    dependencies=[OPERATOR],
+)
+def review_events(settings: Settings, who: Who, body: ReviewRequest) -> ReviewResult:
+    now = time.time()
+    by = who.name if body.reviewed else None
+    with write_connection(settings) as conn, store.transaction(conn):
+        marked = store.events.mark_reviewed(conn, body.event_ids, by=by, now_ts=now)
+    log.info("events %s marked %s by %s", marked, "reviewed" if by else "not reviewed", who.name)
+    return ReviewResult(event_ids=marked, reviewed_by=by, reviewed_at=dt(now) if by else None)
+
+
+@router.get(
+    "/api/snapshots/{sha256}.jpg",
+    response_class=FileResponse,
+    summary="A stored snapshot by its sha256 (a threat's frame)",
+    responses={
+        404: {"description": "no stored message refers to this snapshot"},
+        410: {"description": "the snapshot was deleted by retention"},
+    },
+)
+def get_snapshot(
+    conn: Db,
+    settings: Settings,
+    sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="the snapshot's sha256")],
+) -> FileResponse:
+    if not store.messages.snapshot_referenced(conn, sha256):
+        raise HTTPException(404, f"no snapshot {sha256}")
+    path = snapshot_path(settings.store.snapshots_dir, sha256)
+    if not path.is_file():
+        raise HTTPException(410, f"snapshot {sha256} was deleted by retention")
+    return FileResponse(
+        path,
+        media_type="image/jpeg",
+        headers={"ETag": f'"{sha256}"', "Cache-Control": "private, max-age=86400", **NOSNIFF},
     )

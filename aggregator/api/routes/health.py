@@ -4,12 +4,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from aggregator import store
+from aggregator.api.access import AUTH_RESPONSES, HealthAccess
 from aggregator.api.deps import Db
 from aggregator.api.schemas import Health
 from aggregator.liveness import Liveness
 from appcommon.version import code_version
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[HealthAccess], responses=AUTH_RESPONSES)
 
 
 @router.get(

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from aggregator import store
+from aggregator.api.access import AUTH_RESPONSES, VIEWER
 from aggregator.api.deps import MAX_ID, BeforeId, Db, Limit, NotificationId, dt
 from aggregator.api.schemas import (
     NotificationAttemptPublic,
@@ -14,7 +15,7 @@ from aggregator.api.schemas import (
 )
 from aggregator.store.models import NotificationRow
 
-router = APIRouter(tags=["notifications"])
+router = APIRouter(tags=["notifications"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
 
 
 def notification_fields(n: NotificationRow) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from aggregator import store
+from aggregator.api.access import AUTH_RESPONSES, VIEWER
 from aggregator.api.deps import Db, ReleaseId, RolloutId, Settings, dt
 from aggregator.ota import history as ota_history
 from aggregator.ota import rollouts, shadow, tokens
@@ -18,6 +19,9 @@ from aggregator.ota.repository import Repository
 from aggregator.store.releases import ReleaseRow
 
 router = APIRouter(tags=["ota"])
+"""The agents' side (``/ota/v1``): an agent's download token, never a user's."""
+api_router = APIRouter(tags=["ota"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
+"""The operators' side (``/api/...``)."""
 
 
 class ReleasePublic(BaseModel):
@@ -120,12 +124,12 @@ def target(
     return FileResponse(path, media_type="application/octet-stream")
 
 
-@router.get("/api/releases", response_model=list[ReleasePublic], summary="Signed releases")
+@api_router.get("/api/releases", response_model=list[ReleasePublic], summary="Signed releases")
 def list_releases(conn: Db, kind: str | None = None) -> list[ReleasePublic]:
     return [release_public(r) for r in store.releases.list_releases(conn, kind=kind)]
 
 
-@router.get(
+@api_router.get(
     "/api/releases/{release_id}",
     response_model=ReleasePublic,
     summary="One release",
@@ -138,7 +142,7 @@ def get_release(conn: Db, release_id: ReleaseId) -> ReleasePublic:
     return release_public(row)
 
 
-@router.get(
+@api_router.get(
     "/api/agents/{agent_id}/history",
     response_model=AgentHistory,
     summary="Which release of each kind an agent had active when, and every update report",
@@ -194,7 +198,9 @@ class RolloutPublic(BaseModel):
     groups: list[list[RolloutAgent]]
 
 
-@router.get("/api/rollouts", response_model=list[RolloutPublic], summary="Rollouts, newest first")
+@api_router.get(
+    "/api/rollouts", response_model=list[RolloutPublic], summary="Rollouts, newest first"
+)
 def list_rollouts(conn: Db) -> list[RolloutPublic]:
     return [
         RolloutPublic.model_validate(rollouts.summary(conn, r.id))
@@ -202,7 +208,7 @@ def list_rollouts(conn: Db) -> list[RolloutPublic]:
     ]
 
 
-@router.get(
+@api_router.get(
     "/api/rollouts/{rollout_id}",
     response_model=RolloutPublic,
     summary="One rollout: its groups, each agent's state and reason",
@@ -215,7 +221,7 @@ def get_rollout(conn: Db, rollout_id: RolloutId) -> RolloutPublic:
         raise HTTPException(404, str(exc)) from exc
 
 
-@router.get(
+@api_router.get(
     "/api/rollouts/{rollout_id}/compare",
     summary="The shadow comparison of a model rollout, per agent, camera and label",
     responses={404: {"description": "no such model rollout"}},

@@ -8,13 +8,14 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
 from aggregator import plots, store
+from aggregator.api.access import AUTH_RESPONSES, OPERATOR, VIEWER
 from aggregator.api.deps import Db, Settings, dt
 from aggregator.api.routes.events import NOSNIFF
 from aggregator.api.schemas import PlotPublic, Problem
 from aggregator.store.models import PlotRow
 from appcommon.version import code_version
 
-router = APIRouter(tags=["plots"])
+router = APIRouter(tags=["plots"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
 
 
 class PlotRate:
@@ -53,6 +54,7 @@ def plot_public(plot: PlotRow) -> PlotPublic:
     "/api/plots",
     response_model=PlotPublic,
     status_code=201,
+    dependencies=[OPERATOR],
     summary="Draw a plot of the stored data and record it with its provenance (the same query "
     "on the same data returns the plot already drawn)",
     responses={

@@ -5,10 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from aggregator import lineage, provenance
+from aggregator.api.access import AUTH_RESPONSES, VIEWER
 from aggregator.api.deps import MAX_ID, Db, Settings
 from aggregator.api.schemas import ProvenanceGraph
 
-router = APIRouter(tags=["provenance"])
+router = APIRouter(tags=["provenance"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
 MAX_OFFSET = 100_000_000
 """The deepest page asked for (a walk stops after the page it serves)."""
 

@@ -6,11 +6,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from aggregator import store
+from aggregator.api.access import AUTH_RESPONSES, VIEWER
 from aggregator.api.deps import BeforeId, Db, JsonList, Limit, dt, epoch
 from aggregator.api.schemas import Provenance, ThreatPublic
 from aggregator.store.models import ThreatWithMessage
 
-router = APIRouter(tags=["threats"])
+router = APIRouter(tags=["threats"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
 THREATS = JsonList(ThreatPublic)
 
 
