@@ -4,7 +4,8 @@
 - :mod:`.models`: the typed rows every function returns (never a database row);
 - one access module per group of tables: :mod:`.messages` (messages and threats),
   :mod:`.events`, :mod:`.agents`, :mod:`.configs` (the agent configs in force),
-  :mod:`.lineage` (artifacts, runs, used, generated),
+  :mod:`.lineage` (artifacts, runs, used, generated; with :mod:`.compact_lineage`, the lineage
+  a message keeps in its row),
   :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`,
   :mod:`.releases` (signed releases) and :mod:`.ota` (desired states, update reports, shadow
   comparisons), :mod:`.rollouts`.
@@ -17,6 +18,7 @@ Core): the same functions over another connection type, callers unchanged.
 
 from aggregator.store import (
     agents,
+    compact_lineage,
     configs,
     counters,
     events,
@@ -55,6 +57,7 @@ __all__ = [
     "backup",
     "check",
     "checkpoint",
+    "compact_lineage",
     "configs",
     "connect",
     "counters",
