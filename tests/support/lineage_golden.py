@@ -24,6 +24,7 @@ import copy
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ T0_TS = 1_795_867_200.0  # 2026-11-28T12:00:00Z
 MODEL, RULES, CONFIG = "a1" * 32, "b2" * 32, "c3" * 32
 
 
-def _payload(n: int, *, at_s: float, camera: str, frame: str, rules: list[str], jpeg_b64: str):
-    from datetime import UTC, datetime
-
+def _payload(
+    n: int, *, at_s: float, camera: str, frame: str, rules: list[str], jpeg_b64: str
+) -> dict[str, Any]:
     score = 0.8 if n <= 3 else 0.5 + n / 100  # the still scene: the same detections
     box = {"label": "person", "class_id": 0, "score": score, "xyxy": [10.0, 20.0, 110.0, 220.0]}
     at = datetime.fromtimestamp(T0_TS + at_s, UTC).isoformat()
