@@ -75,16 +75,14 @@ def test_big_payloads_are_files_small_ones_rows(tmp_path: Path) -> None:
         assert box.depth() == 1
     finally:
         box.close()
-    assert INLINE_MAX_BYTES < len(PAYLOAD)
+    assert len(PAYLOAD) > INLINE_MAX_BYTES
 
 
 def test_messages_dropped_to_keep_the_bound_take_their_files(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     box = Outbox(path, max_bytes=3 * len(PAYLOAD))
     try:
-        dropped = sum(
-            box.put(message_id=f"{i:032x}", topic="t", payload=PAYLOAD) for i in range(5)
-        )
+        dropped = sum(box.put(message_id=f"{i:032x}", topic="t", payload=PAYLOAD) for i in range(5))
         assert dropped == 2 and box.depth() == 3 and box.dropped() == 2
         assert sorted(p.stem for p in spool_folder(path).iterdir()) == [
             f"{i:032x}" for i in (2, 3, 4)
