@@ -242,7 +242,7 @@ def main() -> int:
                     if time.monotonic() > deadline:
                         raise SystemExit("secagg did not start")
                     time.sleep(0.2)  # polling for readiness, not synchronising anything
-                rows = []
+                rows: list[tuple[str, dict[str, Any], int, int, int, int]] = []
                 for label, code in codes:
                     agg_before, threats_before = io_of(secagg.pid), stored(api)
                     run = run_agent(
