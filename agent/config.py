@@ -318,6 +318,12 @@ class SnapshotConfig(_Section):
     enabled: bool = Field(True, description="attach a JPEG of the frame to each threat message")
     max_width_px: int = Field(1280, ge=64, le=8192, description="snapshots are scaled down to this")
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of re-encoded snapshots")
+    wire: Literal["envelope", "base64"] = Field(
+        "envelope",
+        description="how a snapshot travels: 'envelope' as raw bytes after the message's JSON "
+        "(secagent.threat/2); 'base64' inside the JSON (secagent.threat/1, a third larger), "
+        "for an aggregator older than secagent.threat/2",
+    )
 
 
 class DetectConfig(_Section):

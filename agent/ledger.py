@@ -137,19 +137,30 @@ class MemoryLedger:
 
 
 class Database(Protocol):
-    """The outbox's connection, lent under its lock (see :meth:`agent.outbox.Outbox.database`)."""
+    """The outbox's connection, lent under its lock (see :meth:`agent.outbox.Outbox.database`),
+    and the marks it holds back to write them together (:meth:`agent.outbox.Outbox.defer_marks`)."""
 
     def database(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
+    def defer_marks(self, marks: list[FileMark]) -> None: ...
+
+    def deferred_marks(self, camera: str) -> dict[str, FileMark]: ...
+
+    def drop_deferred(self, camera: str, keys: list[str]) -> None: ...
+
+    def flush_marks(self) -> None: ...
+
 
 class SqliteLedger:
-    """The ``processed_files`` table of the outbox database."""
+    """The ``processed_files`` table of the outbox database, and the marks the outbox holds back
+    to write together (files processed without threats)."""
 
     def __init__(self, owner: Database) -> None:
         self._owner = owner
 
     def signatures(self, camera: str, keys: list[str]) -> dict[str, Signature]:
         out: dict[str, Signature] = {}
+        deferred = self._owner.deferred_marks(camera)
         with self._owner.database() as db:
             for start in range(0, len(keys), CHUNK):
                 chunk = [db_key(k) for k in keys[start : start + CHUNK]]
@@ -160,24 +171,20 @@ class SqliteLedger:
                     (camera, *chunk),
                 ):
                     out[fs_key(key)] = (int(size), int(mtime_ns))
+        for key in keys:
+            mark = deferred.get(key)
+            if mark is not None:
+                out[key] = mark.signature
         return out
 
     def record(self, marks: list[FileMark]) -> None:
-        if not marks:
-            return
-        with self._owner.database() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for start in range(0, len(marks), CHUNK):
-                    record_marks(db, marks[start : start + CHUNK])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        if marks:
+            self._owner.defer_marks(marks)
 
     def forget(self, camera: str, keys: list[str]) -> None:
         if not keys:
             return
+        self._owner.drop_deferred(camera, keys)
         with self._owner.database() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -194,6 +201,7 @@ class SqliteLedger:
                 raise
 
     def keys_after(self, camera: str, after: str, limit: int) -> list[tuple[str, Signature]]:
+        self._owner.flush_marks()
         with self._owner.database() as db:
             rows = db.execute(
                 "SELECT key, size, mtime_ns FROM processed_files WHERE camera = ? AND key > ? "

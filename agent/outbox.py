@@ -13,6 +13,14 @@ is in the database file itself once ``put`` returns, so neither a power cut nor 
 deleted by hand loses a committed message (with a write-ahead log, deleting the ``-wal`` file
 after a crash loses its last commits silently). ``bench/outbox.py`` measures what this costs.
 
+Flash wear: each byte of a message is written about once. A payload over
+:data:`INLINE_MAX_BYTES` (a threat with its snapshot) is a file of its own, made durable before
+its row commits and unlinked after the row is deleted (:mod:`agent.spool`), so the database
+holds small rows. When the broker acknowledged a message is kept in memory, not in its row.
+Deletes do not zero what they free (``secure_delete`` off). Files processed without threats are
+recorded together (:meth:`Outbox.defer_marks`). ``bench/agent_writes.py`` measures the bytes
+written per threat against the bytes sent.
+
 A broken file is never fatal: at open the file is checked (``PRAGMA quick_check``); one that
 fails is moved aside (``<name>.broken-<time>``, with its journal), what it held is counted if it
 can still be read, and the agent starts on a fresh file. The loss is logged, kept in the new
@@ -27,7 +35,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +43,7 @@ from pathlib import Path
 
 from agent import ledger
 from agent.ledger import FileMark
+from agent.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     size INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    sent_at REAL
+    sent_at REAL,
+    payload_file TEXT
 );
 CREATE TABLE IF NOT EXISTS outbox_counters (
     name TEXT PRIMARY KEY,
@@ -71,7 +81,18 @@ RECLAIM_MIN_BYTES = 256 * 1024
 JOURNAL_MODE = "TRUNCATE"
 SYNCHRONOUS = "FULL"
 """A commit is on disk when ``put`` returns (``bench/outbox.py`` measures the other modes)."""
-SIDE_FILES = ("-journal", "-wal", "-shm")
+SIDE_FILES = ("-journal", "-wal", "-shm", ".d")
+"""What belongs to an outbox file: its journal and WAL files, its folder of payloads."""
+INLINE_MAX_BYTES = 16 * 1024
+"""A payload bigger than this (a threat with its snapshot) goes to a file of its own."""
+MARKS_MAX = 100
+MARKS_MAX_AGE_S = 5.0
+"""Processed files without threats are recorded together: this many, or this old."""
+
+
+def spool_folder(path: Path) -> Path:
+    """The folder of an outbox's payload files."""
+    return path.with_name(path.name + ".d")
 
 
 def _iso(ts: float | None) -> str:
@@ -179,10 +200,23 @@ class Outbox:
         self._incremental_vacuum()
         self._db.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
         self._db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
+        # What is deleted here is forgotten, not secret: zeroing it (Debian's default) doubled
+        # what a delete wrote.
+        self._db.execute("PRAGMA secure_delete=OFF")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "sent_at" not in columns:  # an outbox file from before receipts
             self._db.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
+        if "payload_file" not in columns:  # an outbox file from before payload files
+            self._db.execute("ALTER TABLE outbox ADD COLUMN payload_file TEXT")
+        self.spool = Spool(spool_folder(path))
+        known = {
+            str(r[0])
+            for r in self._db.execute(
+                "SELECT payload_file FROM outbox WHERE payload_file IS NOT NULL"
+            )
+        }
+        self.spool.sweep(known)
         if loss is not None:
             self._db.execute(
                 "INSERT INTO outbox_losses (at, reason, moved_to, messages, first_at, last_at) "
@@ -200,6 +234,11 @@ class Outbox:
                 else f", committed {_iso(loss.first_at)} to {_iso(loss.last_at)}",
             )
         self._changed = threading.Condition()
+        self._sent: dict[int, float] = {}
+        """seq -> when the broker acknowledged it (this process's; all go out again after a
+        restart anyway), kept in memory: a row rewritten for it cost a whole payload."""
+        self._marks: dict[tuple[str, str], FileMark] = {}
+        self._marks_since: float | None = None
 
     def losses(self) -> list[OutboxLoss]:
         """Broken outbox files set aside at start (this file's record), oldest first."""
@@ -255,6 +294,7 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            self._flush_marks()
             self._db.close()
 
     @contextmanager
@@ -263,6 +303,57 @@ class Outbox:
         with self._lock:
             yield self._db
 
+    # the record of processed files, deferred ------------------------------------------------
+    def defer_marks(self, marks: list[FileMark]) -> None:
+        """Remember files processed without threats; they are written with the next message
+        or the next :data:`MARKS_MAX` of them, at the latest :data:`MARKS_MAX_AGE_S` later
+        when more come, and at close (a transaction each cost about 40 KB of writes). What a
+        crash loses of them is processed again after the restart, without threats again."""
+        with self._lock:
+            for m in marks:
+                self._marks[(m.camera, m.key)] = m
+            now = time.monotonic()
+            if self._marks_since is None:
+                self._marks_since = now
+            if len(self._marks) >= MARKS_MAX or now - self._marks_since >= MARKS_MAX_AGE_S:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._flush_marks()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+    def deferred_marks(self, camera: str) -> dict[str, FileMark]:
+        """The marks of ``camera`` not written yet, by key."""
+        with self._lock:
+            return {k: m for (c, k), m in self._marks.items() if c == camera}
+
+    def drop_deferred(self, camera: str, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._marks.pop((camera, key), None)
+
+    def flush_marks(self) -> None:
+        """Write the deferred marks now."""
+        with self._lock:
+            if self._marks:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._flush_marks()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+    def _flush_marks(self) -> None:
+        """Write the deferred marks in the open transaction (holding the lock)."""
+        if self._marks:
+            ledger.record_marks(self._db, list(self._marks.values()))
+        self._marks.clear()
+        self._marks_since = None
+
+    # messages --------------------------------------------------------------------------------
     def put(
         self,
         *,
@@ -272,66 +363,121 @@ class Outbox:
         processed: FileMark | None = None,
     ) -> int:
         """Commit one message (and ``processed``, the file it came from, in the same
-        transaction); return how many old messages were dropped to stay in bounds."""
+        transaction, with the marks deferred so far); return how many old messages were
+        dropped to stay in bounds. A payload over :data:`INLINE_MAX_BYTES` is written to a file
+        of its own first (:mod:`agent.spool`)."""
+        name: str | None = None
+        if len(payload) > INLINE_MAX_BYTES:
+            name = Spool.name_of(message_id)
+            self.spool.write(name, payload)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT INTO outbox (message_id, topic, payload, size, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (message_id, topic, payload, len(payload), time.time()),
+                    "INSERT INTO outbox (message_id, topic, payload, size, created_at, "
+                    "payload_file) VALUES (?, ?, ?, ?, ?, ?)",
+                    (message_id, topic, b"" if name else payload, len(payload), time.time(), name),
                 )
                 if processed is not None:
+                    self._marks.pop((processed.camera, processed.key), None)
                     ledger.record_marks(self._db, [processed])
-                dropped = self._enforce_bound()
+                self._flush_marks()
+                dropped, files = self._enforce_bound()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                if name is not None:
+                    self.spool.remove([name])
                 raise
+        self.spool.remove(files)
         self.notify()
         return dropped
 
-    def _enforce_bound(self) -> int:
+    def _enforce_bound(self) -> tuple[int, list[str]]:
+        """Drop the oldest messages beyond the bound (holding the lock, in the transaction);
+        returns how many, and their payload files (to unlink after the commit)."""
         (total,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()
-        dropped = 0
+        dropped: list[int] = []
+        files: list[str] = []
         while total > self.max_bytes:
-            row = self._db.execute("SELECT seq, size FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            row = self._db.execute(
+                "SELECT seq, size, payload_file FROM outbox ORDER BY seq LIMIT 1"
+            ).fetchone()
             if row is None:
                 break
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
             total -= row[1]
-            dropped += 1
+            dropped.append(row[0])
+            if row[2]:
+                files.append(row[2])
         if dropped:
-            self._db.execute(
-                "INSERT INTO outbox_counters (name, value) VALUES ('dropped', ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                (dropped,),
-            )
+            for seq in dropped:
+                self._sent.pop(seq, None)
+            self._count("dropped", len(dropped))
             log.warning(
-                "outbox over %d bytes: dropped %d oldest message(s)", self.max_bytes, dropped
+                "outbox over %d bytes: dropped %d oldest message(s)", self.max_bytes, len(dropped)
             )
-        return dropped
+        return len(dropped), files
+
+    def _count(self, name: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO outbox_counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
 
     def pending(self, *, after_seq: int = 0, limit: int = 100) -> list[OutboxEntry]:
-        """Unacknowledged messages with seq > ``after_seq``, oldest first."""
+        """Unacknowledged messages with seq > ``after_seq``, oldest first. A message whose
+        payload file is gone (deleted by hand) is dropped, counted and logged."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, message_id, topic, payload FROM outbox WHERE seq > ? "
+                "SELECT seq, message_id, topic, payload, payload_file FROM outbox WHERE seq > ? "
                 "ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [
-            OutboxEntry(seq=r[0], message_id=r[1], topic=r[2], payload=bytes(r[3])) for r in rows
-        ]
+        entries: list[OutboxEntry] = []
+        lost: list[int] = []
+        for seq, message_id, topic, payload, name in rows:
+            body = bytes(payload) if name is None else self.spool.read(name)
+            if body is None:
+                log.error("outbox message=%s lost: its payload file %s is gone", message_id, name)
+                lost.append(seq)
+                continue
+            entries.append(OutboxEntry(seq=seq, message_id=message_id, topic=topic, payload=body))
+        if lost:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                marks = ",".join("?" * len(lost))
+                self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", lost)
+                self._count("dropped", len(lost))
+                self._db.execute("COMMIT")
+        return entries
 
     def mark_sent(self, seq: int) -> None:
         """The broker has the message (PUBACK); it stays until the aggregator's receipt."""
         with self._lock:
-            self._db.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?", (time.time(), seq))
+            self._sent[seq] = time.time()
+
+    def _delete(self, where: str, args: Sequence[object]) -> int:
+        """Delete the rows ``where`` says in a transaction, then their payload files (holding
+        the lock); how many rows."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = self._db.execute(
+                f"DELETE FROM outbox WHERE {where} RETURNING seq, payload_file", args
+            ).fetchall()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        for seq, _ in rows:
+            self._sent.pop(seq, None)
+        self.spool.remove(name for _, name in rows if name)
+        return len(rows)
 
     def delete(self, seq: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._delete("seq = ?", [seq])
             self._reclaim_if_drained()
         self.notify()
 
@@ -339,16 +485,11 @@ class Outbox:
         """The aggregator stored (or refused) these: delete them; return how many were here."""
         if not message_ids:
             return 0
+        deleted = 0
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            deleted = 0
             for start in range(0, len(message_ids), 500):
-                chunk = message_ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                deleted += self._db.execute(
-                    f"DELETE FROM outbox WHERE message_id IN ({marks})", chunk
-                ).rowcount
-            self._db.execute("COMMIT")
+                chunk = list(message_ids[start : start + 500])
+                deleted += self._delete(f"message_id IN ({','.join('?' * len(chunk))})", chunk)
             if deleted:
                 self._reclaim_if_drained()
         self.notify()
@@ -357,21 +498,16 @@ class Outbox:
     def touch_sent(self, ts: float) -> None:
         """Restart the receipt clock of every sent message (they are being sent again)."""
         with self._lock:
-            self._db.execute("UPDATE outbox SET sent_at = ? WHERE sent_at IS NOT NULL", (ts,))
+            self._sent = dict.fromkeys(self._sent, ts)
 
     def oldest_sent_at(self) -> float | None:
         """When the oldest message still waiting for a receipt was acknowledged by the broker."""
         with self._lock:
-            (ts,) = self._db.execute(
-                "SELECT MIN(sent_at) FROM outbox WHERE sent_at IS NOT NULL"
-            ).fetchone()
-        return None if ts is None else float(ts)
+            return min(self._sent.values(), default=None)
 
     def unsent(self) -> int:
         """Messages the broker has not acknowledged yet."""
-        with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()
-        return int(n)
+        return max(0, self.depth() - len(self._sent))
 
     def depth(self) -> int:
         with self._lock:

@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
 import uuid
+from base64 import b64encode
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,11 +29,14 @@ from appcommon.version import code_version
 from modelrt import Detections, Detector
 from modelrt.frames import pixels_sha256, still_sha256
 from modelrt.rules import RuleSet, Threat
+from wire.envelope import pack_threat, snapshot_ref
 from wire.payloads import (
     CameraStatus,
     FrameRef,
     StatusMessage,
+    ThreatFields,
     ThreatMessage,
+    ThreatMessageV1,
     ThreatOut,
     Versions,
     dump_payload,
@@ -184,7 +187,7 @@ class Agent:
         }
 
     # frames ----------------------------------------------------------------------------------
-    def process(self, camera: Camera, frame: Frame) -> ThreatMessage | None:
+    def process(self, camera: Camera, frame: Frame) -> ThreatFields | None:
         """Run one frame through validate, motion, detect and rules on this thread (the engine's
         threads do the same, concurrently); outbox any threats."""
         admitted = self.engine.admit(camera, frame)
@@ -197,9 +200,9 @@ class Agent:
         finally:
             camera.counters.finished += 1
             camera.release(frame)
-        return message if isinstance(message, ThreatMessage) else None
+        return message if isinstance(message, ThreatFields) else None
 
-    def _on_detections(self, admitted: Admitted, detections: Detections) -> ThreatMessage | None:
+    def _on_detections(self, admitted: Admitted, detections: Detections) -> ThreatFields | None:
         """Rules and outbox for one frame's detections (on the engine's results thread)."""
         camera, frame, image = admitted.camera, admitted.frame, admitted.image
         counters = camera.counters
@@ -224,8 +227,9 @@ class Agent:
         )
         if not threats:
             return None
-        message = self.build_message(frame, image, detections, threats, versions=active.versions)
-        payload = dump_payload(message)
+        message, payload = self.build_message(
+            frame, image, detections, threats, versions=active.versions
+        )
         dropped = self.outbox.put(
             message_id=message.message_id,
             topic=self.link.topics.threats,
@@ -247,36 +251,48 @@ class Agent:
         threats: list[Threat],
         *,
         versions: Versions | None = None,
-    ) -> ThreatMessage:
+    ) -> tuple[ThreatFields, bytes]:
+        """The threat message of a frame and its payload: ``secagent.threat/2`` with the
+        snapshot attached as raw bytes (:func:`wire.envelope.pack_threat`), or with
+        ``snapshot.wire: base64`` ``secagent.threat/1`` with the snapshot in base64 inside
+        the JSON (for an aggregator older than ``secagent.threat/2``)."""
         dets = detections.to_wire()
         threat_out = [
             ThreatOut(**dets[t.index].model_dump(), rule=t.rule, severity=t.severity)
             for t in threats
         ]
-        return ThreatMessage.model_validate(
-            {
-                "message_id": uuid.uuid4().hex,
-                "agent_id": self.agent_id,
-                "camera": frame.camera,
-                "lineage_id": frame.lineage_id,
-                "frame": FrameRef(
-                    frame_id=frame.frame_id,
-                    sha256=frame_sha256(frame, image),
-                    kind=frame.kind,
-                    source=frame.source,
-                    captured_at=frame.captured_at,
-                    width=image.shape[1],
-                    height=image.shape[0],
-                ),
-                "detections": dets,
-                "threats": threat_out,
-                "versions": versions or self.versions,
-                "snapshot_jpeg_b64": self.snapshot(frame, image),
-                "sent_at": datetime.now(UTC),
-            }
+        jpeg = self.snapshot(frame, image)
+        fields = {
+            "message_id": uuid.uuid4().hex,
+            "agent_id": self.agent_id,
+            "camera": frame.camera,
+            "lineage_id": frame.lineage_id,
+            "frame": FrameRef(
+                frame_id=frame.frame_id,
+                sha256=frame_sha256(frame, image),
+                kind=frame.kind,
+                source=frame.source,
+                captured_at=frame.captured_at,
+                width=image.shape[1],
+                height=image.shape[0],
+            ),
+            "detections": dets,
+            "threats": threat_out,
+            "versions": versions or self.versions,
+            "sent_at": datetime.now(UTC),
+        }
+        if self.config.snapshot.wire == "base64":
+            v1 = ThreatMessageV1.model_validate(
+                {**fields, "snapshot_jpeg_b64": None if jpeg is None else b64encode(jpeg).decode()}
+            )
+            return v1, dump_payload(v1)
+        message = ThreatMessage.model_validate(
+            {**fields, "snapshot": None if jpeg is None else snapshot_ref(jpeg)}
         )
+        return message, pack_threat(message, jpeg)
 
-    def snapshot(self, frame: Frame, image: np.ndarray) -> str | None:
+    def snapshot(self, frame: Frame, image: np.ndarray) -> bytes | None:
+        """The JPEG sent with a threat: a still as it is when it fits, else the frame encoded."""
         cfg = self.config.snapshot
         if not cfg.enabled:
             return None
@@ -286,20 +302,16 @@ class Agent:
             and image.shape[1] <= cfg.max_width_px
             and len(frame.data) < 2_000_000
         ):
-            jpeg = frame.data
-        else:
-            if image.shape[1] > cfg.max_width_px:
-                scale = cfg.max_width_px / image.shape[1]
-                image = cv2.resize(
-                    image,
-                    (cfg.max_width_px, round(image.shape[0] * scale)),
-                    interpolation=cv2.INTER_AREA,
-                )
-            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-            if not ok:
-                return None
-            jpeg = buf.tobytes()
-        return base64.b64encode(jpeg).decode("ascii")
+            return frame.data
+        if image.shape[1] > cfg.max_width_px:
+            scale = cfg.max_width_px / image.shape[1]
+            image = cv2.resize(
+                image,
+                (cfg.max_width_px, round(image.shape[0] * scale)),
+                interpolation=cv2.INTER_AREA,
+            )
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        return buf.tobytes() if ok else None
 
     # threads ---------------------------------------------------------------------------------
     def start(self) -> None:

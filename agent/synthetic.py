@@ -1,7 +1,7 @@
 """``secagent send-test-threats``: numbered synthetic threats through the real outbox and MQTT
 link, to check the path to the aggregator without a camera and to drive the fault tests.
 
-Each message is a valid ``secagent.threat/1`` whose frame id carries a serial number
+Each message is a valid ``secagent.threat/2`` whose frame id carries a serial number
 (``test-00000042``) and whose versions are those of the configured model manifest, rules and
 config files (the model itself is not loaded). Serials cycle over ``cameras`` cameras.
 """
@@ -20,7 +20,8 @@ from agent.outbox import Outbox
 from appcommon.version import code_version
 from modelrt.manifest import load_manifest
 from modelrt.rules import load_rules
-from wire.payloads import StatusMessage, ThreatMessage, Versions, canonical_sha256, dump_payload
+from wire.envelope import pack_threat, snapshot_ref
+from wire.payloads import StatusMessage, ThreatMessage, Versions, canonical_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def synthetic_threat(
     camera: str,
     serial: int,
     versions: Versions,
-    snapshot_b64: str | None,
+    snapshot: bytes | None,
     rule: tuple[str, str] = ("test", "low"),
 ) -> ThreatMessage:
     """A numbered threat under ``rule`` (name, severity): one of the rules file the versions
@@ -60,7 +61,7 @@ def synthetic_threat(
             "detections": [box],
             "threats": [{**box, "rule": rule[0], "severity": rule[1]}],
             "versions": versions,
-            "snapshot_jpeg_b64": snapshot_b64,
+            "snapshot": None if snapshot is None else snapshot_ref(snapshot),
             "sent_at": datetime.now(UTC),
         }
     )
@@ -122,11 +123,11 @@ def send_test_threats(
                 camera=f"test-{serial % cameras}",
                 serial=serial,
                 versions=versions,
-                snapshot_b64=None,
+                snapshot=None,
                 rule=rule,
             )
             dropped += outbox.put(
-                message_id=msg.message_id, topic=link.topics.threats, payload=dump_payload(msg)
+                message_id=msg.message_id, topic=link.topics.threats, payload=pack_threat(msg, None)
             )
             if rate_hz > 0:
                 delay = began + (i + 1) / rate_hz - time.monotonic()

@@ -26,7 +26,7 @@ from pathlib import Path
 from aggregator import store
 from aggregator.config import AggregatorConfig
 from modelrt.rules import RulesError, RuleSet, load_rules
-from wire.payloads import PayloadError, ThreatMessage
+from wire.payloads import PayloadError, ThreatFields
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Admission:
             self._rules = known_rules(self.rules_paths)
         return self._rules.get(sha256)
 
-    def check_rules(self, conn: store.Connection, threat: ThreatMessage) -> None:
+    def check_rules(self, conn: store.Connection, threat: ThreatFields) -> None:
         """PayloadError ``too_many_rules`` or ``unknown_rule`` (see the module's docstring)."""
         names = {t.rule for t in threat.threats}
         if len(names) > self.ingest.max_rules_per_message:

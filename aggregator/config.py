@@ -201,6 +201,14 @@ class IngestConfig(_Section):
         description="a snapshot whose JPEG header is wider or higher than this is dropped (the "
         "threat is kept; counted as snapshot_dropped_bad_dimensions)",
     )
+    snapshot_check: Literal["structure", "decode"] = Field(
+        "structure",
+        description="how a snapshot is checked before it is kept: 'structure' reads its JPEG "
+        "markers (header, tables, scan, end of image; microseconds), 'decode' also decodes it "
+        "at an eighth of its size (about 0.4 ms for a 70 KB snapshot, 1.6 ms for 220 KB, more "
+        "than the rest of a message's ingest); one that fails is dropped, the threat kept "
+        "(snapshot_dropped_undecodable)",
+    )
     store_retry_max_s: float = Field(
         30.0,
         gt=0,

@@ -14,7 +14,7 @@ publish once it committed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -43,6 +43,9 @@ class Grouping:
     group_by: tuple[str, ...] = KEY_ORDER
     sites: Mapping[str, str] = field(default_factory=dict)
     site_window_s: float | None = None
+    _keys: dict[tuple[str, str, str], tuple[str, float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_config(cls, config: EventsConfig) -> Grouping:
@@ -59,6 +62,14 @@ class Grouping:
 
     def key(self, *, agent_id: str, camera: str, rule: str) -> tuple[str, float]:
         """The group key of a threat and the inactivity (seconds) that ends its event."""
+        found = self._keys.get((agent_id, camera, rule))
+        if found is None:
+            if len(self._keys) > 100_000:
+                self._keys.clear()  # bounded whatever names arrive
+            found = self._keys[(agent_id, camera, rule)] = self._key(agent_id, camera, rule)
+        return found
+
+    def _key(self, agent_id: str, camera: str, rule: str) -> tuple[str, float]:
         site = self.sites.get(camera)
         if site is not None:
             parts = [f"site={site}"] + ([f"rule={rule}"] if "rule" in self.group_by else [])
@@ -72,6 +83,176 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else utc(value)
 
 
+@dataclass(slots=True)
+class _Open:
+    """An open event as a batch grows it (written back by :meth:`OpenEvents.flush`)."""
+
+    row: EventRow
+    started_ts: float
+    last_seen_ts: float
+    threat_count: int
+    severity: str
+    top_score: float
+    top_message_id: str
+    label: str
+    cameras: list[str]
+
+    @classmethod
+    def of(cls, e: EventRow) -> _Open:
+        return cls(
+            e,
+            e.started_ts,
+            e.last_seen_ts,
+            e.threat_count,
+            e.severity,
+            e.top_score,
+            e.top_message_id,
+            e.label,
+            list(e.cameras),
+        )
+
+    def as_row(self) -> EventRow:
+        return replace(
+            self.row,
+            started_ts=self.started_ts,
+            last_seen_ts=self.last_seen_ts,
+            threat_count=self.threat_count,
+            severity=self.severity,
+            top_score=self.top_score,
+            top_message_id=self.top_message_id,
+            label=self.label,
+            cameras=self.cameras,
+        )
+
+
+class OpenEvents:
+    """The open events a batch of threats can touch (those of its agents and group keys), read
+    once, grown and ended in memory in the order of the threats, and written once
+    (:meth:`flush`). A new event is inserted at once: its threats need its id.
+
+    The ingest writer runs each batch of threat messages through one of these; the
+    one-at-a-time functions below (:func:`assign`, :func:`end_behind_clock`) through one each.
+    Either way the result is what the threats applied one by one to the table would give."""
+
+    def __init__(self, grouping: Grouping, events: Iterable[EventRow]) -> None:
+        self.grouping = grouping
+        self._open: dict[int, _Open] = {e.id: _Open.of(e) for e in events}
+        self._changed: set[int] = set()
+        self._ended: dict[int, _Open] = {}
+
+    @classmethod
+    def load(
+        cls,
+        conn: store.Connection,
+        grouping: Grouping,
+        *,
+        agent_ids: Iterable[str],
+        group_keys: Iterable[str] = (),
+    ) -> OpenEvents:
+        return cls(grouping, store.events.open_of(conn, agent_ids=agent_ids, group_keys=group_keys))
+
+    def end_behind_clock(
+        self, *, agent_id: str, clock_ts: float, group_keys: Iterable[str] = ()
+    ) -> list[EventChange]:
+        """End the agent's open events (and those of these group keys: a site's cameras may sit
+        on other agents) whose last threat is more than their cutoff behind ``clock_ts``, a
+        time on the agent's clock (a threat's capture time, a status's ``sent_at``)."""
+        keys = set(group_keys)
+        default_s = self.grouping.cutoff_s
+        ended = [
+            i
+            for i, e in self._open.items()
+            if (e.row.agent_id == agent_id or e.row.group_key in keys)
+            and e.last_seen_ts + (e.row.cutoff_s or default_s) < clock_ts
+        ]
+        if not ended:
+            return []
+        ended.sort()
+        for event_id in ended:
+            self._ended[event_id] = self._open.pop(event_id)
+        return [EventChange("end", event_id) for event_id in ended]
+
+    def assign(
+        self,
+        conn: store.Connection,
+        *,
+        agent_id: str,
+        camera: str,
+        rule: str,
+        label: str,
+        severity: str,
+        score: float,
+        captured_ts: float,
+        message_id: str,
+    ) -> tuple[int, list[EventChange]]:
+        """The open event this threat belongs to (extending it) or a new one, and the change
+        made. An ended event is never reopened: a threat after its end starts a new event."""
+        group_key, cutoff_s = self.grouping.key(agent_id=agent_id, camera=camera, rule=rule)
+        event: _Open | None = None
+        for e in self._open.values():  # the one seen last (the older on a tie)
+            if (
+                e.row.group_key == group_key
+                and e.started_ts - cutoff_s <= captured_ts <= e.last_seen_ts + cutoff_s
+                and (event is None or e.last_seen_ts > event.last_seen_ts)
+            ):
+                event = e
+        if event is None:
+            new = NewEvent(
+                agent_id=agent_id,
+                camera=camera,
+                rule=rule,
+                label=label,
+                severity=severity,
+                captured_ts=captured_ts,
+                score=score,
+                message_id=message_id,
+                group_key=group_key,
+                cutoff_s=cutoff_s,
+            )
+            event_id = store.events.create(conn, new)
+            row = EventRow(
+                id=event_id,
+                agent_id=agent_id,
+                camera=camera,
+                rule=rule,
+                label=label,
+                severity=severity,
+                started_ts=captured_ts,
+                last_seen_ts=captured_ts,
+                ended_ts=None,
+                threat_count=1,
+                top_score=score,
+                top_message_id=message_id,
+                group_key=group_key,
+                cameras=[camera],
+                cutoff_s=cutoff_s,
+            )
+            self._open[event_id] = _Open.of(row)
+            return event_id, [EventChange("new", event_id)]
+        escalated = SEVERITY_RANK[severity] > SEVERITY_RANK[event.severity]
+        event.started_ts = min(event.started_ts, captured_ts)
+        event.last_seen_ts = max(event.last_seen_ts, captured_ts)
+        event.threat_count += 1
+        if escalated:
+            event.severity = severity
+        if score > event.top_score:
+            event.top_score, event.top_message_id, event.label = score, message_id, label
+        if camera not in event.cameras:
+            event.cameras.append(camera)
+        self._changed.add(event.row.id)
+        return event.row.id, [EventChange("update", event.row.id)] if escalated else []
+
+    def flush(self, conn: store.Connection) -> None:
+        """Write what changed: the events grown, then those ended (at their last threat)."""
+        if self._changed:
+            events = {**self._ended, **self._open}
+            store.events.save_many(conn, [events[i].as_row() for i in sorted(self._changed)])
+        if self._ended:
+            store.events.end(conn, list(self._ended))
+        self._changed.clear()
+        self._ended.clear()
+
+
 def end_behind_clock(
     conn: store.Connection,
     *,
@@ -80,17 +261,12 @@ def end_behind_clock(
     clock_ts: float,
     group_keys: Iterable[str] = (),
 ) -> list[EventChange]:
-    """End the agent's open events (and those of these group keys: a site's cameras may sit on
-    other agents) whose last threat is more than their cutoff behind ``clock_ts``, a time on
-    the agent's clock (a threat's capture time, a status's ``sent_at``)."""
-    ended = store.events.end_behind(
-        conn,
-        agent_id=agent_id,
-        group_keys=group_keys,
-        clock_ts=clock_ts,
-        default_cutoff_s=grouping.cutoff_s,
-    )
-    return [EventChange("end", event_id) for event_id in ended]
+    """:meth:`OpenEvents.end_behind_clock` on the table."""
+    keys = list(group_keys)
+    batch = OpenEvents.load(conn, grouping, agent_ids=[agent_id], group_keys=keys)
+    changes = batch.end_behind_clock(agent_id=agent_id, clock_ts=clock_ts, group_keys=keys)
+    batch.flush(conn)
+    return changes
 
 
 def assign(
@@ -106,43 +282,22 @@ def assign(
     captured_ts: float,
     message_id: str,
 ) -> tuple[int, list[EventChange]]:
-    """The open event this threat belongs to (extending it) or a new one, and the change made.
-    An ended event is never reopened: a threat after its end starts a new event."""
-    group_key, cutoff_s = grouping.key(agent_id=agent_id, camera=camera, rule=rule)
-    event = store.events.find_open(
-        conn, group_key=group_key, captured_ts=captured_ts, cutoff_s=cutoff_s
-    )
-    if event is None:
-        event_id = store.events.create(
-            conn,
-            NewEvent(
-                agent_id=agent_id,
-                camera=camera,
-                rule=rule,
-                label=label,
-                severity=severity,
-                captured_ts=captured_ts,
-                score=score,
-                message_id=message_id,
-                group_key=group_key,
-                cutoff_s=cutoff_s,
-            ),
-        )
-        return event_id, [EventChange("new", event_id)]
-    escalated = SEVERITY_RANK[severity] > SEVERITY_RANK[event.severity]
-    better = score > event.top_score
-    cameras = event.cameras if camera in event.cameras else [*event.cameras, camera]
-    store.events.extend(
+    """:meth:`OpenEvents.assign` on the table, for one threat."""
+    group_key, _ = grouping.key(agent_id=agent_id, camera=camera, rule=rule)
+    batch = OpenEvents.load(conn, grouping, agent_ids=[], group_keys=[group_key])
+    found = batch.assign(
         conn,
-        event_id=event.id,
-        captured_ts=captured_ts,
-        severity=severity if escalated else event.severity,
+        agent_id=agent_id,
+        camera=camera,
+        rule=rule,
+        label=label,
+        severity=severity,
         score=score,
-        top_message_id=message_id if better else event.top_message_id,
-        label=label if better else event.label,
-        cameras=cameras,
+        captured_ts=captured_ts,
+        message_id=message_id,
     )
-    return event.id, [EventChange("update", event.id)] if escalated else []
+    batch.flush(conn)
+    return found
 
 
 def should_end(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -41,6 +41,7 @@ from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
 from aggregator.liveness import Liveness
+from aggregator.mqtt_client import IngestClient, Received
 from aggregator.records import message_id_of
 from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
 from wire.topics import TopicError, Topics
@@ -54,20 +55,6 @@ PRUNE_INTERVAL_S = 3600.0
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 """paho's reconnect backoff: the first wait, doubled after each failure up to the last."""
-
-
-class _Client(mqtt.Client):
-    """paho's client, remembering why the last connection attempt failed: paho's
-    ``on_connect_fail`` callback is not told."""
-
-    last_connect_error: OSError | None = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self.last_connect_error = exc
-            raise
 
 
 @dataclass
@@ -91,14 +78,12 @@ class Ingest:
         self.config = config
         self.stats = IngestStats()
         self.connected = threading.Event()
-        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(
-            maxsize=config.ingest.queue_max
-        )
+        self._queue: queue.Queue[Received | None] = queue.Queue(maxsize=config.ingest.queue_max)
         self._stop = threading.Event()
         self._last_reject_log: dict[str, float] = {}
         self.grouping = events.Grouping.from_config(config.events)
         self.admission = Admission(config)
-        self._held: list[mqtt.MQTTMessage] = []
+        self._held: list[Received] = []
         """A batch the store could not take (disk full): tried again until it can."""
         self.store_error: str | None = None
         """Why the store cannot be written now (None: it can)."""
@@ -115,7 +100,7 @@ class Ingest:
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         snapshots.recover(self._conn, config.store.snapshots_dir)
-        client = _Client(
+        client = IngestClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.mqtt.client_id,
             protocol=mqtt.MQTTv5,
@@ -223,11 +208,14 @@ class Ingest:
                 self._retry_in_s(),
             )
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put(msg)  # blocks the network thread when the writer is far behind
+    def _on_message(
+        self, client: mqtt.Client, userdata: object, msg: Received | mqtt.MQTTMessage
+    ) -> None:
+        received = msg if isinstance(msg, Received) else Received.of(msg)
+        self._queue.put(received)  # blocks the network thread when the writer is far behind
 
     # writer thread ---------------------------------------------------------------------------
-    def _take_batch(self, timeout_s: float) -> list[mqtt.MQTTMessage]:
+    def _take_batch(self, timeout_s: float) -> list[Received]:
         try:
             first = self._queue.get(timeout=timeout_s)
         except queue.Empty:
@@ -313,10 +301,10 @@ class Ingest:
                     self._busy_since = None
                 next_sweep = time.monotonic() + self.config.events.sweep_interval_s
 
-    def _write_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
+    def _write_batch(self, batch: list[Received]) -> None:
         result = records.store_batch(
             self._conn,
-            [(msg.topic, bytes(msg.payload)) for msg in batch],
+            [(msg.topic, msg.payload) for msg in batch],
             config=self.config,
             grouping=self.grouping,
             now_ts=time.time(),
@@ -338,26 +326,28 @@ class Ingest:
             )
         # Committed: now, and only now, the broker and the agents may forget these messages.
         receipts: dict[str, list[str]] = defaultdict(list)
-        rejects: list[tuple[mqtt.MQTTMessage, PayloadError]] = []
+        rejects: list[tuple[Received, PayloadError]] = []
+        acks: list[tuple[int, int]] = []
         for msg, outcome in zip(batch, result.results, strict=True):
             if outcome is None:
                 continue  # not stored: left unacknowledged
             if msg.qos > 0:
-                self.client.ack(msg.mid, msg.qos)
+                acks.append((msg.mid, msg.qos))
             if isinstance(outcome, PayloadError):
                 rejects.append((msg, outcome))
             elif outcome.message_id is not None:
                 receipts[outcome.agent_id].append(outcome.message_id)
+        self.client.ack_all(acks)
         self._send_receipts(receipts, rejects)
         self._count(len(batch), result.counts, rejects)
         self._publish_changes(result.changes)
 
     def _send_receipts(
-        self, receipts: dict[str, list[str]], rejects: list[tuple[mqtt.MQTTMessage, PayloadError]]
+        self, receipts: dict[str, list[str]], rejects: list[tuple[Received, PayloadError]]
     ) -> None:
         refused: dict[str, list[Refusal]] = defaultdict(list)
         for msg, exc in rejects:
-            mid = message_id_of(bytes(msg.payload)) if msg.topic.endswith("/threats") else None
+            mid = message_id_of(msg.payload) if msg.topic.endswith("/threats") else None
             if mid is None:
                 continue
             try:
@@ -381,7 +371,7 @@ class Ingest:
         self,
         received: int,
         counts: Counter[str],
-        rejects: list[tuple[mqtt.MQTTMessage, PayloadError]],
+        rejects: list[tuple[Received, PayloadError]],
     ) -> None:
         s = self.stats
         s.batches += 1

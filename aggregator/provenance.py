@@ -15,6 +15,12 @@ What one threat message records (all runs of one frame share its lineage id)::
     notify    used event, code                  generated notification
     plot      used events, code                 generated plot
 
+The first four are the runs of a threat message. Since migration m013 a message keeps them in
+its own row (the ids of its frame, detections and snapshot, run ids reserved for it, the
+aggregator's code version), and :mod:`aggregator.store.compact_lineage` reads that row back as
+the artifacts, runs and edges above: the graph, the API and ``secagg explain`` see the same
+thing as when each was a row of its own (about 30 rows, 4 KB, a message; now 3 columns).
+
 Every writer here runs inside the caller's open transaction (the ingest writer's, for messages
 and events), so lineage is exactly as durable as the data it describes.
 """
@@ -96,126 +102,41 @@ def run(
 
 
 # what the ingest records -------------------------------------------------------------------------
-def record_message(
-    conn: store.Connection,
-    m: MessageRow,
-    *,
-    detections: list[dict[str, Any]],
-) -> str:
-    """The agent's validate, detect and rules runs of one stored threat message (``detections``:
-    its detections, parsed); returns the message's artifact id. The runs are recorded from what
-    the message carries (versions, lineage, frame)."""
+def shared_artifacts(
+    m: MessageRow, *, event_ids: list[int], group_code: str, at_ts: float
+) -> list[NewArtifact]:
+    """The artifacts a stored threat message names that other messages share (model, rules,
+    config and code versions, its events), in the order they were first recorded: rows of
+    ``artifacts`` that the ingest records once per batch. The message's own artifacts (frame,
+    detections, message, snapshot) and its four runs are kept in its row
+    (:mod:`aggregator.store.compact_lineage`)."""
     at = m.captured_ts
-    frame = artifact(
-        "frame",
-        m.frame_sha256,
-        at_ts=at,
-        meta={
-            "frame_id": m.frame_id,
-            "kind": m.frame_kind,
-            "source": m.frame_source,
-            "width": m.frame_width,
-            "height": m.frame_height,
-            "agent_id": m.agent_id,
-            "camera": m.camera,
-        },
-    )
-    model = artifact("model", m.model_sha256, at_ts=at)
-    rules = artifact("rules", m.rules_sha256, at_ts=at)
-    config = artifact("config", m.config_sha256, at_ts=at, meta={"agent_id": m.agent_id})
-    code = artifact("code", m.code_version, at_ts=at)
-    found = artifact(
-        "detections", canonical_sha256(detections), at_ts=at, meta={"count": len(detections)}
-    )
-    message = artifact(
-        "message",
-        m.message_id,
-        at_ts=at,
-        meta={"agent_id": m.agent_id, "camera": m.camera, "frame_id": m.frame_id},
-    )
-    snapshot = [artifact("snapshot", m.snapshot_sha256, at_ts=at)] if m.snapshot_sha256 else []
-    recorded = [frame, model, rules, config, code, found, message, *snapshot]
-    store.lineage.add_artifacts(conn, recorded)
-    common: dict[str, Any] = {
-        "code_version": m.code_version,
-        "at_ts": at,
-        "lineage_id": m.lineage_id,
-        "agent_id": m.agent_id,
-        "meta": {"frame_id": m.frame_id, "camera": m.camera},
-    }
-    validated = [s.id for s in snapshot]
-    store.lineage.add_runs(
-        conn,
-        [
-            run(
-                kind="validate",
-                used=[(frame.id, "input"), (config.id, "config"), (code.id, "code")],
-                generated=validated,
-                **common,
-            ),
-            run(
-                kind="detect",
-                used=[
-                    (frame.id, "input"),
-                    (model.id, "model"),
-                    (config.id, "config"),
-                    (code.id, "code"),
-                ],
-                generated=[found.id],
-                **common,
-            ),
-            run(
-                kind="rules",
-                used=[(found.id, "input"), (rules.id, "rules"), (code.id, "code")]
-                + [(snap, "snapshot") for snap in validated],
-                generated=[message.id],
-                **common,
-            ),
-        ],
-    )
-    return message.id
-
-
-def record_grouping(
-    conn: store.Connection,
-    *,
-    message_id: str,
-    event_ids: list[int],
-    lineage_id: str,
-    agent_id: str,
-    code_version: str,
-    at_ts: float,
-) -> int:
-    """The aggregator's group run: the message's threats went into these events."""
-    code = artifact("code", code_version, at_ts=at_ts)
-    events = [artifact("event", e, at_ts=at_ts) for e in sorted(set(event_ids))]
-    store.lineage.add_artifacts(conn, [code, *events])
-    return store.lineage.add_run(
-        conn,
-        run(
-            kind="group",
-            code_version=code_version,
-            at_ts=at_ts,
-            used=[(f"message:{message_id}", "input"), (code.id, "code")],
-            generated=[e.id for e in events],
-            lineage_id=lineage_id,
-            agent_id=agent_id,
-        ),
-    )
+    return [
+        artifact("model", m.model_sha256, at_ts=at),
+        artifact("rules", m.rules_sha256, at_ts=at),
+        artifact("config", m.config_sha256, at_ts=at, meta={"agent_id": m.agent_id}),
+        artifact("code", m.code_version, at_ts=at),
+        artifact("code", group_code, at_ts=at_ts),
+        *(artifact("event", e, at_ts=at_ts) for e in sorted(set(event_ids))),
+    ]
 
 
 def backfill_message(conn: store.Connection, message: MessageRow, *, event_ids: list[int]) -> None:
-    """Lineage of a message stored before the lineage tables existed (migration m005_provenance)."""
-    record_message(conn, message, detections=message.detections)
-    record_grouping(
-        conn,
-        message_id=message.message_id,
-        event_ids=event_ids,
-        lineage_id=message.lineage_id,
-        agent_id=message.agent_id,
-        code_version="unknown (backfilled)",
-        at_ts=message.captured_ts,
+    """Lineage of a message stored before the lineage tables existed (migration m005_provenance),
+    as rows of the lineage tables: what a message records (:data:`MESSAGE_RUNS
+    <aggregator.store.compact_lineage.MESSAGE_RUNS>`), its group run by an unknown code version
+    at its capture time."""
+    m = store.compact_lineage.MessageLineage.of(
+        message,
+        detections_sha256=canonical_sha256(message.detections),
+        run_base=0,
+        group_code="unknown (backfilled)",
     )
+    artifacts, runs = store.compact_lineage.expand(
+        m, event_ids=event_ids, group_at_ts=message.captured_ts
+    )
+    store.lineage.add_artifacts(conn, artifacts)
+    store.lineage.add_runs(conn, runs)
 
 
 def record_notification(

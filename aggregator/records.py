@@ -1,8 +1,9 @@
 """What received messages do to the store: :func:`store_batch` is the ingest writer's
-transaction, :func:`record` what one message does inside it.
+transaction, :func:`record` what one message other than a threat does inside it.
 
-Threat messages become a ``messages`` row (with provenance), ``threats`` rows and event changes;
-a message with the same frame, model and rules as a stored one is a duplicate whatever its id.
+Threat messages become ``messages`` rows (with their lineage), ``threats`` rows and event
+changes, a run of consecutive threat messages at a time (:mod:`aggregator.threat_batch`); a
+message with the same frame, model and rules as a stored one is a duplicate whatever its id.
 Status messages update the ``agents`` row. Both advance the agent's clock, on which events end.
 Both raise :class:`PayloadError` for a message that must be refused (it is then counted, and
 acknowledged so the broker does not resend it).
@@ -10,42 +11,44 @@ acknowledged so the broker does not resend it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from aggregator import events, notify, provenance, store
+from aggregator import events, notify, store
 from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
-from aggregator.snapshots import PendingSnapshots, SnapshotRefused, check_snapshot
-from aggregator.store.models import MessageRow, NewThreat, StatusUpdate
-from appcommon.version import code_version
-from wire.payloads import PayloadError, StatusMessage, ThreatMessage, parse_payload
-from wire.topics import TopicError, Topics
+from aggregator.snapshots import PendingSnapshots
+from aggregator.store.models import StatusUpdate
+from aggregator.threat_batch import (
+    BatchContext,
+    Outcome,
+    Prepared,
+    check_agent,
+    prepare,
+    store_threats,
+)
+from wire.envelope import message_id_of
+from wire.payloads import PayloadError, StatusMessage, parse_payload
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Outcome:
-    """What storing one message did."""
-
-    kind: str  # "stored", "duplicate", "status"
-    changes: list[EventChange] = field(default_factory=list)
-    agent_id: str = ""
-    message_id: str | None = None  # threat messages: what the receipt confirms
-    camera: str = ""
-    lineage_id: str = ""
-    threats: int = 0  # threats stored
-    snapshot_dropped: str | None = None  # why the snapshot was not kept (the threat was)
+__all__ = [
+    "BatchContext",
+    "BatchResult",
+    "Outcome",
+    "StoreFailure",
+    "check_agent",
+    "is_store_failure",
+    "message_id_of",
+    "record",
+    "store_batch",
+]
 
 
 class StoreFailure(RuntimeError):
@@ -59,194 +62,6 @@ def is_store_failure(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
         return False
     return isinstance(exc, sqlite3.Error | OSError | MemoryError)
-
-
-def check_agent(topic: str, agent_id: str) -> None:
-    """The agent id in the topic must be the one in the payload (the broker's ACL vouches for
-    the topic)."""
-    try:
-        topic_agent = Topics.agent_of(topic)
-    except TopicError as exc:
-        raise PayloadError("bad_topic", str(exc)) from exc
-    if topic_agent != agent_id:
-        raise PayloadError("agent_mismatch", f"topic says {topic_agent}, payload {agent_id}")
-
-
-def message_row(
-    threat: ThreatMessage,
-    *,
-    received_at: str,
-    snapshot_sha256: str | None,
-    detections: list[dict[str, Any]] | None = None,
-) -> MessageRow:
-    """The stored form of a threat message (``detections``: its detections, when dumped)."""
-    if detections is None:
-        detections = [d.model_dump(mode="json") for d in threat.detections]
-    return MessageRow(
-        message_id=threat.message_id,
-        agent_id=threat.agent_id,
-        camera=threat.camera,
-        lineage_id=threat.lineage_id,
-        frame_id=threat.frame.frame_id,
-        frame_sha256=threat.frame.sha256,
-        frame_kind=threat.frame.kind,
-        frame_source=threat.frame.source,
-        frame_width=threat.frame.width,
-        frame_height=threat.frame.height,
-        captured_at=threat.frame.captured_at.isoformat(),
-        captured_ts=threat.frame.captured_at.timestamp(),
-        received_at=received_at,
-        code_version=threat.versions.code,
-        model_sha256=threat.versions.model_sha256,
-        rules_sha256=threat.versions.rules_sha256,
-        config_sha256=threat.versions.config_sha256,
-        snapshot_sha256=snapshot_sha256,
-        detections_json=json.dumps(detections),
-    )
-
-
-def record_threat(
-    conn: store.Connection,
-    topic: str,
-    payload: bytes,
-    *,
-    context: BatchContext,
-) -> Outcome:
-    threat = parse_payload(payload, ThreatMessage)
-    check_agent(topic, threat.agent_id)
-    captured_ts = context.admission.check_time(
-        "frame.captured_at", threat.frame.captured_at, now_ts=context.now_ts
-    )
-    context.admission.check_rules(conn, threat)
-    grouping = context.grouping
-    jpeg: bytes | None = None
-    snapshot_sha: str | None = None
-    dropped: str | None = None
-    if threat.snapshot_jpeg_b64:
-        try:
-            jpeg = check_snapshot(
-                threat.snapshot_jpeg_b64, max_side_px=context.config.ingest.snapshot_max_side_px
-            )
-            snapshot_sha = hashlib.sha256(jpeg).hexdigest()
-        except SnapshotRefused as exc:
-            dropped = exc.reason
-            log.warning(
-                "agent=%s camera=%s message=%s snapshot dropped (%s): %s; the threat is kept",
-                threat.agent_id,
-                threat.camera,
-                threat.message_id,
-                exc.reason,
-                exc.detail,
-            )
-    now = datetime.now(UTC)
-    detections = [d.model_dump(mode="json") for d in threat.detections]
-    row = message_row(
-        threat, received_at=now.isoformat(), snapshot_sha256=snapshot_sha, detections=detections
-    )
-    if not store.messages.insert(conn, row):
-        original = store.messages.stored_as(conn, row)
-        if original == threat.message_id:
-            log.info("agent=%s message=%s duplicate ignored", threat.agent_id, threat.message_id)
-        else:
-            log.info(
-                "agent=%s camera=%s frame=%s message=%s: the same frame, model and rules as "
-                "message=%s; counted as a duplicate, not stored again",
-                threat.agent_id,
-                threat.camera,
-                threat.frame.frame_id,
-                threat.message_id,
-                original,
-            )
-        return Outcome("duplicate", agent_id=threat.agent_id, message_id=threat.message_id)
-    if jpeg is not None and snapshot_sha is not None:
-        context.snapshots.add(snapshot_sha, jpeg)  # written only for a stored row
-    store.agents.heard_from(
-        conn,
-        agent_id=threat.agent_id,
-        heard_ts=now.timestamp(),
-        clock_ts=captured_ts,
-        clock_max_ts=context.clock_max_ts,
-    )
-    outcome = Outcome(
-        "stored",
-        agent_id=threat.agent_id,
-        message_id=threat.message_id,
-        camera=threat.camera,
-        lineage_id=threat.lineage_id,
-        snapshot_dropped=dropped,
-    )
-    provenance.record_message(conn, row, detections=detections)
-    shared_keys = (
-        [
-            grouping.key(agent_id=threat.agent_id, camera=threat.camera, rule=t.rule)[0]
-            for t in threat.threats
-        ]
-        if grouping.spans_agents(threat.camera)
-        else []
-    )
-    # This threat's capture time ends what it is more than a cutoff after. (Not the agent's
-    # clock, which may be further: threats drained late from an outbox still group together;
-    # the sweep ends their event on the agent's clock.)
-    outcome.changes += events.end_behind_clock(
-        conn,
-        grouping=grouping,
-        agent_id=threat.agent_id,
-        clock_ts=captured_ts,
-        group_keys=shared_keys,
-    )
-    event_ids: list[int] = []
-    stored: list[NewThreat] = []
-    for t in threat.threats:
-        event_id, changes = events.assign(
-            conn,
-            grouping=grouping,
-            agent_id=threat.agent_id,
-            camera=threat.camera,
-            rule=t.rule,
-            label=t.label,
-            severity=t.severity,
-            score=t.score,
-            captured_ts=captured_ts,
-            message_id=threat.message_id,
-        )
-        outcome.changes += changes
-        event_ids.append(event_id)
-        stored.append(
-            NewThreat(
-                message_id=threat.message_id,
-                event_id=event_id,
-                agent_id=threat.agent_id,
-                camera=threat.camera,
-                rule=t.rule,
-                severity=t.severity,
-                label=t.label,
-                class_id=t.class_id,
-                score=t.score,
-                xyxy=t.xyxy,
-                captured_ts=captured_ts,
-            )
-        )
-    store.messages.insert_threats(conn, stored)
-    outcome.threats = len(stored)
-    provenance.record_grouping(
-        conn,
-        message_id=threat.message_id,
-        event_ids=event_ids,
-        lineage_id=threat.lineage_id,
-        agent_id=threat.agent_id,
-        code_version=code_version(),
-        at_ts=now.timestamp(),
-    )
-    log.debug(
-        "agent=%s camera=%s frame=%s lineage=%s message=%s stored %d threat(s)",
-        threat.agent_id,
-        threat.camera,
-        threat.frame.frame_id,
-        threat.lineage_id,
-        threat.message_id,
-        len(threat.threats),
-    )
-    return outcome
 
 
 def record_status(
@@ -315,25 +130,12 @@ def record_status(
     return outcome
 
 
-@dataclass
-class BatchContext:
-    """What every message of one batch is stored with."""
-
-    config: AggregatorConfig
-    grouping: events.Grouping
-    admission: Admission
-    snapshots: PendingSnapshots
-    now_ts: float
-
-    @property
-    def clock_max_ts(self) -> float:
-        """The latest agent clock the store keeps: a stored one beyond it (from before the
-        window was checked) is replaced by the next time heard."""
-        return self.now_ts + self.config.ingest.max_clock_ahead_s
+def is_threat(topic: str) -> bool:
+    return not topic.endswith(("/status", "/ota/report"))
 
 
 def record(conn: store.Connection, topic: str, payload: bytes, *, context: BatchContext) -> Outcome:
-    """Store one received message (status or threats) by its topic."""
+    """Store one received message (status, update report or threats) by its topic."""
     if topic.endswith("/ota/report"):
         from aggregator.ota.records import record_report
 
@@ -341,7 +143,10 @@ def record(conn: store.Connection, topic: str, payload: bytes, *, context: Batch
         return Outcome(kind, agent_id=agent_id)
     if topic.endswith("/status"):
         return record_status(conn, topic, payload, context=context)
-    return record_threat(conn, topic, payload, context=context)
+    (outcome,) = store_threats(
+        conn, [prepare(conn, topic, payload, context=context)], context=context
+    )
+    return outcome
 
 
 @dataclass
@@ -365,56 +170,40 @@ def store_batch(
     now_ts: float,
     admission: Admission | None = None,
 ) -> BatchResult:
-    """The writer's transaction: store (topic, payload) messages, each in a savepoint so one bad
-    message cannot undo the others; count them; decide the notifications of the event changes.
-    Everything commits together or not at all.
+    """The writer's transaction: store (topic, payload) messages in their order; count them;
+    decide the notifications of the event changes. Everything commits together or not at all.
 
-    A message that cannot be stored is refused with a reason: the wire's and admission's
-    reasons, or ``store_error`` for a value the store refuses (it is logged with its id). It is
-    acknowledged and receipted as refused like any other, so it can never hold up the messages
-    behind it. A failure of the store itself (disk full, I/O error) is not the message's fault:
-    :class:`StoreFailure` is raised, the transaction rolls back and nothing is acknowledged."""
-    results: list[Outcome | PayloadError | None] = []
-    counts: Counter[str] = Counter()
-    changes: list[EventChange] = []
-    threats = 0
+    Consecutive threat messages are stored together (:func:`_store_threats`); any other
+    message in a savepoint of its own. A message that cannot be stored is refused with a
+    reason: the wire's and admission's reasons, or ``store_error`` for a value the store
+    refuses (it is logged with its id). It is acknowledged and receipted as refused like any
+    other, so it can never hold up the messages behind it. A failure of the store itself (disk
+    full, I/O error) is not the message's fault: :class:`StoreFailure` is raised, the
+    transaction rolls back and nothing is acknowledged."""
+    results: list[Outcome | PayloadError | None] = [None] * len(messages)
     context = BatchContext(
         config=config,
         grouping=grouping,
         admission=admission or Admission(config),
         snapshots=PendingSnapshots(config.store.snapshots_dir),
         now_ts=now_ts,
+        received_at=datetime.fromtimestamp(now_ts, UTC).isoformat(),
     )
     try:
         with store.transaction(conn):
-            for topic, payload in messages:
-                mark = context.snapshots.mark()
-                try:
-                    with store.savepoint(conn, "message"):
-                        outcome = record(conn, topic, payload, context=context)
-                except PayloadError as exc:
-                    context.snapshots.rollback_to(mark)
-                    counts[f"rejected_{exc.reason}"] += 1
-                    results.append(exc)
-                except Exception as exc:
-                    context.snapshots.rollback_to(mark)
-                    if is_store_failure(exc):
-                        raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
-                    log.exception(
-                        "topic=%s message=%s could not be stored; refused as store_error",
-                        topic,
-                        message_id_of(payload),
-                    )
-                    refusal = PayloadError("store_error", f"{type(exc).__name__}: {exc}"[:200])
-                    counts["rejected_store_error"] += 1
-                    results.append(refusal)
+            start = 0
+            while start < len(messages):
+                end = start
+                while end < len(messages) and is_threat(messages[end][0]):
+                    end += 1
+                if end > start:
+                    _store_threats(conn, messages, start, end, results, context=context)
                 else:
-                    counts[outcome.kind] += 1
-                    if outcome.snapshot_dropped:
-                        counts[f"snapshot_dropped_{outcome.snapshot_dropped}"] += 1
-                    changes += outcome.changes
-                    threats += outcome.threats
-                    results.append(outcome)
+                    topic, payload = messages[start]
+                    results[start] = _one(conn, topic, payload, context=context)
+                    end = start + 1
+                start = end
+            counts, changes, threats = _tally(results)
             if counts:
                 store.counters.bump(conn, counts)
                 store.counters.add_rows(conn, {"messages": counts["stored"], "threats": threats})
@@ -432,11 +221,100 @@ def store_batch(
     return BatchResult(results=results, counts=counts, changes=changes, due=due)
 
 
-def message_id_of(payload: bytes) -> str | None:
-    """The message id of a threat payload that may be refused, if one can be read at all."""
+def _refusal(exc: Exception, topic: str, payload: bytes) -> PayloadError:
+    """A message the store refused for a reason of its own: refused as ``store_error``, or
+    StoreFailure when the store itself failed."""
+    if is_store_failure(exc):
+        raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
+    log.error(
+        "topic=%s message=%s could not be stored; refused as store_error",
+        topic,
+        message_id_of(payload),
+        exc_info=exc,
+    )
+    return PayloadError("store_error", f"{type(exc).__name__}: {exc}"[:200])
+
+
+def _one(
+    conn: store.Connection, topic: str, payload: bytes, *, context: BatchContext
+) -> Outcome | PayloadError:
+    """One message in a savepoint of its own."""
+    mark = context.snapshots.mark()
     try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    mid = doc.get("message_id") if isinstance(doc, dict) else None
-    return mid if isinstance(mid, str) and re.fullmatch(r"[0-9a-f]{32}", mid) else None
+        with store.savepoint(conn, "message"):
+            return record(conn, topic, payload, context=context)
+    except PayloadError as exc:
+        context.snapshots.rollback_to(mark)
+        return exc
+    except Exception as exc:
+        context.snapshots.rollback_to(mark)
+        return _refusal(exc, topic, payload)
+
+
+def _store_threats(
+    conn: store.Connection,
+    messages: Sequence[tuple[str, bytes]],
+    start: int,
+    end: int,
+    results: list[Outcome | PayloadError | None],
+    *,
+    context: BatchContext,
+) -> None:
+    """Threat messages ``start`` .. ``end`` of the batch, stored together; when the store
+    refuses one of them (a value SQLite will not take), the others are stored one at a time,
+    each in its own savepoint, and that one is refused."""
+    prepared: list[tuple[int, Prepared]] = []
+    for i in range(start, end):
+        topic, payload = messages[i]
+        try:
+            prepared.append((i, prepare(conn, topic, payload, context=context)))
+        except PayloadError as exc:
+            results[i] = exc
+        except Exception as exc:
+            results[i] = _refusal(exc, topic, payload)
+    if not prepared:
+        return
+    mark = context.snapshots.mark()
+    try:
+        with store.savepoint(conn, "threats"):
+            outcomes = store_threats(conn, [p for _, p in prepared], context=context)
+    except Exception as exc:
+        context.snapshots.rollback_to(mark)
+        if is_store_failure(exc):
+            raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
+        log.warning(
+            "%d threat messages could not be stored together (%s: %s); one at a time now",
+            len(prepared),
+            type(exc).__name__,
+            exc,
+        )
+        for i, p in prepared:
+            mark = context.snapshots.mark()
+            try:
+                with store.savepoint(conn, "message"):
+                    (results[i],) = store_threats(conn, [p], context=context)
+            except Exception as exc_one:
+                context.snapshots.rollback_to(mark)
+                results[i] = _refusal(exc_one, *messages[i])
+        return
+    for (i, _), outcome in zip(prepared, outcomes, strict=True):
+        results[i] = outcome
+
+
+def _tally(
+    results: list[Outcome | PayloadError | None],
+) -> tuple[Counter[str], list[EventChange], int]:
+    counts: Counter[str] = Counter()
+    changes: list[EventChange] = []
+    threats = 0
+    for outcome in results:
+        if isinstance(outcome, PayloadError):
+            counts[f"rejected_{outcome.reason}"] += 1
+        elif outcome is not None:
+            counts[outcome.kind] += 1
+            if outcome.snapshot_dropped:
+                counts[f"snapshot_dropped_{outcome.snapshot_dropped}"] += 1
+            changes += outcome.changes
+            if outcome.kind == "stored":
+                threats += outcome.threats
+    return counts, changes, threats

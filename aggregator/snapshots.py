@@ -1,9 +1,10 @@
 """Threat snapshots on the aggregator's disk, content-addressed (``<dir>/<sha[:2]>/<sha>.jpg``),
 kept for ``store.snapshot_retention_days`` after the newest threat that refers to them.
 
-A snapshot is checked before it is kept (:func:`check_snapshot`): a JPEG by its magic bytes,
-its header's size within bounds (read before anything is decoded), and decodable. One that is
-not is dropped with a counted reason; the threat is kept.
+A snapshot is checked before it is kept (:func:`check_jpeg`): a JPEG by its magic bytes, its
+header's size within bounds (read before anything is decoded), and whole by its markers (or
+decodable, with ``ingest.snapshot_check: decode``). One that is not is dropped with a counted
+reason; the threat is kept.
 
 A file exists only for a stored row (:class:`PendingSnapshots`): the ingest writes the
 snapshots of the messages a batch inserted as ``<sha>.jpg.tmp`` before COMMIT, renames them
@@ -14,8 +15,6 @@ rolled-back batch leaves no file; after a crash between COMMIT and the renames,
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 from pathlib import Path
@@ -24,7 +23,12 @@ import cv2
 import numpy as np
 
 from aggregator import store
-from modelrt.images import ImageHeaderError, header_size_wh, image_format
+from modelrt.images import (
+    ImageHeaderError,
+    header_size_wh,
+    image_format,
+    jpeg_structure_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,13 @@ def snapshot_path(snapshots_dir: Path, sha256: str) -> Path:
     return snapshots_dir / sha256[:2] / f"{sha256}.jpg"
 
 
-def check_snapshot(jpeg_b64: str, *, max_side_px: int) -> bytes:
-    """The JPEG bytes of a base64 snapshot; SnapshotRefused (``not_base64``, ``not_jpeg``,
-    ``bad_dimensions``, ``undecodable``) when it is not one to keep. The header's size is
-    checked before decoding, as the agent's validation does."""
-    try:
-        jpeg = base64.b64decode(jpeg_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise SnapshotRefused("not_base64", str(exc)) from exc
+def check_jpeg(jpeg: bytes, *, max_side_px: int, decode: bool = False) -> None:
+    """SnapshotRefused (``not_jpeg``, ``undecodable``, ``bad_dimensions``) when ``jpeg`` is not
+    a snapshot to keep. The header's size is checked before anything else, as the agent's
+    validation does; then the markers (:func:`modelrt.images.jpeg_structure_problem`), or with
+    ``decode`` (``ingest.snapshot_check: decode``) a decode at an eighth of the size, which
+    reads the whole entropy-coded stream (about 0.4 ms for a 70 KB snapshot, 1.6 ms for
+    220 KB: more than the rest of the ingest of a message)."""
     if image_format(jpeg) != "jpeg":
         raise SnapshotRefused("not_jpeg", f"starts {jpeg[:8].hex()}")
     try:
@@ -62,11 +65,14 @@ def check_snapshot(jpeg_b64: str, *, max_side_px: int) -> bytes:
         raise SnapshotRefused("undecodable", exc.detail) from exc
     if not (1 <= width <= max_side_px and 1 <= height <= max_side_px):
         raise SnapshotRefused("bad_dimensions", f"{width}x{height}, at most {max_side_px} a side")
-    # An eighth of the size in grey: the whole entropy-coded stream is read, few pixels made.
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-    if image is None:
-        raise SnapshotRefused("undecodable", "OpenCV cannot decode it")
-    return jpeg
+    problem = jpeg_structure_problem(jpeg)
+    if problem is not None:
+        raise SnapshotRefused("undecodable", problem)
+    if decode:
+        # An eighth of the size in grey: the whole entropy-coded stream is read, few pixels made.
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if image is None:
+            raise SnapshotRefused("undecodable", "OpenCV cannot decode it")
 
 
 class PendingSnapshots:

@@ -55,3 +55,81 @@ def header_size_wh(data: bytes, fmt: str) -> tuple[int, int]:
             return int(width), int(height)
         pos += 2 + length
     raise ImageHeaderError("truncated", "JPEG ends before its frame header (SOF)")
+
+
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0..7: no length
+_JPEG_SEGMENTS = {
+    *_JPEG_SOF,
+    0xC4,  # DHT
+    0xCC,  # DAC
+    0xDB,  # DQT
+    0xDC,  # DNL
+    0xDD,  # DRI
+    0xDE,  # DHP
+    0xDF,  # EXP
+    *range(0xE0, 0xF0),  # APPn
+    *range(0xF0, 0xFE),  # JPGn
+    0xFE,  # COM
+}
+
+
+def jpeg_structure_problem(data: bytes) -> str | None:
+    """What keeps ``data`` from being a whole JPEG, read from its markers without decoding a
+    pixel (a few microseconds, where a decode costs milliseconds), or None.
+
+    From the start-of-image marker to the first scan, every segment must be a known marker
+    with a length that fits; a frame header (SOF: 8-bit or 12-bit precision, 1 to 4 components,
+    a length that matches them) and a quantization table (DQT) must come before the scan; and
+    an end-of-image marker must follow it. This refuses what is no JPEG after its first bytes
+    (random data, a page of HTML) and a file cut short; like any decoder it cannot tell damaged
+    entropy-coded data from a picture."""
+    if not data.startswith(b"\xff\xd8"):
+        return "no start-of-image marker"
+    pos = 2
+    frame = tables = False
+    while pos < len(data):
+        if data[pos] != 0xFF:
+            return f"a marker was expected at byte {pos}"
+        if pos + 1 >= len(data):
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker == 0xDA:  # start of scan
+            if not (frame and tables):
+                missing = "frame header (SOF)" if not frame else "quantization table (DQT)"
+                return f"the scan starts before a {missing}"
+            if pos + 4 > len(data):
+                break
+            (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+            scan = pos + 2 + length
+            if length < 8 or scan >= len(data):
+                return f"scan header of {length} bytes at byte {pos} does not fit"
+            if data.find(b"\xff\xd9", scan) < 0:
+                return "no end-of-image marker: the image is cut short"
+            return None
+        if marker not in _JPEG_SEGMENTS:
+            return f"unknown marker 0x{marker:02x} at byte {pos}"
+        if pos + 4 > len(data):
+            break
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        end = pos + 2 + length
+        if length < 2 or end > len(data):
+            return f"segment 0x{marker:02x} of {length} bytes at byte {pos} does not fit"
+        if marker in _JPEG_SOF:
+            if length < 8:
+                return f"frame header of {length} bytes"
+            precision, _, width, components = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
+            if precision not in (8, 12) or not 1 <= components <= 4 or length != 8 + 3 * components:
+                return f"frame header: precision {precision}, {components} components"
+            if width == 0:
+                return "frame header: width 0"
+            frame = True
+        elif marker == 0xDB:
+            tables = True
+        pos = end
+    return "the image ends before its first scan"

@@ -26,7 +26,7 @@ from agent.pipeline import build_agent
 from demo.broker import Mosquitto
 from demo.footage import sample_still
 from tests.support.processes import write_agent_config
-from wire.payloads import ThreatMessage, dump_payload
+from wire.payloads import ThreatFields, dump_payload
 
 SMALL_JPEG = cv2.imencode(".jpg", sample_still("empty"))[1].tobytes()
 
@@ -150,7 +150,7 @@ def test_a_hostile_file_name_keeps_its_threat_and_never_forges_a_log_line(
     )
     agent = build_agent(write_agent_config(tmp_path, broker, agent_id="names", cameras=cameras))
     caplog.set_level(logging.DEBUG)
-    messages: list[ThreatMessage] = []
+    messages: list[ThreatFields] = []
     try:
         (camera,) = agent.cameras
         for frame in camera.source.frames():

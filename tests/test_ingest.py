@@ -102,7 +102,7 @@ BAD_PAYLOADS = [
     ("no schema", json.dumps({"message_id": "x"}).encode(), "missing_schema"),
     (
         "future major",
-        json.dumps({**threat_payload(), "schema": "secagent.threat/2"}).encode(),
+        json.dumps({**threat_payload(), "schema": "secagent.threat/3"}).encode(),
         "unknown_schema",
     ),
     (

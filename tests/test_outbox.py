@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.mqtt import MqttLink
-from agent.outbox import Outbox
+from agent.outbox import Outbox, spool_folder
 from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
 from wire.payloads import ReceiptMessage, StatusMessage, dump_payload
@@ -215,8 +215,11 @@ def test_an_unreachable_broker_is_logged_with_host_port_reason_and_next_attempt(
 
 
 def _file_bytes(path: Path) -> int:
+    """What the outbox takes on disk: its file, its WAL and its folder of payload files."""
     wal = Path(f"{path}-wal")
-    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    spool = spool_folder(path)
+    payloads = sum(p.stat().st_size for p in spool.iterdir()) if spool.exists() else 0
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0) + payloads
 
 
 def test_the_outbox_file_shrinks_once_drained(tmp_path: Path) -> None:

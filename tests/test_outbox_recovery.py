@@ -110,24 +110,30 @@ KILLED_AFTER_COMMIT = """
 import os, sys
 from pathlib import Path
 from agent.outbox import Outbox
-outbox = Outbox(Path(sys.argv[1]), max_bytes=10 * 1024 * 1024)
+outbox = Outbox(Path(sys.argv[1]), max_bytes=100 * 1024 * 1024)
 for i in range(int(sys.argv[2])):
-    outbox.put(message_id=f"{i:032x}", topic="t", payload=b"x" * 2000)
+    outbox.put(message_id=f"{i:032x}", topic="t", payload=bytes([i]) * int(sys.argv[3]))
 os._exit(0)  # as SIGKILL would: no close, no checkpoint
 """
 
 
-def test_commits_survive_a_kill_and_a_journal_deleted_by_hand(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [2000, 250_000], ids=["in the row", "in a payload file"])
+def test_commits_survive_a_kill_and_a_journal_deleted_by_hand(tmp_path: Path, size: int) -> None:
     """With a write-ahead log the last commits of a killed agent live in the ``-wal`` file, and
     deleting it (a cleanup script, a backup that copies one file) loses them silently. The
-    outbox commits into the database file itself."""
+    outbox commits into the database file itself; a payload too big for a row is a file made
+    durable before the row commits."""
     path = tmp_path / "outbox.sqlite"
-    subprocess.run([sys.executable, "-c", KILLED_AFTER_COMMIT, str(path), "40"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_COMMIT, str(path), "40", str(size)], check=True
+    )
     for suffix in ("-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    outbox = Outbox(path, max_bytes=10 * 1024 * 1024)
+    outbox = Outbox(path, max_bytes=100 * 1024 * 1024)
     try:
         assert outbox.depth() == 40 and outbox.losses() == []
+        entries = outbox.pending(limit=100)
+        assert [e.payload for e in entries] == [bytes([i]) * size for i in range(40)]
     finally:
         outbox.close()
     assert JOURNAL_MODE == "TRUNCATE"

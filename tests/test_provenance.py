@@ -3,7 +3,6 @@ provenance API, notifications, the backfill of older stores and snapshot retenti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
-from aggregator import lineage, provenance, records, snapshots, store
+from aggregator import lineage, provenance, snapshots, store
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig, MqttConfig
 from aggregator.ingest import Ingest
@@ -30,10 +29,10 @@ from tests.support.ingest import (
     make_config,
     payload,
     read,
+    released_row,
     store_payloads,
     threat_payload,
 )
-from wire.payloads import ThreatMessage, parse_payload
 
 
 def test_the_ingest_records_the_lineage_of_each_threat(harness: Harness) -> None:
@@ -167,16 +166,10 @@ def test_an_older_store_is_backfilled_by_the_migration(tmp_path: Path) -> None:
     conn = store.connect(config.store.path)
     with store.transaction(conn):
         pending = snapshots.PendingSnapshots(config.store.snapshots_dir)
-        jpeg = snapshots.check_snapshot(p["snapshot_jpeg_b64"], max_side_px=8192)
-        snap = hashlib.sha256(jpeg).hexdigest()
-        pending.add(snap, jpeg)
+        pending.add(JPEG_SHA, JPEG)
         pending.stage()
         pending.publish()
-        msg = parse_payload(json.dumps(p).encode(), ThreatMessage)
-        row = records.message_row(
-            msg, received_at="2026-11-28T12:00:00+00:00", snapshot_sha256=snap
-        )
-        values = row._asdict()  # as the code of that time stored it (m001's columns)
+        values = released_row(p, received_at="2026-11-28T12:00:00+00:00", snapshot_sha256=JPEG_SHA)
         conn.execute(
             f"INSERT INTO messages ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
             list(values.values()),

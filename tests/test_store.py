@@ -3,17 +3,21 @@ the row counts the health endpoint reads stay equal to the tables' contents."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from aggregator import records, store
+from aggregator import store
 from aggregator.config import AggregatorConfig
-from tests.support.ingest import make_config, status_payload, store_payloads, threat_payload
-from wire.payloads import ThreatMessage, parse_payload
+from tests.support.ingest import (
+    make_config,
+    released_row,
+    status_payload,
+    store_payloads,
+    threat_payload,
+)
 
 
 def _as_released(config: AggregatorConfig, *, before: str) -> None:
@@ -27,10 +31,7 @@ def _as_released(config: AggregatorConfig, *, before: str) -> None:
 
 def _insert_as_released(config: AggregatorConfig, payload: dict[str, Any]) -> None:
     """A message row and its threat as the code of m001..m005 stored them."""
-    msg = parse_payload(json.dumps(payload).encode(), ThreatMessage)
-    row = records.message_row(
-        msg, received_at=datetime.now(UTC).isoformat(), snapshot_sha256=None
-    )._asdict()
+    row = released_row(payload, received_at=datetime.now(UTC).isoformat(), snapshot_sha256=None)
     conn = store.connect(config.store.path)
     try:
         with store.transaction(conn):

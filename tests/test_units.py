@@ -1,6 +1,7 @@
 """The systemd units: Type=notify with a watchdog, a clean stop, a start limit, the config
-checked before start (secagg), the agent started through secagent-launch, and hardening that ``systemd-analyze security`` rates (offline, from the
-unit files themselves). tests/test_install.py verifies the installed units."""
+checked before start (secagg), the agent started through secagent-launch, and hardening that
+``systemd-analyze security`` rates (offline, from the unit files themselves).
+tests/test_install.py verifies the installed units."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Pydantic models of the v1 MQTT payloads, and the one function that parses them on receipt.
+"""Pydantic models of the MQTT payloads (topic layout v1), and the functions that parse them on
+receipt.
 
 Every payload is JSON with a ``schema`` field ``secagent.<kind>/<major>``. A receiver accepts the
 majors it knows and tolerates unknown fields (forward-compatible minor additions); anything else
@@ -7,6 +8,7 @@ is a :class:`PayloadError` with a short machine-readable ``reason`` that receive
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import UTC
@@ -25,7 +27,8 @@ from pydantic import (
 
 from wire.topics import AGENT_ID_PATTERN
 
-SCHEMA_THREAT = "secagent.threat/1"
+SCHEMA_THREAT = "secagent.threat/2"
+SCHEMA_THREAT_V1 = "secagent.threat/1"
 SCHEMA_STATUS = "secagent.status/1"
 SCHEMA_EVENT = "secagent.event/1"
 SCHEMA_RECEIPT = "secagent.receipt/1"
@@ -34,6 +37,8 @@ MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 """Largest payload a receiver parses; a bigger one is rejected as ``oversize``."""
 
 MAX_SNAPSHOT_B64_CHARS = 3 * 1024 * 1024
+MAX_SNAPSHOT_BYTES = MAX_PAYLOAD_BYTES - 64 * 1024
+"""Largest snapshot a ``secagent.threat/2`` message announces (the rest is the JSON header)."""
 MAX_CONFIG_JSON_BYTES = 256 * 1024
 """Largest agent config (canonical JSON) a status message may carry."""
 
@@ -51,6 +56,8 @@ def _iso_only(value: object) -> object:
 def _utc_representable(value: AwareDatetime) -> AwareDatetime:
     """A time whose offset pushes it past the calendar in UTC (``0001-01-01T00:00+14:00``,
     ``9999-12-31T23:59:59-14:00``) cannot be converted, compared or shown: refused."""
+    if 1 < value.year < 9999:
+        return value  # an offset (under a day) cannot take it past the calendar
     try:
         value.astimezone(UTC)
     except OverflowError as exc:
@@ -143,10 +150,17 @@ def check_box(xyxy: tuple[float, float, float, float], *, width: int, height: in
     return None
 
 
-class ThreatMessage(_Wire):
-    """``secagent/v1/<agent_id>/threats``: one message per frame that had threats."""
+class SnapshotRef(_Wire):
+    """The JPEG snapshot that travels with a ``secagent.threat/2`` message as the binary
+    attachment of its envelope (:mod:`wire.envelope`), not inside the JSON."""
 
-    schema_: Literal["secagent.threat/1"] = Field("secagent.threat/1", alias="schema")
+    sha256: Sha256 = Field(description="sha256 of the JPEG bytes")
+    size: int = Field(ge=1, le=MAX_SNAPSHOT_BYTES, description="length of the JPEG in bytes")
+
+
+class ThreatFields(_Wire):
+    """What every version of a threat message says about its frame."""
+
     message_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="uuid4 hex, unique per message")
     agent_id: str = Field(pattern=AGENT_ID_PATTERN)
     camera: Name
@@ -157,13 +171,10 @@ class ThreatMessage(_Wire):
     detections: list[DetectionOut] = Field(max_length=1000)
     threats: list[ThreatOut] = Field(min_length=1, max_length=1000)
     versions: Versions
-    snapshot_jpeg_b64: str | None = Field(
-        None, max_length=MAX_SNAPSHOT_B64_CHARS, pattern=B64_PATTERN
-    )
     sent_at: WireTime
 
     @model_validator(mode="after")
-    def _boxes_in_frame(self) -> ThreatMessage:
+    def _boxes_in_frame(self) -> ThreatFields:
         w, h = self.frame.width, self.frame.height
         for name, items in (("detections", self.detections), ("threats", self.threats)):
             for i, d in enumerate(items):
@@ -171,6 +182,27 @@ class ThreatMessage(_Wire):
                 if problem is not None:
                     raise ValueError(f"{name}.{i}.xyxy: {problem}")
         return self
+
+
+class ThreatMessage(ThreatFields):
+    """``secagent/v1/<agent_id>/threats``: one message per frame that had threats. Its JPEG
+    snapshot, if any, is announced by ``snapshot`` and travels as raw bytes after the JSON in a
+    binary envelope (:func:`wire.envelope.pack_threat`); without a snapshot the message is plain
+    JSON."""
+
+    schema_: Literal["secagent.threat/2"] = Field("secagent.threat/2", alias="schema")
+    snapshot: SnapshotRef | None = Field(None, description="the attached JPEG, if any")
+
+
+class ThreatMessageV1(ThreatFields):
+    """``secagent.threat/1``, what agents before ``secagent.threat/2`` send (and agents with
+    ``snapshot.wire: base64``): plain JSON with the snapshot in base64 inside it. Still
+    accepted."""
+
+    schema_: Literal["secagent.threat/1"] = Field("secagent.threat/1", alias="schema")
+    snapshot_jpeg_b64: str | None = Field(
+        None, max_length=MAX_SNAPSHOT_B64_CHARS, pattern=B64_PATTERN
+    )
 
 
 class CameraStatus(_Wire):
@@ -277,6 +309,7 @@ class ReceiptMessage(_Wire):
 
 _SCHEMAS: dict[str, type[_Wire]] = {
     SCHEMA_THREAT: ThreatMessage,
+    SCHEMA_THREAT_V1: ThreatMessageV1,
     SCHEMA_STATUS: StatusMessage,
     SCHEMA_EVENT: EventMessage,
     SCHEMA_RECEIPT: ReceiptMessage,
@@ -301,14 +334,26 @@ def parse_payload(raw: bytes, expected: type[M]) -> M:
     ``unknown_schema`` (a kind or major version this code does not know), ``wrong_schema``
     (a known schema on the wrong topic), ``schema_violation``.
     """
+    parsed = parse_payload_of(raw, (expected,))
+    assert isinstance(parsed, expected)
+    return parsed
+
+
+def parse_payload_of(raw: bytes, expected: tuple[type[_Wire], ...]) -> _Wire:
+    """:func:`parse_payload` for a topic that takes several schemas (the threats topic takes
+    both majors of a threat message): the one the payload names, if it is among ``expected``."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError("oversize", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
-    try:
-        parsed = expected.model_validate_json(raw)  # fast path: one pass in pydantic-core
-        if "schema_" in parsed.model_fields_set:  # the default does not count as a schema
-            return parsed
-    except (ValidationError, RecursionError, ValueError):
-        pass  # classify the failure below
+    if len(expected) > 1:  # the model the payload names near its start first: one pass, not two
+        head = raw[:512]
+        expected = tuple(sorted(expected, key=lambda m: _schema_mark(m) not in head))
+    for model in expected:
+        try:
+            parsed = model.model_validate_json(raw)  # fast path: one pass in pydantic-core
+            if "schema_" in parsed.model_fields_set:  # the default does not count as a schema
+                return parsed
+        except (ValidationError, RecursionError, ValueError):
+            pass  # another model, or classify the failure below
     try:
         doc: Any = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -318,15 +363,21 @@ def parse_payload(raw: bytes, expected: type[M]) -> M:
     schema = doc.get("schema")
     if not isinstance(schema, str):
         raise PayloadError("missing_schema", "no string 'schema' field")
-    model = _SCHEMAS.get(schema)
-    if model is None:
+    named = _SCHEMAS.get(schema)
+    if named is None:
         raise PayloadError("unknown_schema", f"{schema[:80]!r} is not one of {sorted(_SCHEMAS)}")
-    if model is not expected:
-        raise PayloadError("wrong_schema", f"{schema!r} where {expected.__name__} was expected")
+    if named not in expected:
+        names = " or ".join(m.__name__ for m in expected)
+        raise PayloadError("wrong_schema", f"{schema!r} where {names} was expected")
     try:
-        return expected.model_validate(doc)
+        return named.model_validate(doc)
     except (ValidationError, RecursionError) as exc:
         raise PayloadError("schema_violation", _short(exc)) from exc
+
+
+@functools.cache
+def _schema_mark(model: type[_Wire]) -> bytes:
+    return f'"{model.model_fields["schema_"].default}"'.encode()
 
 
 def _short(exc: Exception) -> str:

@@ -5,7 +5,8 @@
 - one access module per group of tables: :mod:`.access` (users, tokens, sessions),
   :mod:`.messages` (messages and threats),
   :mod:`.events`, :mod:`.agents`, :mod:`.configs` (the agent configs in force),
-  :mod:`.lineage` (artifacts, runs, used, generated),
+  :mod:`.lineage` (artifacts, runs, used, generated; with :mod:`.compact_lineage`, the lineage
+  a message keeps in its row),
   :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`,
   :mod:`.releases` (signed releases) and :mod:`.ota` (desired states, update reports, shadow
   comparisons), :mod:`.rollouts`.
@@ -19,6 +20,7 @@ Core): the same functions over another connection type, callers unchanged.
 from aggregator.store import (
     access,
     agents,
+    compact_lineage,
     configs,
     counters,
     events,
@@ -59,6 +61,7 @@ __all__ = [
     "backup",
     "check",
     "checkpoint",
+    "compact_lineage",
     "configs",
     "connect",
     "counters",

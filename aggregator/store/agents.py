@@ -83,6 +83,23 @@ def _with_fps(conn: Connection, status: StatusUpdate) -> str:
     return json.dumps(cameras)
 
 
+def heard_from_many(
+    conn: Connection, *, heard_ts: float, clocks: dict[str, float], clock_max_ts: float
+) -> None:
+    """:func:`heard_from` for a batch: each agent's latest capture time in it (its clock only
+    moves forward, so the latest is all that counts)."""
+    conn.executemany(
+        "INSERT INTO agents (agent_id, state, last_seen_ts, clock_ts) "
+        "VALUES (:agent_id, 'online', :heard, :clock) "
+        "ON CONFLICT (agent_id) DO UPDATE SET "
+        f"last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts), {_CLOCK}",
+        [
+            {"agent_id": a, "heard": heard_ts, "clock": clock, "clock_max": clock_max_ts}
+            for a, clock in clocks.items()
+        ],
+    )
+
+
 def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float) -> float | None:
     """Store a status message unless a newer one (by ``sent_at``) is stored already; returns
     the agent's clock when it was stored, None when it was older.

@@ -43,18 +43,41 @@ def get(conn: Connection, event_id: int) -> EventRow | None:
     return None if row is None else _event(row)
 
 
-def find_open(
-    conn: Connection, *, group_key: str, captured_ts: float, cutoff_s: float
-) -> EventRow | None:
-    """The open event of this group key that a threat captured at ``captured_ts`` falls in
-    (within ``cutoff_s`` of its span), the most recent first."""
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE group_key = ? AND ended_ts IS NULL "
-        "AND started_ts - ? <= ? AND last_seen_ts + ? >= ? "
-        "ORDER BY last_seen_ts DESC LIMIT 1",
-        (group_key, cutoff_s, captured_ts, cutoff_s, captured_ts),
-    ).fetchone()
-    return None if row is None else _event(row)
+def open_of(
+    conn: Connection, *, agent_ids: Iterable[str], group_keys: Iterable[str]
+) -> list[EventRow]:
+    """The open events of these agents and of these group keys, by id."""
+    agents, keys = sorted(set(agent_ids)), sorted(set(group_keys))
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE ended_ts IS NULL "
+        f"AND (agent_id IN ({', '.join('?' * len(agents))}) "
+        f"OR group_key IN ({', '.join('?' * len(keys))})) ORDER BY id",
+        (*agents, *keys),
+    )
+    return [_event(r) for r in rows]
+
+
+def save_many(conn: Connection, events: Sequence[EventRow]) -> None:
+    """Write the span, count, severity, top score, top message, label and cameras of these
+    events as they stand (grown in memory by a batch of threats)."""
+    conn.executemany(
+        "UPDATE events SET started_ts = ?, last_seen_ts = ?, threat_count = ?, severity = ?, "
+        "top_score = ?, top_message_id = ?, label = ?, cameras = ? WHERE id = ?",
+        [
+            (
+                e.started_ts,
+                e.last_seen_ts,
+                e.threat_count,
+                e.severity,
+                e.top_score,
+                e.top_message_id,
+                e.label,
+                json.dumps(e.cameras),
+                e.id,
+            )
+            for e in events
+        ],
+    )
 
 
 def create(conn: Connection, event: NewEvent) -> int:
@@ -80,59 +103,6 @@ def create(conn: Connection, event: NewEvent) -> int:
     )
     conn.execute("UPDATE row_counts SET value = value + 1 WHERE name IN ('events', 'open_events')")
     return int(cur.lastrowid or 0)
-
-
-def extend(
-    conn: Connection,
-    *,
-    event_id: int,
-    captured_ts: float,
-    severity: str,
-    score: float,
-    top_message_id: str,
-    label: str,
-    cameras: list[str],
-) -> None:
-    """One more threat in an open event: its span, count, severity, top score and cameras."""
-    conn.execute(
-        "UPDATE events SET started_ts = MIN(started_ts, ?), last_seen_ts = MAX(last_seen_ts, ?), "
-        "threat_count = threat_count + 1, severity = ?, top_score = MAX(top_score, ?), "
-        "top_message_id = ?, label = ?, cameras = ? WHERE id = ?",
-        (
-            captured_ts,
-            captured_ts,
-            severity,
-            score,
-            top_message_id,
-            label,
-            json.dumps(cameras),
-            event_id,
-        ),
-    )
-
-
-def end_behind(
-    conn: Connection,
-    *,
-    agent_id: str,
-    group_keys: Iterable[str],
-    clock_ts: float,
-    default_cutoff_s: float,
-) -> list[int]:
-    """End the open events of this agent (and of these group keys, which a site's cameras on
-    other agents share) whose last threat is more than their cutoff behind ``clock_ts``;
-    return their ids. ``default_cutoff_s`` is for events stored before events had their own."""
-    keys = sorted(set(group_keys))
-    rows = conn.execute(
-        "SELECT id FROM events WHERE ended_ts IS NULL "
-        f"AND (agent_id = ? OR group_key IN ({', '.join('?' * len(keys))})) "
-        "AND last_seen_ts + COALESCE(cutoff_s, ?) < ? ORDER BY id",
-        (agent_id, *keys, default_cutoff_s, clock_ts),
-    ).fetchall()
-    ended = [int(r[0]) for r in rows]
-    if ended:  # rare: a read is cheaper than an update that changes nothing
-        end(conn, ended)
-    return ended
 
 
 def rules_of_agent(conn: Connection, agent_id: str) -> list[str]:

@@ -13,10 +13,12 @@ from aggregator.store.models import (
     ThreatRow,
     ThreatWithMessage,
 )
-from aggregator.store.schema import Connection
+from aggregator.store.schema import Connection, insert_values
 from aggregator.store.where import Where
 
 MESSAGE_COLUMNS = MessageRow._fields
+_BASE_COLUMNS = ", ".join(MESSAGE_COLUMNS[: MESSAGE_COLUMNS.index("detections_json") + 1])
+"""The columns of the first release (migration m001): what the lineage backfill reads."""
 _THREAT_COLUMNS = (
     "id, message_id, event_id, agent_id, camera, rule, severity, label, class_id, score, "
     "x1, y1, x2, y2, captured_ts"
@@ -24,15 +26,13 @@ _THREAT_COLUMNS = (
 _M = ", ".join(MESSAGE_COLUMNS)
 _M_JOINED = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
 _T_JOINED = ", ".join(f"t.{c.strip()}" for c in _THREAT_COLUMNS.split(","))
-_INSERT_MESSAGE = (
-    f"INSERT INTO messages ({_M}, content_key) "
-    f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))}) ON CONFLICT DO NOTHING"
-)
-_INSERT_THREAT = (
+_INSERT_MESSAGES = f"INSERT INTO messages ({_M}, content_key) VALUES"
+_INSERT_THREATS = (
     "INSERT INTO threats (message_id, event_id, agent_id, camera, rule, severity, label, "
-    "class_id, score, x1, y1, x2, y2, captured_ts) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "class_id, score, x1, y1, x2, y2, captured_ts) VALUES"
 )
+_CHUNK = 400
+"""Values bound in one ``IN (...)``."""
 
 
 def content_key(
@@ -53,7 +53,8 @@ def content_key(
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def _key_of(m: MessageRow) -> str:
+def key_of(m: MessageRow) -> str:
+    """The :func:`content_key` of a message."""
     return content_key(
         m.agent_id,
         m.camera,
@@ -86,21 +87,32 @@ def _threat(row: Sequence[Any]) -> ThreatRow:
     )
 
 
-def insert(conn: Connection, message: MessageRow) -> bool:
-    """Store a message; False when it is already stored, by its id (a redelivery) or by its
-    content (:func:`content_key`: the same frame, model and rules sent again with a new id)."""
-    cur = conn.execute(_INSERT_MESSAGE, (*message, _key_of(message)))
-    return cur.rowcount == 1
+def _chunks(values: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
+    for start in range(0, len(values), _CHUNK):
+        chunk = list(values[start : start + _CHUNK])
+        yield chunk, ",".join("?" * len(chunk))
 
 
-def stored_as(conn: Connection, message: MessageRow) -> str | None:
-    """The id of the stored message that ``message`` duplicates (itself for a redelivery)."""
-    row = conn.execute(
-        "SELECT message_id FROM messages WHERE message_id = ? OR content_key = ? "
-        "ORDER BY message_id = ? DESC LIMIT 1",
-        (message.message_id, _key_of(message), message.message_id),
-    ).fetchone()
-    return None if row is None else str(row[0])
+def stored(
+    conn: Connection, *, message_ids: Sequence[str], content_keys: Sequence[str]
+) -> dict[str, str]:
+    """Which of these are stored already: each message id or content key
+    (:func:`content_key`) found -> the id of the stored message that has it."""
+    found: dict[str, str] = {}
+    for column, values in (("message_id", message_ids), ("content_key", content_keys)):
+        for chunk, marks in _chunks(values):
+            for r in conn.execute(
+                f"SELECT {column}, message_id FROM messages WHERE {column} IN ({marks})", chunk
+            ):
+                found[str(r[0])] = str(r[1])
+    return found
+
+
+def insert_many(conn: Connection, messages: Sequence[tuple[MessageRow, str]]) -> None:
+    """Store messages, each with its content key, in as few statements as SQLite allows
+    (:func:`~aggregator.store.schema.insert_values`). They must not be stored yet
+    (:func:`stored`): IntegrityError otherwise."""
+    insert_values(conn, _INSERT_MESSAGES, [(*m, key) for m, key in messages])
 
 
 def get(conn: Connection, message_id: str) -> MessageRow | None:
@@ -109,8 +121,10 @@ def get(conn: Connection, message_id: str) -> MessageRow | None:
 
 
 def all_by_arrival(conn: Connection) -> Iterator[MessageRow]:
-    """Every stored message, oldest first (the lineage backfill)."""
-    for row in conn.execute(f"SELECT {_M} FROM messages ORDER BY received_at, rowid").fetchall():
+    """Every stored message, oldest first, with the columns of the first release (the lineage
+    backfill of migration m005)."""
+    rows = conn.execute(f"SELECT {_BASE_COLUMNS} FROM messages ORDER BY received_at, rowid")
+    for row in rows.fetchall():
         yield _message(row)
 
 
@@ -140,19 +154,32 @@ def snapshot_referenced(conn: Connection, sha256: str) -> bool:
     return row is not None
 
 
-def snapshots_last_captured_before(conn: Connection, before_ts: float) -> list[str]:
-    """Snapshot sha256s whose newest referring message was captured before ``before_ts``."""
+def referring_to_snapshot(conn: Connection, sha256: str) -> list[str]:
+    """The ids of the messages that came with this snapshot."""
+    rows = conn.execute("SELECT message_id FROM messages WHERE snapshot_sha256 = ?", (sha256,))
+    return [str(r[0]) for r in rows]
+
+
+def snapshots_last_captured_before(
+    conn: Connection, before_ts: float, *, since_ts: float | None = None
+) -> list[str]:
+    """Snapshot sha256s whose newest referring message was captured before ``before_ts``
+    (``since_ts``: only those of messages captured since then, for a pass that looked at the
+    older ones before)."""
     rows = conn.execute(
-        "SELECT snapshot_sha256 FROM messages WHERE snapshot_sha256 IS NOT NULL "
-        "GROUP BY snapshot_sha256 HAVING MAX(captured_ts) < ?",
-        (before_ts,),
+        "SELECT DISTINCT m.snapshot_sha256 FROM messages m WHERE m.captured_ts < ? "
+        "AND m.captured_ts >= ? AND m.snapshot_sha256 IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM messages n WHERE n.snapshot_sha256 = m.snapshot_sha256 "
+        "AND n.captured_ts >= ?)",
+        (before_ts, -1e300 if since_ts is None else since_ts, before_ts),
     )
     return [str(r[0]) for r in rows]
 
 
 def insert_threats(conn: Connection, threats: Sequence[NewThreat]) -> None:
-    conn.executemany(
-        _INSERT_THREAT,
+    insert_values(
+        conn,
+        _INSERT_THREATS,
         [
             (
                 t.message_id,

@@ -4,7 +4,7 @@ are epoch seconds (``*_ts``) as stored.
 
 What a query returns is a frozen dataclass. What the ingest writes for every message (``New*``,
 :class:`MessageRow`, :class:`StatusUpdate`) is a NamedTuple: just as immutable and typed, and
-built several times faster, which the ingest's ~30 statements a message notice.
+built several times faster, which the ingest notices (it builds a few per message).
 """
 
 from __future__ import annotations
@@ -38,6 +38,15 @@ class MessageRow(NamedTuple):
     config_sha256: str
     snapshot_sha256: str | None
     detections_json: str
+    detections_sha256: str | None = None
+    """sha256 of ``detections_json``, the canonical JSON of the detections (its artifact id)."""
+    run_base: int | None = None
+    """The id of the first of the four lineage runs this message records (validate, detect,
+    rules, group: ``run_base`` .. ``run_base + 3``), derived from this row
+    (:mod:`aggregator.store.lineage`); None for a message stored before that, whose runs are
+    rows of the ``runs`` table."""
+    group_code: str | None = None
+    """The aggregator's code version that grouped this message into its events."""
 
     @property
     def detections(self) -> list[dict[str, Any]]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -456,6 +457,32 @@ def transaction(conn: Connection) -> Iterator[Connection]:
         raise
 
 
+MAX_VARIABLES = 32766
+"""Values one statement may bind (SQLite's SQLITE_MAX_VARIABLE_NUMBER since 3.32)."""
+
+
+def insert_values(
+    conn: Connection, insert: str, rows: Sequence[Sequence[Any]], *, then: str = ""
+) -> None:
+    """Run ``insert`` (``INSERT INTO t (a, b) VALUES``, without the values; ``then``: what
+    follows them, an ``ON CONFLICT`` clause) for all ``rows`` with
+    as few statements as SQLite allows: one ``VALUES (?, ?), (?, ?), ...`` for as many rows as
+    fit, where ``executemany`` would run one statement a row. Python's sqlite3 lets other
+    threads run while each statement runs, and takes the interpreter lock back after it: a
+    statement a row means waiting for that lock once a row, which the ingest's network thread
+    holds most of the time."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, MAX_VARIABLES // width)
+    one = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        conn.execute(
+            f"{insert} {', '.join([one] * len(chunk))} {then}", [v for row in chunk for v in row]
+        )
+
+
 class savepoint:  # lower case: used like the function-style context managers above
     """A savepoint inside the open transaction (or a transaction of its own): what happens in
     it is undone on any error, and the error propagates. (A class, not a generator: the ingest
@@ -642,4 +669,40 @@ def m012_operator(db: sqlite_utils.Database) -> None:
     db.conn.execute(
         "INSERT INTO link_keys (name, secret, created_ts) VALUES ('snapshot_links', "
         "lower(hex(randomblob(32))), (julianday('now') - 2440587.5) * 86400.0)"
+    )
+
+
+@migrations()
+def m013_compact_lineage(db: sqlite_utils.Database) -> None:
+    """Compact lineage and bounded storage.
+
+    A threat message stored from now on keeps the lineage of its validate, detect, rules and
+    group runs in its own row (:mod:`aggregator.store.lineage` derives the artifacts, runs,
+    used and generated rows from it): ``run_base``, the first of four run ids reserved from
+    the ``runs`` sequence; ``detections_sha256``; ``group_code``, the aggregator's code
+    version. That replaces about 30 rows (4 KB) a message. Messages stored before keep their
+    rows (``run_base`` NULL); the graph reads both.
+
+    The indexes find a message by what its lineage names (frame, detections, snapshot, run),
+    a threat by its message, and old messages by capture time (retention).
+    ``snapshot_deletions`` holds the snapshot files a committed transaction decided to delete
+    (an ended event's policy, retention) until they are gone."""
+    db.executescript(
+        """
+        ALTER TABLE messages ADD COLUMN detections_sha256 TEXT;
+        ALTER TABLE messages ADD COLUMN run_base INTEGER;
+        ALTER TABLE messages ADD COLUMN group_code TEXT;
+        CREATE INDEX messages_run_base ON messages (run_base) WHERE run_base IS NOT NULL;
+        CREATE INDEX messages_frame ON messages (frame_sha256);
+        CREATE INDEX messages_detections ON messages (detections_sha256)
+            WHERE detections_sha256 IS NOT NULL;
+        CREATE INDEX messages_snapshot ON messages (snapshot_sha256)
+            WHERE snapshot_sha256 IS NOT NULL;
+        CREATE INDEX messages_ts ON messages (captured_ts);
+        CREATE INDEX threats_message ON threats (message_id);
+        CREATE TABLE snapshot_deletions (
+            sha256 TEXT PRIMARY KEY,
+            reason TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """
     )

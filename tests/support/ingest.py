@@ -23,6 +23,7 @@ from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from demo.footage import sample_still
 from tests.support import wait_for
+from wire.payloads import ThreatMessageV1, parse_payload
 
 SHA = "ab" * 32
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -211,3 +212,32 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> AggregatorConfig:
 
 def read(config: AggregatorConfig) -> sqlite3.Connection:
     return store.connect(config.store.path, readonly=True)
+
+
+def released_row(
+    payload: dict[str, Any], *, received_at: str, snapshot_sha256: str | None
+) -> dict[str, Any]:
+    """The ``messages`` row of a ``secagent.threat/1`` payload as the code of the first
+    release stored it (the columns of migration m001)."""
+    msg = parse_payload(json.dumps(payload).encode(), ThreatMessageV1)
+    return {
+        "message_id": msg.message_id,
+        "agent_id": msg.agent_id,
+        "camera": msg.camera,
+        "lineage_id": msg.lineage_id,
+        "frame_id": msg.frame.frame_id,
+        "frame_sha256": msg.frame.sha256,
+        "frame_kind": msg.frame.kind,
+        "frame_source": msg.frame.source,
+        "frame_width": msg.frame.width,
+        "frame_height": msg.frame.height,
+        "captured_at": msg.frame.captured_at.isoformat(),
+        "captured_ts": msg.frame.captured_at.timestamp(),
+        "received_at": received_at,
+        "code_version": msg.versions.code,
+        "model_sha256": msg.versions.model_sha256,
+        "rules_sha256": msg.versions.rules_sha256,
+        "config_sha256": msg.versions.config_sha256,
+        "snapshot_sha256": snapshot_sha256,
+        "detections_json": json.dumps([d.model_dump(mode="json") for d in msg.detections]),
+    }
