@@ -266,9 +266,9 @@ def hostile_payloads(n: int, *, seed: int = 7) -> Iterator[bytes]:
             )
         elif kind == 5:  # binary garbage
             yield bytes([0xFF]) + rng.randbytes(rng.randrange(1, 2000))
-        elif kind == 6:  # a schema major this code does not know
+        elif kind == 6:  # a schema major this code does not know (it reads /1 and /2)
             yield json.dumps(
-                {**valid, "schema": f"secagent.threat/{rng.randrange(2, 99)}"}
+                {**valid, "schema": f"secagent.threat/{rng.randrange(3, 99)}"}
             ).encode()
         elif kind == 7:  # someone else's agent id in the payload
             yield json.dumps({**valid, "agent_id": f"other-{i}"}).encode()
