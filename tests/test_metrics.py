@@ -68,7 +68,8 @@ def test_secagg_metrics(broker: Mosquitto, tmp_path: Path) -> None:
         # every message received is stored, a duplicate, a status or refused; the retained
         # statuses of other tests' agents on this session's broker come too
         rejected = sum(
-            float(v) for v in re.findall(r"^secagg_messages_rejected_total\{.*\} (\S+)$", text, re.M)
+            float(v)
+            for v in re.findall(r"^secagg_messages_rejected_total\{.*\} (\S+)$", text, re.M)
         )
         outcomes = sum(
             value(text, f"secagg_messages_{name}_total") or 0
