@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -17,9 +18,13 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from aggregator import lineage, retention, store
+from aggregator.api import create_app
+from aggregator.auth import accounts
+from aggregator.auth.roles import Role
 from aggregator.config import AggregatorConfig, StoreConfig, load_aggregator_config
 from aggregator.ingest import Ingest
 from aggregator.snapshots import snapshot_path
@@ -111,6 +116,29 @@ def test_an_ended_event_keeps_its_best_first_and_last_snapshots(
     assert client.get(f"/api/snapshots/{SHAS[1]}.jpg").content == JPEGS[1]
     best = client.get("/api/events/1/snapshot.jpg")
     assert best.status_code == 200 and best.content == JPEGS[4]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_event_page_says_which_snapshots_the_policy_deleted(tmp_path: Path) -> None:
+    """No broken image (no request that would fail): the page names why instead."""
+    config = make_config(tmp_path)
+    store_payloads(config, [frame(i) for i in range(10)])
+    store_payloads(config, [frame(0, at_s=100)])  # ends event 1
+    conn = store.connect(config.store.path)
+    try:
+        with store.transaction(conn):
+            accounts.add_user(conn, name="ann", role=Role.viewer, password="ann-password-1")
+    finally:
+        conn.close()
+    client = TestClient(create_app(config))
+    r = client.post("/login", data={"username": "ann", "password": "ann-password-1"})
+    assert r.status_code == 200, r.text
+    html = client.get("/events/1").text
+    shown = set(re.findall(r'src="/api/snapshots/([0-9a-f]{64})\.jpg"', html))
+    assert shown == {SHAS[i] for i in KEPT}
+    assert html.count("snapshot deleted by the event&#39;s snapshot policy") == 5
+    for sha in shown:
+        assert client.get(f"/api/snapshots/{sha}.jpg").status_code == 200
 
 
 def test_a_snapshot_another_open_event_shares_is_not_deleted(tmp_path: Path) -> None:
