@@ -216,6 +216,7 @@ def sweep(conn: store.Connection, config: StoreConfig, *, now_ts: float) -> Swee
     ``store.snapshots.sweep_interval_s``."""
     result = SweepResult()
     snapshots_dir = config.snapshots_dir
+    result.removed += remove_decided(conn, snapshots_dir)  # what an earlier failure left
     retention = config.retention
     if retention.threats_days is not None:
         before_ts = now_ts - retention.threats_days * 86400
@@ -295,9 +296,14 @@ def on_batch(
 def after_commit(
     conn: store.Connection, changes: Sequence[EventChange], config: StoreConfig
 ) -> None:
-    """After the batch's COMMIT: delete the files its events' policy decided to delete."""
+    """After the batch's COMMIT: delete the files its events' policy decided to delete. A
+    failure here loses nothing (the decision is committed): it is logged, and the next sweep or
+    start deletes them."""
     if config.snapshots.keep != "all" and any(c.type == "end" for c in changes):
-        remove_decided(conn, config.snapshots_dir)
+        try:
+            remove_decided(conn, config.snapshots_dir)
+        except store.DatabaseError as exc:
+            log.warning("snapshot deletions left for the next sweep: %s", exc)
 
 
 def event_best_snapshot(conn: store.Connection, event: EventRow) -> str | None:

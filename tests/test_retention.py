@@ -118,12 +118,29 @@ def test_an_ended_event_keeps_its_best_first_and_last_snapshots(
     assert best.status_code == 200 and best.content == JPEGS[4]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_the_event_page_says_which_snapshots_the_policy_deleted(tmp_path: Path) -> None:
-    """No broken image (no request that would fail): the page names why instead."""
-    config = make_config(tmp_path)
-    store_payloads(config, [frame(i) for i in range(10)])
-    store_payloads(config, [frame(0, at_s=100)])  # ends event 1
+def test_an_event_the_sweep_ends_applies_the_policy_too(broker: Mosquitto, tmp_path: Path) -> None:
+    """The agent falls silent: the sweep ends the event on the aggregator's clock."""
+    config = ingest_config(broker, tmp_path, events={"cutoff_s": 1, "sweep_interval_s": 0.2})
+    ingest = Ingest(config)
+    ingest.start()
+    wait_for(ingest.connected.is_set, what="ingest connected")
+    h = Harness(ingest, broker, config.store.path)
+    try:
+        for i in range(10):
+            h.send(frame(i))
+        wait_for(lambda: ingest.stats.stored == 10, what="ten frames stored")
+        wait_for(
+            lambda: files(config) == {SHAS[i] for i in KEPT},
+            what="the event ended by the sweep and its policy applied",
+        )
+    finally:
+        h.pub.loop_stop()
+        h.pub.disconnect()
+        ingest.stop()
+    assert h.rows("SELECT ended_ts IS NOT NULL FROM events WHERE id = 1")[0][0] == 1
+
+
+def login(config: AggregatorConfig) -> TestClient:
     conn = store.connect(config.store.path)
     try:
         with store.transaction(conn):
@@ -133,6 +150,16 @@ def test_the_event_page_says_which_snapshots_the_policy_deleted(tmp_path: Path) 
     client = TestClient(create_app(config))
     r = client.post("/login", data={"username": "ann", "password": "ann-password-1"})
     assert r.status_code == 200, r.text
+    return client
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_event_page_says_which_snapshots_the_policy_deleted(tmp_path: Path) -> None:
+    """No broken image (no request that would fail): the page names why instead."""
+    config = make_config(tmp_path)
+    store_payloads(config, [frame(i) for i in range(10)])
+    store_payloads(config, [frame(0, at_s=100)])  # ends event 1
+    client = login(config)
     html = client.get("/events/1").text
     shown = set(re.findall(r'src="/api/snapshots/([0-9a-f]{64})\.jpg"', html))
     assert shown == {SHAS[i] for i in KEPT}
@@ -327,6 +354,10 @@ def test_database_retention_keeps_events_listable_and_provenance_answering(
     )
     assert explained.returncode == 0, explained.stderr
     assert "pruned by database retention" in explained.stdout
+    page = login(config)
+    r = page.get("/events/1")
+    assert r.status_code == 200 and f"/api/snapshots/{SHAS[4]}.jpg" in r.text
+    assert page.get("/").status_code == 200
 
 
 def _yaml(config: AggregatorConfig) -> Path:
