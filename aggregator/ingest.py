@@ -49,6 +49,9 @@ from wire.topics import TopicError, Topics
 log = logging.getLogger(__name__)
 
 
+RETENTION_BATCHES = 5
+"""Database retention batches (``store.retention.batch_rows`` each) per sweep of the writer."""
+
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 """paho's reconnect backoff: the first wait, doubled after each failure up to the last."""
@@ -405,8 +408,12 @@ class Ingest:
             self.sender.wake()
         self._publish_changes(changes)
         if time.monotonic() >= self._next_prune:
-            self._next_prune = time.monotonic() + self.config.store.snapshots.sweep_interval_s
-            retention.sweep(self._conn, self.config.store, now_ts=time.time())
+            swept = retention.sweep(
+                self._conn, self.config.store, now_ts=time.time(), max_batches=RETENTION_BATCHES
+            )
+            # A backlog of old threats goes a few batches a sweep, messages stored in between.
+            wait_s = 0.0 if swept.more else self.config.store.snapshots.sweep_interval_s
+            self._next_prune = time.monotonic() + wait_s
 
     def _publish_changes(self, changes: list[EventChange]) -> None:
         for change in changes:

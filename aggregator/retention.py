@@ -156,6 +156,7 @@ class SweepResult:
     threats_pruned: int = 0
     events_pruned: set[int] = field(default_factory=set)
     removed: Counter[str] = field(default_factory=Counter)
+    more: bool = False  # database retention stopped at max_batches with more to delete
 
 
 def _files(snapshots_dir: Path) -> list[tuple[float, int, str]]:
@@ -210,17 +211,30 @@ def over_size(
     return doomed
 
 
-def sweep(conn: store.Connection, config: StoreConfig, *, now_ts: float) -> SweepResult:
-    """Apply the age and size limits of snapshots and database retention (each decision in a
+def sweep(
+    conn: store.Connection,
+    config: StoreConfig,
+    *,
+    now_ts: float,
+    max_batches: int | None = None,
+) -> SweepResult:
+    """Apply database retention, then the age and size limits of snapshots (each decision in a
     transaction of its own, files removed after it); the ingest's writer runs it every
-    ``store.snapshots.sweep_interval_s``."""
+    ``store.snapshots.sweep_interval_s``. With ``max_batches``, at most that many database
+    retention batches: ``more`` says some are left (the snapshot limits wait for them), so the
+    writer can store messages in between."""
     result = SweepResult()
     snapshots_dir = config.snapshots_dir
     result.removed += remove_decided(conn, snapshots_dir)  # what an earlier failure left
     retention = config.retention
     if retention.threats_days is not None:
         before_ts = now_ts - retention.threats_days * 86400
+        batches = 0
         while True:
+            if max_batches is not None and batches >= max_batches:
+                result.more = True
+                break
+            batches += 1
             with store.transaction(conn):
                 ids = store.prune.oldest_messages(
                     conn, before_ts=before_ts, limit=retention.batch_rows
@@ -249,6 +263,8 @@ def sweep(conn: store.Connection, config: StoreConfig, *, now_ts: float) -> Swee
                 len(result.events_pruned),
                 before_ts,
             )
+        if result.more:
+            return result
     days = config.snapshot_max_age_days
     if days is not None:
         with store.transaction(conn):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -358,6 +359,50 @@ def test_database_retention_keeps_events_listable_and_provenance_answering(
     r = page.get("/events/1")
     assert r.status_code == 200 and f"/api/snapshots/{SHAS[4]}.jpg" in r.text
     assert page.get("/").status_code == 200
+
+
+def test_a_backlog_of_old_threats_is_pruned_a_few_batches_a_sweep(
+    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """120 old threat messages, 10 a batch: a sweep called with max_batches stops there and says
+    more are left; the ingest's writer goes on sweep after sweep (5 batches each, storing
+    messages in between) until none is left, and every event stays."""
+    config = make_config(tmp_path, store={"retention": {"threats_days": 30, "batch_rows": 10}})
+    store_payloads(config, [threat_payload(at_s=i - 40 * 86400) for i in range(120)])
+    store_payloads(config, [threat_payload(at_s=-39 * 86400)])  # ends the old event
+    conn = store.connect(config.store.path)
+    try:
+        first = retention.sweep(conn, config.store, now_ts=T0.timestamp(), max_batches=2)
+        assert first.more and first.messages_pruned == 20
+        assert store.counters.row_counts(conn).messages == 101
+    finally:
+        conn.close()
+    live = ingest_config(
+        broker, tmp_path, store={"retention": {"threats_days": 30, "batch_rows": 10}}
+    )
+    caplog.set_level(logging.INFO, logger="aggregator.retention")
+    ingest = Ingest(live)
+    ingest.start()
+    h = Harness(ingest, broker, live.store.path)
+    try:
+        wait_for(ingest.connected.is_set, what="ingest connected")
+        wait_for(
+            lambda: h.rows("SELECT COUNT(*) FROM messages")[0][0] == 1,
+            what="the backlog pruned (the open event's message stays)",
+        )
+        h.send(threat_payload(at_s=0))
+        wait_for(lambda: ingest.stats.stored == 1, what="a new message stored")
+    finally:
+        h.pub.loop_stop()
+        h.pub.disconnect()
+        ingest.stop()
+    sweeps = [r for r in caplog.records if r.getMessage().startswith("database retention:")]
+    # Two sweeps of 5 batches (then, as the new message ended the open event, maybe its one).
+    assert [r.getMessage().split(" message(s)")[0] for r in sweeps[:2]] == [
+        "database retention: 50",
+        "database retention: 50",
+    ]
+    assert h.rows("SELECT COUNT(*) FROM events")[0][0] == 3  # every event kept
 
 
 def _yaml(config: AggregatorConfig) -> Path:
