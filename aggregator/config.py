@@ -108,8 +108,8 @@ class RetentionConfig(_Section):
         2000,
         ge=10,
         le=100_000,
-        description="messages deleted per transaction by database retention (the ingest "
-        "waits for one batch at most)",
+        description="messages deleted per transaction by database retention; a sweep of the "
+        "store writer deletes at most 5 batches and stores incoming messages before the next",
     )
 
 
