@@ -62,6 +62,57 @@ class MqttConfig(_Section):
     _resolve = field_validator("tls_ca_file")(_relative_to_config)
 
 
+class SnapshotsConfig(_Section):
+    keep: Literal["best", "all"] = Field(
+        "best",
+        description="'best': when an event ends, keep the snapshots of its keep_best "
+        "highest-scoring frames, its first and last frame (and its top threat's), delete the "
+        "others (their sha256 stay in the lineage); 'all': keep every snapshot",
+    )
+    keep_best: int = Field(
+        3, ge=0, le=1000, description="how many of an ended event's best frames keep a snapshot"
+    )
+    max_age_days: float | None = Field(
+        None,
+        gt=0,
+        le=36500,
+        description="delete a snapshot once the newest threat that refers to it is this old "
+        "(days of capture time); null: no age limit",
+    )
+    max_total_mb: float | None = Field(
+        None,
+        gt=0,
+        le=1e9,
+        description="delete snapshots, oldest written first, until all of them take at most "
+        "this many MB (10^6 bytes); an open event's snapshots are never deleted, an event's "
+        "best snapshot only once no other is left to delete; null: no size limit",
+    )
+    sweep_interval_s: float = Field(
+        3600,
+        ge=1,
+        le=7 * 86400,
+        description="how often the age and size limits and database retention are applied",
+    )
+
+
+class RetentionConfig(_Section):
+    threats_days: float | None = Field(
+        None,
+        gt=0,
+        le=36500,
+        description="delete threats, their messages and per-message lineage captured this many "
+        "days ago, in batches; events and their summaries (counts, times, top score, best "
+        "snapshot sha256) are kept; null: keep them forever",
+    )
+    batch_rows: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        description="messages deleted per transaction by database retention; a sweep of the "
+        "store writer deletes at most 5 batches and stores incoming messages before the next",
+    )
+
+
 class StoreConfig(_Section):
     path: Path = Field(
         Path("secagg.sqlite"), validate_default=True, description="SQLite database file"
@@ -75,8 +126,18 @@ class StoreConfig(_Section):
         None,
         gt=0,
         le=36500,
-        description="delete a snapshot once the newest threat that refers to it is this old "
-        "(days of capture time); null keeps snapshots forever",
+        description="deprecated, the same as snapshots.max_age_days (still read, so older "
+        "configs load); setting both is refused",
+    )
+    snapshots: SnapshotsConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="which snapshots are kept: per event, by age, by total size",
+    )
+    retention: RetentionConfig = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="how long threats and their per-message lineage are kept",
     )
     check_on_start: bool = Field(
         True,
@@ -89,6 +150,21 @@ class StoreConfig(_Section):
         description="folder of rendered plots (PNG), stored by sha256",
     )
     _resolve = field_validator("path", "snapshots_dir", "plots_dir")(_relative_to_config)
+
+    @model_validator(mode="after")
+    def _one_snapshot_age(self) -> StoreConfig:
+        if self.snapshot_retention_days is not None and self.snapshots.max_age_days is not None:
+            raise ValueError(
+                "store.snapshot_retention_days (deprecated) and store.snapshots.max_age_days are "
+                "both set: keep store.snapshots.max_age_days only"
+            )
+        return self
+
+    @property
+    def snapshot_max_age_days(self) -> float | None:
+        """The age limit of snapshots in force (the deprecated setting when the new one is
+        unset)."""
+        return self.snapshots.max_age_days or self.snapshot_retention_days
 
 
 YEAR_S = 365.25 * 86400

@@ -36,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from aggregator import events, notify, records, snapshots, store
+from aggregator import events, notify, records, retention, snapshots, store
 from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
@@ -48,9 +48,9 @@ from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
 
-PRUNE_INTERVAL_S = 3600.0
-"""How often snapshot retention runs (when ``store.snapshot_retention_days`` is set)."""
 
+RETENTION_BATCHES = 5
+"""Database retention batches (``store.retention.batch_rows`` each) per sweep of the writer."""
 
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
@@ -100,6 +100,7 @@ class Ingest:
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         snapshots.recover(self._conn, config.store.snapshots_dir)
+        retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
         client = IngestClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.mqtt.client_id,
@@ -401,17 +402,18 @@ class Ingest:
                 listening_since_ts=self._listening_since,
             )
             due = notify.schedule_repeats(conn, self.config, now_ts=now_ts)
+            retention.on_batch(conn, changes, (), self.config.store, now_ts=now_ts)
+        retention.after_commit(self._conn, changes, self.config.store)
         if due and self.sender is not None:
             self.sender.wake()
         self._publish_changes(changes)
-        days = self.config.store.snapshot_retention_days
-        if days is not None and time.monotonic() >= self._next_prune:
-            self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
-            snapshots.prune_snapshots(
-                self._conn,
-                self.config.store.snapshots_dir,
-                older_than_ts=time.time() - days * 86400,
+        if time.monotonic() >= self._next_prune:
+            swept = retention.sweep(
+                self._conn, self.config.store, now_ts=time.time(), max_batches=RETENTION_BATCHES
             )
+            # A backlog of old threats goes a few batches a sweep, messages stored in between.
+            wait_s = 0.0 if swept.more else self.config.store.snapshots.sweep_interval_s
+            self._next_prune = time.monotonic() + wait_s
 
     def _publish_changes(self, changes: list[EventChange]) -> None:
         for change in changes:

@@ -104,6 +104,15 @@ def _enrich(conn: store.Connection, kind: str, key: str, meta: dict[str, Any]) -
                 "started_ts": event.started_ts,
                 "ended_ts": event.ended_ts,
             }
+            pruned_ts, best_sha = store.prune.pruned_at(conn, event.id)
+            if pruned_ts is not None:
+                meta["pruned"] = {
+                    "at_ts": pruned_ts,
+                    "what": "threats, their messages and per-message lineage (frames, "
+                    "detections, runs) captured before the retention age: deleted by database "
+                    "retention (store.retention.threats_days); the event's summary is kept",
+                    "best_snapshot_sha256": best_sha,
+                }
     return meta
 
 
@@ -241,6 +250,8 @@ def _label(node: dict[str, Any]) -> str:
                 f" ({meta['agent_id']}/{meta['camera']} {meta['rule']} {meta['severity']}, "
                 f"{meta['threat_count']} threats)"
             )
+        if "pruned" in meta:
+            extra += " [threats and their lineage pruned by database retention]"
     elif kind == "notification":
         extra = f" ({meta.get('channel')}, content sha256 {meta.get('content_sha256')})"
     elif kind == "detections":

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aggregator import events, notify, store
+from aggregator import events, notify, retention, store
 from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
@@ -208,6 +208,9 @@ def store_batch(
                 store.counters.bump(conn, counts)
                 store.counters.add_rows(conn, {"messages": counts["stored"], "threats": threats})
             due = notify.on_changes(conn, changes, config, now_ts=now_ts)
+            retention.on_batch(
+                conn, changes, context.snapshots.written(), config.store, now_ts=now_ts
+            )
             context.snapshots.stage()
     except StoreFailure:
         context.snapshots.abort()
@@ -218,6 +221,7 @@ def store_batch(
             raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
         raise
     context.snapshots.publish()
+    retention.after_commit(conn, changes, config.store)
     return BatchResult(results=results, counts=counts, changes=changes, due=due)
 
 

@@ -1,5 +1,5 @@
-"""Threat snapshots on the aggregator's disk, content-addressed (``<dir>/<sha[:2]>/<sha>.jpg``),
-kept for ``store.snapshot_retention_days`` after the newest threat that refers to them.
+"""Threat snapshots on the aggregator's disk, content-addressed (``<dir>/<sha[:2]>/<sha>.jpg``);
+which of them stay, and for how long, is :mod:`aggregator.retention`'s.
 
 A snapshot is checked before it is kept (:func:`check_jpeg`): a JPEG by its magic bytes, its
 header's size within bounds (read before anything is decoded), and whole by its markers (or
@@ -88,6 +88,10 @@ class PendingSnapshots:
         if sha256 not in self._files and not snapshot_path(self.snapshots_dir, sha256).exists():
             self._files[sha256] = jpeg
 
+    def written(self) -> list[str]:
+        """The sha256s of the files this batch writes."""
+        return list(self._files)
+
     def mark(self) -> int:
         """A point to roll back to (a message's savepoint)."""
         return len(self._files)
@@ -141,20 +145,3 @@ def recover(conn: store.Connection, snapshots_dir: Path) -> tuple[int, int]:
     if kept or deleted:
         log.info("snapshots: %d staged file(s) put in place, %d deleted", kept, deleted)
     return kept, deleted
-
-
-def prune_snapshots(
-    conn: store.Connection, snapshots_dir: Path, *, older_than_ts: float
-) -> list[str]:
-    """Delete the snapshots whose newest referring message was captured before
-    ``older_than_ts``; return their sha256s. The rows keep the sha256 (the lineage stays whole);
-    the API answers 410 for a snapshot that retention removed."""
-    deleted: list[str] = []
-    for sha in store.messages.snapshots_last_captured_before(conn, older_than_ts):
-        path = snapshot_path(snapshots_dir, sha)
-        if path.exists():
-            path.unlink()
-            deleted.append(sha)
-    if deleted:
-        log.info("retention: deleted %d snapshot(s) older than %.0f", len(deleted), older_than_ts)
-    return deleted

@@ -12,7 +12,7 @@ import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
-from aggregator import lineage, provenance, snapshots, store
+from aggregator import lineage, provenance, retention, snapshots, store
 from aggregator.cli import main as secagg
 from aggregator.config import AggregatorConfig, MqttConfig
 from aggregator.ingest import Ingest
@@ -201,12 +201,13 @@ def test_snapshot_retention_deletes_old_snapshots_and_keeps_the_lineage(tmp_path
     store_payloads(config, [payload(at_s=0)])
     path = snapshots.snapshot_path(config.store.snapshots_dir, JPEG_SHA)
     assert path.read_bytes() == JPEG
-    conn = read(config)
+    conn = store.connect(config.store.path)
     t0 = conn.execute("SELECT captured_ts FROM messages").fetchone()[0]
-    assert snapshots.prune_snapshots(conn, config.store.snapshots_dir, older_than_ts=t0) == []
+    aged = config.store.model_copy(update={"snapshot_retention_days": 1.0})  # still read
+    assert retention.sweep(conn, aged, now_ts=t0 + 86400).by_age == 0
     assert path.exists()
-    deleted = snapshots.prune_snapshots(conn, config.store.snapshots_dir, older_than_ts=t0 + 1)
-    assert deleted == [JPEG_SHA] and not path.exists()
+    swept = retention.sweep(conn, aged, now_ts=t0 + 86401)
+    assert swept.by_age == 1 and swept.removed == {"age": 1} and not path.exists()
     assert lineage.inputs_of(lineage.graph(conn, "event:1"))["snapshot"] == [f"snapshot:{JPEG_SHA}"]
     conn.close()
     r = api_client(config).get("/api/events/1/snapshot.jpg")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -14,6 +15,8 @@ import cv2
 import httpx
 import pytest
 
+from aggregator import retention, store
+from aggregator.config import SnapshotsConfig
 from demo.broker import Mosquitto
 from demo.footage import sample_still
 from modelrt import load_manifest
@@ -40,7 +43,11 @@ def run(broker: Mosquitto, clip_path: Path, tmp_path_factory: pytest.TempPathFac
     door.mkdir()
     still = cv2.imencode(".jpg", sample_still("person"), [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
     (door / "visitor.jpg").write_bytes(still.tobytes())
-    agg_conf, api = write_aggregator_config(work, broker, cutoff_s=10, client_id="secagg-repro")
+    # Every frame keeps its snapshot here (each is reproduced from it); the default policy's
+    # deletions are reproduced in test_a_frame_whose_snapshot_the_policy_deleted_is_named.
+    agg_conf, api = write_aggregator_config(
+        work, broker, cutoff_s=10, client_id="secagg-repro", store_yaml="snapshots: {keep: all}"
+    )
     with agg_conf.open("a") as fh:
         fh.write(f"reproduce: {{model_paths: [{MODEL_MANIFEST.parent}]}}\n")
     agent_conf = write_agent_config(
@@ -163,6 +170,46 @@ def test_reproduce_names_the_missing_model_and_frame(run, tmp_path: Path) -> Non
     assert f"MISSING model {MODEL_SHA}" in out.stdout
     assert "not among the 0 known model(s)" in out.stdout
     assert "no stored snapshot" in out.stdout and "1 missing" in out.stdout
+
+
+def test_a_frame_whose_snapshot_the_policy_deleted_is_named(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A copy of the run's store and snapshots; the default policy (best 3, first, last)
+    applied to the clip event as its end does: reproduce re-runs the frames kept, names each
+    deleted one with why, and passes."""
+    copy = tmp_path / "secagg.sqlite"
+    store.backup(run["work"] / "secagg.sqlite", copy)
+    shutil.copytree(run["work"] / "snapshots", tmp_path / "snapshots")
+    event_id = event_of(run, "yard")
+    config = tmp_path / "secagg.yaml"
+    config.write_text(
+        f"store: {{path: {copy}, snapshots_dir: {tmp_path}/snapshots}}\n"
+        f"reproduce: {{model_paths: [{MODEL_MANIFEST.parent}]}}\n"
+    )
+    conn = store.connect(copy)
+    try:
+        with store.transaction(conn):
+            queued = retention.apply_event_policy(
+                conn, [event_id], SnapshotsConfig(keep_best=3), now_ts=0
+            )
+        assert queued > 0
+        assert retention.remove_decided(conn, tmp_path / "snapshots") == {"policy": queued}
+        kept = store.snapshot_files.kept_by_event(conn, event_id)
+    finally:
+        conn.close()
+    code, report = reproduce({**run, "config": config}, event_id, "--snapshots-only")
+    by_status = {s: [f for f in report["frames"] if f["status"] == s] for s in ("match", "deleted")}
+    assert code == 0 and report["ok"]
+    # The event keeps at most five (best 3, first, last); a frame with the same pixels as one
+    # of the clip's other event (no policy applied there) keeps its shared snapshot too.
+    assert 2 <= len(kept) <= 5 and by_status["deleted"]
+    assert len(by_status["deleted"]) + len(by_status["match"]) == len(report["frames"])
+    assert all(
+        "deleted by the event's snapshot policy" in f["missing"][0] for f in by_status["deleted"]
+    )
+    text = secagg("reproduce", str(event_id), "--config", config, "--snapshots-only")
+    assert text.returncode == 0
+    assert f"{len(by_status['deleted'])} not re-run (snapshot deleted)" in text.stdout
+    assert "NOT RE-RUN frame" in text.stdout
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@
   :mod:`.lineage` (artifacts, runs, used, generated; with :mod:`.compact_lineage`, the lineage
   a message keeps in its row),
   :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`,
+  :mod:`.snapshot_files` (snapshots kept and deleted), :mod:`.prune` (database retention),
   :mod:`.releases` (signed releases) and :mod:`.ota` (desired states, update reports, shadow
   comparisons), :mod:`.rollouts`.
 
@@ -31,8 +32,10 @@ from aggregator.store import (
     notifications,
     ota,
     plots,
+    prune,
     releases,
     rollouts,
+    snapshot_files,
 )
 from aggregator.store.schema import (
     Connection,
@@ -75,8 +78,10 @@ __all__ = [
     "notifications",
     "ota",
     "plots",
+    "prune",
     "releases",
     "rollouts",
     "savepoint",
+    "snapshot_files",
     "transaction",
 ]

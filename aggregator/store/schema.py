@@ -706,3 +706,38 @@ def m013_compact_lineage(db: sqlite_utils.Database) -> None:
         ) WITHOUT ROWID;
         """
     )
+
+
+@migrations()
+def m014_bounded_storage(db: sqlite_utils.Database) -> None:
+    """Bounded storage (:mod:`aggregator.retention`).
+
+    ``snapshots_kept``: the snapshots an ended event's policy kept (its best N, first and last
+    frame, its top threat's), one row per event and role; a snapshot kept by any event is never
+    deleted by another's policy. ``snapshots_deleted``: why a snapshot file was deleted (policy,
+    age, size, database retention) and when, for the API, the pages and ``secagg reproduce``;
+    a file written again for the same sha256 removes its row. ``events.best_snapshot_sha256``
+    keeps the top threat's snapshot once its message is pruned; ``events.pruned_ts``: when the
+    event's threats and per-message lineage were deleted by database retention (the event and
+    its summary stay)."""
+    db.executescript(
+        """
+        CREATE TABLE snapshots_kept (
+            sha256 TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            PRIMARY KEY (sha256, event_id, role)
+        ) WITHOUT ROWID;
+        CREATE INDEX snapshots_kept_event ON snapshots_kept (event_id);
+        CREATE TABLE snapshots_deleted (
+            sha256 TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            deleted_ts REAL NOT NULL
+        ) WITHOUT ROWID;
+        ALTER TABLE events ADD COLUMN best_snapshot_sha256 TEXT;
+        ALTER TABLE events ADD COLUMN pruned_ts REAL;
+        CREATE INDEX events_best_snapshot ON events (best_snapshot_sha256)
+            WHERE best_snapshot_sha256 IS NOT NULL;
+        CREATE INDEX events_top_message ON events (top_message_id);
+        """
+    )

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aggregator import lineage, store
+from aggregator import lineage, retention, store
 from aggregator.ota import history as ota_history
 from aggregator.ota import rollouts
 from aggregator.store.events import Review
@@ -35,6 +35,16 @@ class Snapshot:
     width: int
     height: int
     boxes: list[Box] = field(default_factory=list)
+    gone: str | None = None  # why the file was deleted (shown instead of the image)
+
+
+def _gone(conn: store.Connection, snap: Snapshot) -> Snapshot:
+    """The snapshot, with why its file was deleted when it was (policy, retention)."""
+    if snap.sha256 is not None:
+        reason = retention.gone_reasons(conn, [snap.sha256]).get(snap.sha256)
+        if reason is not None:
+            snap.gone = retention.reason_text(reason)
+    return snap
 
 
 def snapshot_of(message: MessageRow | None, threats: list[ThreatRow]) -> Snapshot:
@@ -68,11 +78,14 @@ def event_card(conn: store.Connection, event: EventRow, review: Review | None) -
     """One event of the list: its fields, its best snapshot with boxes, its review."""
     message = store.messages.get(conn, event.top_message_id)
     threats = store.messages.threats_of_message(conn, event.top_message_id)
+    snap = snapshot_of(message, [t for t in threats if t.event_id == event.id])
+    if message is None:  # pruned by database retention: its best snapshot may be kept
+        snap = Snapshot(retention.event_best_snapshot(conn, event), 16, 9)
     return {
         "event": event,
         "state": "open" if event.ended_ts is None else "ended",
         "duration": duration(event),
-        "snapshot": snapshot_of(message, [t for t in threats if t.event_id == event.id]),
+        "snapshot": _gone(conn, snap),
         "review": review,
     }
 
@@ -90,7 +103,7 @@ def frames_of_event(conn: store.Connection, event_id: int) -> list[dict[str, Any
         entry = by_message.setdefault(m.message_id, {"message": m, "threats": [], "snapshot": None})
         entry["threats"].append(found.threat)
     for entry in by_message.values():
-        entry["snapshot"] = snapshot_of(entry["message"], entry["threats"])
+        entry["snapshot"] = _gone(conn, snapshot_of(entry["message"], entry["threats"]))
     return list(by_message.values())
 
 

@@ -26,12 +26,15 @@ def write_aggregator_config(
     cutoff_s: float = 10,
     client_id: str = "secagg-test",
     extra_yaml: str = "",
+    store_yaml: str = "",
 ) -> tuple[Path, str]:
+    """``store_yaml``: more of the ``store`` section (``snapshots: {keep: all}``)."""
     port = free_port()
     path = work / "secagg.yaml"
+    more = f", {store_yaml}" if store_yaml else ""
     path.write_text(
         f"mqtt: {{host: {broker.host}, port: {broker.port}, client_id: {client_id}}}\n"
-        "store: {path: secagg.sqlite, snapshots_dir: snapshots}\n"
+        f"store: {{path: secagg.sqlite, snapshots_dir: snapshots{more}}}\n"
         f"events: {{cutoff_s: {cutoff_s}, sweep_interval_s: 0.5}}\n"
         f"api: {{host: 127.0.0.1, port: {port}}}\n" + extra_yaml
     )

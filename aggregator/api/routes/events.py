@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
-from aggregator import store
+from aggregator import retention, store
 from aggregator.api.access import AUTH_RESPONSES, OPERATOR, VIEWER, Who
 from aggregator.api.deps import (
     MAX_ID,
@@ -126,19 +126,19 @@ def get_event(conn: Db, event_id: EventId) -> EventDetail:
     summary="The snapshot of the event's highest-scoring threat (JPEG, stored by sha256)",
     responses={
         404: {"description": "no such event, or its threat came without a snapshot"},
-        410: {"description": "the snapshot was deleted by retention"},
+        410: {"description": "the snapshot was deleted (by the event's policy or retention)"},
     },
 )
 def get_event_snapshot(conn: Db, settings: Settings, event_id: EventId) -> FileResponse:
     event = store.events.get(conn, event_id)
     if event is None:
         raise HTTPException(404, f"event {event_id} not found")
-    sha = store.messages.snapshot_sha256(conn, event.top_message_id)
+    sha = retention.event_best_snapshot(conn, event)
     if sha is None:
         raise HTTPException(404, f"event {event_id}: its top threat came without a snapshot")
     path = snapshot_path(settings.store.snapshots_dir, sha)
     if not path.is_file():
-        raise HTTPException(410, f"event {event_id}: snapshot {sha} was deleted by retention")
+        raise HTTPException(410, f"event {event_id}: {sha}: {retention.gone_detail(conn, sha)}")
     return FileResponse(
         path,
         media_type="image/jpeg",
@@ -184,7 +184,7 @@ def review_events(settings: Settings, who: Who, body: ReviewRequest) -> ReviewRe
     summary="A stored snapshot by its sha256 (a threat's frame)",
     responses={
         404: {"description": "no stored message refers to this snapshot"},
-        410: {"description": "the snapshot was deleted by retention"},
+        410: {"description": "the snapshot was deleted (by the event's policy or retention)"},
     },
 )
 def get_snapshot(
@@ -192,11 +192,12 @@ def get_snapshot(
     settings: Settings,
     sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="the snapshot's sha256")],
 ) -> FileResponse:
-    if not store.messages.snapshot_referenced(conn, sha256):
+    gone = retention.gone_reasons(conn, [sha256])
+    if not gone and not store.messages.snapshot_referenced(conn, sha256):
         raise HTTPException(404, f"no snapshot {sha256}")
     path = snapshot_path(settings.store.snapshots_dir, sha256)
     if not path.is_file():
-        raise HTTPException(410, f"snapshot {sha256} was deleted by retention")
+        raise HTTPException(410, f"{sha256}: {retention.reason_text(gone.get(sha256))}")
     return FileResponse(
         path,
         media_type="image/jpeg",

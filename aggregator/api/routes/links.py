@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from aggregator import store
+from aggregator import retention, store
 from aggregator.api.deps import Db, EventId, Settings
 from aggregator.api.routes.events import NOSNIFF
 from aggregator.auth import links
@@ -27,7 +27,7 @@ router = APIRouter(tags=["links"])
     responses={
         401: {"description": "no signature, a wrong one, or an expired link"},
         404: {"description": "no such event, or no snapshot"},
-        410: {"description": "the snapshot was deleted by retention"},
+        410: {"description": "the snapshot was deleted (by the event's policy or retention)"},
     },
 )
 def signed_snapshot(
@@ -47,12 +47,12 @@ def signed_snapshot(
         log.warning("refused a snapshot link of event=%d: bad signature or expired", event_id)
         raise HTTPException(401, "the link's signature is wrong, or the link has expired")
     event = store.events.get(conn, event_id)
-    sha = None if event is None else store.messages.snapshot_sha256(conn, event.top_message_id)
+    sha = None if event is None else retention.event_best_snapshot(conn, event)
     if sha is None:
         raise HTTPException(404, f"event {event_id}: no snapshot")
     path = snapshot_path(settings.store.snapshots_dir, sha)
     if not path.is_file():
-        raise HTTPException(410, f"event {event_id}: snapshot deleted by retention")
+        raise HTTPException(410, f"event {event_id}: {retention.gone_detail(conn, sha)}")
     return FileResponse(
         path, media_type="image/jpeg", headers={"Cache-Control": "private", **NOSNIFF}
     )

@@ -139,9 +139,12 @@ async function reproduce(button) {
     verdict.replaceChildren();
     const head = document.createElement("p");
     head.className = report.ok ? "ok" : "bad";
-    head.textContent = report.ok
-      ? `Reproduced: all ${report.frames.length} frame(s) match.`
-      : `Not reproduced: ${report.frames.filter((f) => f.status !== "match").length} of ${report.frames.length} frame(s) differ or are missing.`;
+    const deleted = report.frames.filter((f) => f.status === "deleted").length;
+    const rerun = report.frames.length - deleted;
+    head.textContent = (report.ok
+      ? `Reproduced: all ${rerun} frame(s) re-run match.`
+      : `Not reproduced: ${report.frames.filter((f) => f.status !== "match" && f.status !== "deleted").length} of ${rerun} frame(s) differ or are missing.`)
+      + (deleted ? ` ${deleted} frame(s) not re-run: snapshot deleted by policy or retention.` : "");
     verdict.append(head);
     const table = document.createElement("table");
     table.className = "grid";
