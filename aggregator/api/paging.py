@@ -1,111 +1,76 @@
-"""Keyset pagination of the API's lists: an opaque ``cursor`` in, the next page's cursor out.
+"""Keyset pagination of the API's lists: a ``cursor`` in, the next page's cursor out.
 
 A page ends where the next one starts by the list's sort key (an id, or a time and an id), never
 by an offset: a deep page costs what the first does, and rows that arrive meanwhile neither
 repeat nor push rows out of later pages. The body stays the JSON list it always was; the next
 page comes in headers (RFC 8288 ``Link: <url>; rel="next"``, and ``X-Next-Cursor``), sent only
 when the page was full. ``before_id`` (the id-ordered lists' keyset parameter before cursors)
-still works.
+still works; given with a cursor, the lower bound of the two wins.
 
-A cursor is ``base64url("<list>:<key>:<key>")``: opaque to clients, readable in a log. One that
-is not what this list hands out (garbage, another list's, out of range) is refused with 422.
+Clients treat a cursor as opaque. Today it is the sort key of the page's last row: an id
+(``123``), or for log lines a time and an id (``1764467200.25_123``). The OpenAPI schema gives
+its exact pattern, so anything else is a 422 before a route runs, and every cursor that matches
+is a page (an id past the largest SQLite keeps means "from the top"): no cursor can reach the
+store as anything but two numbers, nor make a 500.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
 from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 
 from aggregator.api.deps import MAX_ID
 
-CursorParam = Annotated[
+_ID = "[0-9]{1,19}"
+_TS = "-?[0-9]{1,17}(\\.[0-9]{1,17})?"
+_NEXT = (
+    'the next page: the cursor the previous page returned (`Link: rel="next"` or `X-Next-Cursor`)'
+)
+IdCursor = Annotated[
+    str | None, Query(min_length=1, max_length=19, pattern=f"^{_ID}$", description=_NEXT)
+]
+LogCursor = Annotated[
     str | None,
-    Query(
-        min_length=1,
-        max_length=200,
-        pattern="^[A-Za-z0-9_-]+$",
-        description="the next page: the cursor the previous page returned (its `Link: "
-        'rel="next"` header or `X-Next-Cursor`)',
-    ),
+    Query(min_length=1, max_length=60, pattern=f"^({_TS}_)?{_ID}$", description=_NEXT),
 ]
 
 
-class BadCursor(ValueError):
-    """A cursor that this list did not hand out."""
-
-
-def _refuse(cursor: str, why: str) -> RequestValidationError:
-    """A 422 shaped like FastAPI's own (what the OpenAPI schema documents for 422)."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("query", "cursor"), "msg": why, "input": cursor}]
-    )
-
-
-def encode(kind: str, *keys: int | float) -> str:
-    text = ":".join([kind, *(repr(k) for k in keys)])
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _decode(kind: str, cursor: str) -> list[str]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, ValueError) as exc:
-        raise BadCursor("not a cursor") from exc
-    parts = text.split(":")
-    if parts[0] != kind:
-        raise BadCursor(f"not a cursor of this list ({kind})")
-    return parts[1:]
-
-
 def _id(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise BadCursor("not an id")
-    return int(text)
+    return min(int(text), MAX_ID)
 
 
-def _ts(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise BadCursor("not a time") from exc
-    if not math.isfinite(value):
-        raise BadCursor("not a time")
-    return value
+def below_id(cursor: str | None, before_id: int | None = None) -> int | None:
+    """The id a page of an id-ordered (newest first) list starts below: the cursor's, or
+    ``before_id``, or the lower of both."""
+    bounds = [b for b in (None if cursor is None else _id(cursor), before_id) if b is not None]
+    return min(bounds) if bounds else None
 
 
-def id_cursor(kind: str, cursor: str | None, before_id: int | None = None) -> int | None:
-    """The id a page of an id-ordered list starts below (the cursor's, else ``before_id``);
-    422 for a bad cursor or for both at once."""
-    if cursor is None:
-        return before_id
-    if before_id is not None:
-        raise _refuse(cursor, "give cursor or before_id, not both")
-    try:
-        parts = _decode(kind, cursor)
-        if len(parts) != 1:
-            raise BadCursor("wrong number of keys")
-        return _id(parts[0])
-    except BadCursor as exc:
-        raise _refuse(cursor, f"bad cursor: {exc}") from exc
-
-
-def ts_id_cursor(kind: str, cursor: str | None) -> tuple[float, int] | None:
-    """The (time, id) a page of a time-ordered list starts after; 422 for a bad cursor."""
+def after_ts_id(cursor: str | None) -> tuple[float, int] | None:
+    """The (time, id) a page of a time-ordered (oldest first) list starts after (a cursor of
+    an id alone: after that id at the earliest time)."""
     if cursor is None:
         return None
-    try:
-        parts = _decode(kind, cursor)
-        if len(parts) != 2:
-            raise BadCursor("wrong number of keys")
-        return _ts(parts[0]), _id(parts[1])
-    except BadCursor as exc:
-        raise _refuse(cursor, f"bad cursor: {exc}") from exc
+    ts, _, found = cursor.rpartition("_")
+    return (float(ts) if ts else float("-inf"), _id(found))
+
+
+def id_cursor(row_id: int) -> str:
+    return str(row_id)
+
+
+def ts_id_cursor(ts: float, row_id: int) -> str:
+    """``repr`` keeps the exact float, so the next page starts exactly after this row (a
+    stored time is always in plain decimal form: times are checked on receipt)."""
+    text = repr(float(ts))
+    return f"{text if text.replace('.', '').lstrip('-').isdigit() else f'{ts:.6f}'}_{row_id}"
+
+
+def log_below_id(cursor: str | None) -> int | None:
+    """The id a page of the newest log lines starts below (the id of a log cursor)."""
+    return None if cursor is None else _id(cursor.rpartition("_")[2])
 
 
 def link_next(request: Request, response: Response, cursor: str | None) -> None:

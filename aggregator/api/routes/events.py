@@ -88,9 +88,9 @@ def list_events(
         int | None,
         Query(ge=0, le=MAX_ID, description="only events newer than this id (live updates)"),
     ] = None,
-    cursor: paging.CursorParam = None,
+    cursor: paging.IdCursor = None,
 ) -> Response:
-    before_id = paging.id_cursor("events", cursor, before_id)
+    before_id = paging.below_id(cursor, before_id)
     cameras = None
     if site is not None:
         cameras = sorted(c for c, s in settings.events.sites.items() if s == site)
@@ -113,7 +113,7 @@ def list_events(
     reviews = store.events.reviews_of(conn, [e.id for e in found])
     response = EVENTS.response([EventPublic(**event_fields(e, reviews.get(e.id))) for e in found])
     if len(found) == limit and after_id is None:
-        paging.link_next(request, response, paging.encode("events", found[-1].id))
+        paging.link_next(request, response, paging.id_cursor(found[-1].id))
     return response
 
 

@@ -90,10 +90,10 @@ def list_logs(
     agent_id: Id = None,
     since: Annotated[datetime | None, Query(description="agent_id: at or after")] = None,
     until: Annotated[datetime | None, Query(description="agent_id: before")] = None,
-    cursor: paging.CursorParam = None,
+    cursor: paging.LogCursor = None,
 ) -> list[LogLinePublic]:
     if event_id is not None or lineage_id or frame_id or message_id or agent_id is not None:
-        after = paging.ts_id_cursor("logs-after", cursor)
+        after = paging.after_ts_id(cursor)
         if event_id is not None:
             rows = lines_about_event(conn, event_id, limit=limit, after=after)
         elif agent_id is None:
@@ -115,12 +115,10 @@ def list_logs(
                 after=after,
             )
         if len(rows) == limit:
-            next_cursor = paging.encode("logs-after", rows[-1].at_ts, rows[-1].id)
+            next_cursor = paging.ts_id_cursor(rows[-1].at_ts, rows[-1].id)
             paging.link_next(request, response, next_cursor)
     else:
-        rows = store.logs.recent(
-            conn, limit=limit, before_id=paging.id_cursor("logs-before", cursor)
-        )
+        rows = store.logs.recent(conn, limit=limit, before_id=paging.log_below_id(cursor))
         if len(rows) == limit:
-            paging.link_next(request, response, paging.encode("logs-before", rows[0].id))
+            paging.link_next(request, response, paging.id_cursor(rows[0].id))
     return [line_public(r) for r in rows]

@@ -53,14 +53,14 @@ def list_notifications(
     notifier: str | None = None,
     state: Annotated[str | None, Query(pattern="^(pending|sent|failed|suppressed)$")] = None,
     before_id: BeforeId = None,
-    cursor: paging.CursorParam = None,
+    cursor: paging.IdCursor = None,
 ) -> list[NotificationPublic]:
-    before_id = paging.id_cursor("notifications", cursor, before_id)
+    before_id = paging.below_id(cursor, before_id)
     found = store.notifications.list_notifications(
         conn, limit=limit, event_id=event_id, notifier=notifier, state=state, before_id=before_id
     )
     if len(found) == limit:
-        paging.link_next(request, response, paging.encode("notifications", found[-1].id))
+        paging.link_next(request, response, paging.id_cursor(found[-1].id))
     return [NotificationPublic(**notification_fields(n)) for n in found]
 
 

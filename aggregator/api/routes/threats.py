@@ -63,9 +63,9 @@ def list_threats(
     since: Annotated[datetime | None, Query(description="captured at or after")] = None,
     until: Annotated[datetime | None, Query(description="captured before")] = None,
     before_id: BeforeId = None,
-    cursor: paging.CursorParam = None,
+    cursor: paging.IdCursor = None,
 ) -> Response:
-    before_id = paging.id_cursor("threats", cursor, before_id)
+    before_id = paging.below_id(cursor, before_id)
     found = store.messages.list_threats(
         conn,
         limit=limit,
@@ -78,5 +78,5 @@ def list_threats(
     )
     response = THREATS.response([threat_public(t) for t in found])
     if len(found) == limit:
-        paging.link_next(request, response, paging.encode("threats", found[-1].threat.id))
+        paging.link_next(request, response, paging.id_cursor(found[-1].threat.id))
     return response
