@@ -18,9 +18,9 @@ so with several clients at once on few cores the latency grows with it.
 - ``health``: ``/api/health``;
 - ``events first page``, ``events deep page`` (a cursor among the oldest tenth),
   ``events camera+day`` (one camera, one day), ``events camera+week page 2`` (the ``next``
-  cursor of a week's first page; its server CPU counts that first page too), ``events camera, none`` (a camera without events: without an
-  index on the filter, a scan of every row), ``events site,
-  unreviewed`` (filters the page's list combines);
+  cursor of a week's first page; its server CPU counts that first page too), ``events
+  camera, none`` (a camera without events: without an index on the filter, a scan of every
+  row), ``events site, unreviewed`` (filters the page's list combines);
 - ``event + threats``: ``/api/events/{id}``;
 - ``threats first page``, ``threats deep page``, ``threats camera+day``, ``threats camera,
   none``;
