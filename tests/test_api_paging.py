@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from aggregator import store
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
+from tests.support import wait_for
 from tests.support.auth import HEADERS, seed_tokens
 from tests.support.ingest import make_config, store_payloads, threat_payload
 
@@ -113,6 +114,7 @@ def test_pages_are_stable_under_a_concurrent_writer(
     writer = threading.Thread(target=write)
     writer.start()
     try:
+        wait_for(lambda: stored[0] > 0, what="the writer storing")
         seen = [
             i
             for n, page in enumerate(pages(client, "/api/events", {"limit": 2}))
@@ -122,7 +124,6 @@ def test_pages_are_stable_under_a_concurrent_writer(
     finally:
         stop.set()
         writer.join()
-    assert stored[0] > 0
     assert len(seen) == len(set(seen))
     assert [i for i in seen if i <= max(before)] == before
 
