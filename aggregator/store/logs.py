@@ -46,7 +46,12 @@ def insert(conn: Connection, rows: Sequence[LogRow]) -> None:
     conn.executemany(_INSERT, [tuple(r.__dict__.values())[1:] for r in rows])
 
 
-def _rows(conn: Connection, where: Where, limit: int) -> list[LogRow]:
+def _rows(
+    conn: Connection, where: Where, limit: int, after: tuple[float, int] | None = None
+) -> list[LogRow]:
+    if after is not None:  # keyset: the page after the line at (at_ts, id)
+        where.clauses.append("(at_ts, id) > (?, ?)")
+        where.args.extend(after)
     found = conn.execute(
         f"SELECT {_COLUMNS} FROM run_logs{where.sql} ORDER BY at_ts, id LIMIT ?",
         [*where.args, limit],
@@ -66,8 +71,10 @@ def about(
     message_ids: Sequence[str] = (),
     event_ids: Sequence[int] = (),
     limit: int = 1000,
+    after: tuple[float, int] | None = None,
 ) -> list[LogRow]:
-    """Lines that name any of these ids, oldest first."""
+    """Lines that name any of these ids, oldest first (``after``: the page after the line at
+    this (at_ts, id))."""
     parts: list[str] = []
     args: list[Any] = []
     for column, values in (
@@ -84,7 +91,7 @@ def about(
     where = Where()
     where.clauses.append("(" + " OR ".join(parts) + ")")
     where.args.extend(args)
-    return _rows(conn, where, limit)
+    return _rows(conn, where, limit, after)
 
 
 def of_agent(
@@ -94,12 +101,14 @@ def of_agent(
     since_ts: float | None = None,
     until_ts: float | None = None,
     limit: int = 1000,
+    after: tuple[float, int] | None = None,
 ) -> list[LogRow]:
-    """An agent's lines (and secagg's about it) in a time range, oldest first."""
+    """An agent's lines (and secagg's about it) in a time range, oldest first (``after``: the
+    page after the line at this (at_ts, id))."""
     where = (
         Where().equals("agent_id", agent_id).at_least("at_ts", since_ts).below("at_ts", until_ts)
     )
-    return _rows(conn, where, limit)
+    return _rows(conn, where, limit, after)
 
 
 def prune(conn: Connection, *, keep_rows: int) -> int:
@@ -110,7 +119,10 @@ def prune(conn: Connection, *, keep_rows: int) -> int:
     return cur.rowcount
 
 
-def recent(conn: Connection, *, limit: int) -> list[LogRow]:
-    """The newest ``limit`` lines, oldest first."""
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM run_logs ORDER BY id DESC LIMIT ?", (limit,))
+def recent(conn: Connection, *, limit: int, before_id: int | None = None) -> list[LogRow]:
+    """The newest ``limit`` lines (``before_id``: the newest below this id), oldest first."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM run_logs WHERE id < ? ORDER BY id DESC LIMIT ?",
+        (2**63 - 1 if before_id is None else before_id, limit),
+    )
     return [LogRow(*r) for r in reversed(rows.fetchall())]

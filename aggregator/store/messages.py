@@ -233,6 +233,7 @@ def list_threats(
     agent_id: str | None = None,
     rule: str | None = None,
     since_ts: float | None = None,
+    until_ts: float | None = None,
     before_id: int | None = None,
 ) -> list[ThreatWithMessage]:
     """Threats with their messages, newest first (``before_id``: the next page)."""
@@ -242,6 +243,7 @@ def list_threats(
         .equals("t.agent_id", agent_id)
         .equals("t.rule", rule)
         .at_least("t.captured_ts", since_ts)
+        .below("t.captured_ts", until_ts)
         .below("t.id", before_id)
     )
     rows = conn.execute(

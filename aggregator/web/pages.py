@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from aggregator import store
+from aggregator.api import paging
 from aggregator.api.access import SESSION_COOKIE, client_address, identify
 from aggregator.api.deps import MAX_ID, Db, Settings, write_connection
 from aggregator.auth import accounts, secrets
@@ -231,14 +232,18 @@ def events_page(
     conn: Db,
     settings: Settings,
     before_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    cursor: paging.IdCursor = None,
 ) -> HTMLResponse:
+    """The newest events, a page at a time by the same keyset cursor as ``GET /api/events``
+    (``before_id``, the older form, still works)."""
     filters = _filters(request)
+    before_id = paging.below_id(cursor, before_id)
     found = _find_events(conn, settings, filters, before_id=before_id)
     options = store.events.distinct_values(conn)
     options["site"] = sorted(set(settings.events.sites.values()))
     older = None
     if len(found) == PAGE_SIZE:
-        older = "?" + urlencode({**filters, "before_id": found[-1].id})
+        older = "?" + urlencode({**filters, "cursor": paging.id_cursor(found[-1].id)})
     return render(
         request,
         "events.html",

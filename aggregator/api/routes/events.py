@@ -5,11 +5,12 @@ import time
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from aggregator import retention, store
+from aggregator.api import paging
 from aggregator.api.access import AUTH_RESPONSES, OPERATOR, VIEWER, Who
 from aggregator.api.deps import (
     MAX_ID,
@@ -56,8 +57,14 @@ def event_fields(event: EventRow, review: Review | None) -> dict[str, Any]:
     }
 
 
-@router.get("/api/events", response_model=list[EventPublic], summary="Threat events, newest first")
+@router.get(
+    "/api/events",
+    response_model=list[EventPublic],
+    summary="Threat events, newest first, a page at a time (keyset: the next page's cursor "
+    'comes in the Link rel="next" and X-Next-Cursor headers)',
+)
 def list_events(
+    request: Request,
     conn: Db,
     settings: Settings,
     limit: Limit,
@@ -81,7 +88,9 @@ def list_events(
         int | None,
         Query(ge=0, le=MAX_ID, description="only events newer than this id (live updates)"),
     ] = None,
+    cursor: paging.IdCursor = None,
 ) -> Response:
+    before_id = paging.below_id(cursor, before_id)
     cameras = None
     if site is not None:
         cameras = sorted(c for c, s in settings.events.sites.items() if s == site)
@@ -102,7 +111,10 @@ def list_events(
         reviewed=reviewed,
     )
     reviews = store.events.reviews_of(conn, [e.id for e in found])
-    return EVENTS.response([EventPublic(**event_fields(e, reviews.get(e.id))) for e in found])
+    response = EVENTS.response([EventPublic(**event_fields(e, reviews.get(e.id))) for e in found])
+    if len(found) == limit and after_id is None:
+        paging.link_next(request, response, paging.id_cursor(found[-1].id))
+    return response
 
 
 @router.get(

@@ -3,9 +3,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from aggregator import store
+from aggregator.api import paging
 from aggregator.api.access import AUTH_RESPONSES, VIEWER
 from aggregator.api.deps import MAX_ID, BeforeId, Db, Limit, NotificationId, dt
 from aggregator.api.schemas import (
@@ -40,19 +41,26 @@ def notification_fields(n: NotificationRow) -> dict[str, Any]:
 @router.get(
     "/api/notifications",
     response_model=list[NotificationPublic],
-    summary="Notifications of threat events, newest first",
+    summary="Notifications of threat events, newest first, a page at a time (keyset: the next "
+    'page\'s cursor comes in the Link rel="next" and X-Next-Cursor headers)',
 )
 def list_notifications(
+    request: Request,
+    response: Response,
     conn: Db,
     limit: Limit,
     event_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     notifier: str | None = None,
     state: Annotated[str | None, Query(pattern="^(pending|sent|failed|suppressed)$")] = None,
     before_id: BeforeId = None,
+    cursor: paging.IdCursor = None,
 ) -> list[NotificationPublic]:
+    before_id = paging.below_id(cursor, before_id)
     found = store.notifications.list_notifications(
         conn, limit=limit, event_id=event_id, notifier=notifier, state=state, before_id=before_id
     )
+    if len(found) == limit:
+        paging.link_next(request, response, paging.id_cursor(found[-1].id))
     return [NotificationPublic(**notification_fields(n)) for n in found]
 
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from aggregator import store
+from aggregator.api import paging
 from aggregator.api.access import AUTH_RESPONSES, VIEWER
 from aggregator.api.deps import BeforeId, Db, JsonList, Limit, dt, epoch
 from aggregator.api.schemas import Provenance, ThreatPublic
@@ -49,17 +50,22 @@ def threat_public(found: ThreatWithMessage) -> ThreatPublic:
 @router.get(
     "/api/threats",
     response_model=list[ThreatPublic],
-    summary="Threats, newest first, with provenance",
+    summary="Threats, newest first, with provenance, a page at a time (keyset: the next "
+    'page\'s cursor comes in the Link rel="next" and X-Next-Cursor headers)',
 )
 def list_threats(
+    request: Request,
     conn: Db,
     limit: Limit,
     camera: str | None = None,
     agent_id: str | None = None,
     rule: str | None = None,
     since: Annotated[datetime | None, Query(description="captured at or after")] = None,
+    until: Annotated[datetime | None, Query(description="captured before")] = None,
     before_id: BeforeId = None,
+    cursor: paging.IdCursor = None,
 ) -> Response:
+    before_id = paging.below_id(cursor, before_id)
     found = store.messages.list_threats(
         conn,
         limit=limit,
@@ -67,6 +73,10 @@ def list_threats(
         agent_id=agent_id,
         rule=rule,
         since_ts=epoch(since),
+        until_ts=epoch(until),
         before_id=before_id,
     )
-    return THREATS.response([threat_public(t) for t in found])
+    response = THREATS.response([threat_public(t) for t in found])
+    if len(found) == limit:
+        paging.link_next(request, response, paging.id_cursor(found[-1].threat.id))
+    return response
