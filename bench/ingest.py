@@ -205,6 +205,10 @@ def child_bare(args: argparse.Namespace) -> dict[str, Any]:
 def child_secagg(args: argparse.Namespace) -> dict[str, Any]:
     from aggregator.config import AggregatorConfig
     from aggregator.ingest import Ingest
+    from appcommon.cli import setup_logging
+
+    # As `secagg serve` logs (a line per stored message at info), to a file (the bench's stderr)
+    setup_logging(args.log_level)
 
     work = Path(args.work)
     db = work / f"{args.client_id}.sqlite"
@@ -300,6 +304,7 @@ def run_child(
     work: Path,
     client_id: str,
     profile: str | None = None,
+    log_level: str = "info",
 ) -> Round:
     cmd = [
         sys.executable,
@@ -319,9 +324,18 @@ def run_child(
     ]
     if profile:
         cmd += ["--profile", profile]
-    with subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
-    ) as proc:
+    log = (work / f"{client_id}.log").open("wb")
+    with (
+        log,
+        subprocess.Popen(
+            [*cmd, "--log-level", log_level],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=ROOT,
+        ) as proc,
+    ):
         assert proc.stdin is not None and proc.stdout is not None
         _expect(proc.stdout, "ready", kind)
         publish_all(broker, messages)  # queued for the child's session while it is away
@@ -364,7 +378,19 @@ def main() -> int:
         help="2: secagent.threat/2, the snapshot a binary attachment (the agent's default); "
         "1: secagent.threat/1, the snapshot in base64 inside the JSON (older agents)",
     )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="where the stores and snapshots go (default: the system's temporary directory; "
+        "/dev/shm takes the disk out of the figures)",
+    )
     parser.add_argument("--profile", help="write a cProfile of secagg's writer thread here")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="secagg's log level (to a file), as `secagg serve --log-level` (default info)",
+    )
     parser.add_argument("--child", choices=("bare", "secagg"), help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -379,7 +405,7 @@ def main() -> int:
     size_kb = sum(map(len, messages)) / len(messages) / 1024
     bare: list[Round] = []
     agg: list[Round] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         # No broker persistence: this measures the consumers, not Mosquitto saving its queue.
         with Mosquitto(work / "broker", persistence=False) as broker:
@@ -394,6 +420,7 @@ def main() -> int:
                         work=work,
                         client_id=f"secagg-{r}",
                         profile=profile,
+                        log_level=args.log_level,
                     )
 
                 def plain(r: int = r) -> Round:
