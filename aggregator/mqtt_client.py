@@ -11,7 +11,8 @@ straight off the ingest's rate. So :class:`IngestClient`:
 - reads the socket a buffer at a time and handles every whole packet in it before the next
   ``select`` (:meth:`IngestClient._sock_recv`, :meth:`IngestClient.loop_read`);
 - decodes a QoS 1 PUBLISH without MQTT 5 properties (what agents send) into a small
-  :class:`Received` (:meth:`IngestClient._handle_publish`); anything else goes through paho;
+  :class:`Received` (:meth:`IngestClient._handle_publish`), with the sha256 of a snapshot
+  attached to it (hashlib lets the writer run meanwhile); anything else goes through paho;
 - acknowledges a whole batch with one wake-up of the network thread (:meth:`ack_all`);
 - remembers why the last connection attempt failed (paho's ``on_connect_fail`` is not told).
 
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from wire.envelope import attachment_sha256
+
 READ_BUFFER_BYTES = 256 * 1024
 """What one read from the broker's socket takes at most."""
 _U16 = struct.Struct("!H")
@@ -36,16 +39,20 @@ _U16 = struct.Struct("!H")
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A message as the ingest needs it."""
+    """A message as the ingest needs it. ``attachment_sha256``: the sha256 of a binary
+    envelope's attachment (:func:`wire.envelope.attachment_sha256`), computed on the network
+    thread, where hashing a snapshot runs beside the store writer instead of in its turn."""
 
     topic: str
     payload: bytes
     mid: int
     qos: int
+    attachment_sha256: str | None = None
 
     @classmethod
     def of(cls, message: mqtt.MQTTMessage) -> Received:
-        return cls(message.topic, bytes(message.payload), message.mid, message.qos)
+        payload = bytes(message.payload)
+        return cls(message.topic, payload, message.mid, message.qos, attachment_sha256(payload))
 
 
 class IngestClient(mqtt.Client):
@@ -107,7 +114,8 @@ class IngestClient(mqtt.Client):
                 return super()._handle_publish()
         except (struct.error, IndexError, UnicodeDecodeError):
             return super()._handle_publish()  # malformed: paho says so its own way
-        received = Received(topic, bytes(packet[at + 3 :]), mid, 1)
+        payload = bytes(packet[at + 3 :])
+        received = Received(topic, payload, mid, 1, attachment_sha256(payload))
         on_message(self, self._userdata, received)  # type: ignore[arg-type]  # see the class
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
