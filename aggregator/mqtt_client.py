@@ -13,12 +13,13 @@ straight off the ingest's rate. So :class:`IngestClient`:
 - decodes a QoS 1 PUBLISH without MQTT 5 properties (what agents send) into a small
   :class:`Received` (:meth:`IngestClient._handle_publish`), with the sha256 of a snapshot
   attached to it (hashlib lets the writer run meanwhile); anything else goes through paho;
-- acknowledges a whole batch with one wake-up of the network thread (:meth:`ack_all`);
+- acknowledges a whole batch with one wake-up of the network thread and one write
+  (:meth:`ack_all`);
 - remembers why the last connection attempt failed (paho's ``on_connect_fail`` is not told).
 
 These lean on paho's private methods and fields (``_sock_recv``, ``_handle_publish``,
-``_in_packet``, ``_sockpairW``) of the version pinned in ``constraints.txt``; the ingest tests
-run through all of them.
+``_in_packet``, ``_sockpairW``, ``_packet_queue``) of the version pinned in
+``constraints.txt``; the ingest tests run through all of them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from wire.envelope import attachment_sha256
 READ_BUFFER_BYTES = 256 * 1024
 """What one read from the broker's socket takes at most."""
 _U16 = struct.Struct("!H")
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +123,22 @@ class IngestClient(mqtt.Client):
 
     def ack_all(self, acks: list[tuple[int, int]]) -> None:
         """Acknowledge these (mid, qos) messages, waking the network thread once for all of
-        them: paho's ``ack`` wakes it for each (a write to its wake-up socket pair, from this
-        thread, and a ``select`` there)."""
+        them (paho's ``ack`` wakes it for each: a write to its wake-up socket pair, from this
+        thread, and a ``select`` there). The QoS 1 acknowledgements go out as one write: the
+        PUBACK packets joined, each as paho's ``ack`` makes it (success, no properties), where
+        paho queues and sends each on its own."""
+        if not self._manual_ack or not acks:
+            return
+        pubacks = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid, qos in acks if qos == 1)
         wake, self._sockpairW = self._sockpairW, None
         try:
+            if pubacks:
+                self._packet_queue(mqtt.PUBACK, pubacks, 0, 1)
             for mid, qos in acks:
-                self.ack(mid, qos)
+                if qos == 2:
+                    self.ack(mid, qos)
         finally:
             self._sockpairW = wake
-        if wake is not None and acks:
+        if wake is not None:
             with contextlib.suppress(BlockingIOError):
                 wake.send(b"0")
