@@ -10,7 +10,8 @@ straight off the ingest's rate. So :class:`IngestClient`:
 
 - reads the socket a buffer at a time and handles every whole packet in it before the next
   ``select`` (:meth:`IngestClient._sock_recv`, :meth:`IngestClient.loop_read`);
-- decodes a QoS 1 PUBLISH without MQTT 5 properties (what agents send) into a small
+- decodes a QoS 1 PUBLISH without MQTT 5 properties (what agents send), on a topic that no
+  per-topic callback takes (the run logs have one of their own), into a small
   :class:`Received` (:meth:`IngestClient._handle_publish`), with the sha256 of a snapshot
   attached to it (hashlib lets the writer run meanwhile); anything else goes through paho;
 - acknowledges a whole batch with one wake-up of the network thread and one write
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -37,6 +39,8 @@ READ_BUFFER_BYTES = 256 * 1024
 """What one read from the broker's socket takes at most."""
 _U16 = struct.Struct("!H")
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
+FILTERED_TOPICS_MAX = 10_000
+"""Topics remembered as taken by a per-topic callback or not (then forgotten all at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,10 @@ class IngestClient(mqtt.Client):
     last_connect_error: OSError | None = None
     _read_buffer = b""
     _read_at = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._filtered_topics: dict[str, bool] = {}
+        super().__init__(*args, **kwargs)
 
     def reconnect(self) -> MQTTErrorCode:
         self._read_buffer, self._read_at = b"", 0  # what the last connection left unread
@@ -98,13 +106,12 @@ class IngestClient(mqtt.Client):
         packet = self._in_packet["packet"]
         on_message = self.on_message
         # The common case only: QoS 1, acknowledged by the ingest after its commit, MQTT 5
-        # with no properties, no per-topic callbacks.
+        # with no properties, a topic that no per-topic callback takes.
         if (
             (header & 0x06) >> 1 != 1
             or not self._manual_ack
             or self._protocol != mqtt.MQTTv5
             or on_message is None
-            or self._on_message_filtered._root._children
         ):
             return super()._handle_publish()
         try:
@@ -116,10 +123,32 @@ class IngestClient(mqtt.Client):
                 return super()._handle_publish()
         except (struct.error, IndexError, UnicodeDecodeError):
             return super()._handle_publish()  # malformed: paho says so its own way
+        if self._on_message_filtered._root._children and self._filtered(topic):
+            return super()._handle_publish()  # paho hands it to its callback
         payload = bytes(packet[at + 3 :])
         received = Received(topic, payload, mid, 1, attachment_sha256(payload))
         on_message(self, self._userdata, received)  # type: ignore[arg-type]  # see the class
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _filtered(self, topic: str) -> bool:
+        """Does a per-topic callback (``message_callback_add``) take ``topic``'s messages?"""
+        taken = self._filtered_topics.get(topic)
+        if taken is None:
+            if len(self._filtered_topics) >= FILTERED_TOPICS_MAX:
+                self._filtered_topics.clear()
+            with self._callback_mutex:
+                match = self._on_message_filtered.iter_match(topic)  # type: ignore[no-untyped-call]
+                taken = next(iter(match), None) is not None
+            self._filtered_topics[topic] = taken
+        return taken
+
+    def message_callback_add(self, sub: str, callback: mqtt.CallbackOnMessage) -> None:
+        self._filtered_topics = {}
+        super().message_callback_add(sub, callback)
+
+    def message_callback_remove(self, sub: str) -> None:
+        self._filtered_topics = {}
+        super().message_callback_remove(sub)
 
     def ack_all(self, acks: list[tuple[int, int]]) -> None:
         """Acknowledge these (mid, qos) messages, waking the network thread once for all of
