@@ -306,6 +306,7 @@ class Ingest:
         result = records.store_batch(
             self._conn,
             [(msg.topic, msg.payload) for msg in batch],
+            attachment_sha256s=[msg.attachment_sha256 for msg in batch],
             config=self.config,
             grouping=self.grouping,
             now_ts=time.time(),

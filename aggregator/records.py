@@ -169,6 +169,7 @@ def store_batch(
     grouping: events.Grouping,
     now_ts: float,
     admission: Admission | None = None,
+    attachment_sha256s: Sequence[str | None] | None = None,
 ) -> BatchResult:
     """The writer's transaction: store (topic, payload) messages in their order; count them;
     decide the notifications of the event changes. Everything commits together or not at all.
@@ -179,7 +180,10 @@ def store_batch(
     refuses (it is logged with its id). It is acknowledged and receipted as refused like any
     other, so it can never hold up the messages behind it. A failure of the store itself (disk
     full, I/O error) is not the message's fault: :class:`StoreFailure` is raised, the
-    transaction rolls back and nothing is acknowledged."""
+    transaction rolls back and nothing is acknowledged.
+
+    ``attachment_sha256s``: per message, the sha256 of its envelope's attachment when the
+    receiver computed it already (:attr:`aggregator.mqtt_client.Received.attachment_sha256`)."""
     results: list[Outcome | PayloadError | None] = [None] * len(messages)
     context = BatchContext(
         config=config,
@@ -188,6 +192,7 @@ def store_batch(
         snapshots=PendingSnapshots(config.store.snapshots_dir),
         now_ts=now_ts,
         received_at=datetime.fromtimestamp(now_ts, UTC).isoformat(),
+        attachment_sha256s=attachment_sha256s or [None] * len(messages),
     )
     try:
         with store.transaction(conn):
@@ -271,7 +276,18 @@ def _store_threats(
     for i in range(start, end):
         topic, payload = messages[i]
         try:
-            prepared.append((i, prepare(conn, topic, payload, context=context)))
+            prepared.append(
+                (
+                    i,
+                    prepare(
+                        conn,
+                        topic,
+                        payload,
+                        context=context,
+                        sha256_of_attachment=context.attachment_sha256s[i],
+                    ),
+                )
+            )
         except PayloadError as exc:
             results[i] = exc
         except Exception as exc:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import cv2
@@ -33,6 +35,10 @@ from modelrt.images import (
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
+STAGE_GROUP = 64
+"""Snapshot files written and then fsynced together (open at once, at most)."""
+FSYNC_THREADS = 8
+"""Threads that fsync the snapshot files of a group concurrently."""
 
 
 class SnapshotRefused(ValueError):
@@ -75,6 +81,34 @@ def check_jpeg(jpeg: bytes, *, max_side_px: int, decode: bool = False) -> None:
             raise SnapshotRefused("undecodable", "OpenCV cannot decode it")
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_fsync_pool: ThreadPoolExecutor | None = None
+_fsync_pool_lock = threading.Lock()
+
+
+def _fsync_all(fds: list[int]) -> None:
+    """fsync every file of ``fds`` concurrently and return when all are done; the first
+    OSError is raised then (never while another fsync may still use its file)."""
+    global _fsync_pool
+    if len(fds) < 2:
+        for fd in fds:
+            os.fsync(fd)
+        return
+    with _fsync_pool_lock:
+        if _fsync_pool is None:
+            _fsync_pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="snapshot-fsync")
+        pool = _fsync_pool
+    futures = [pool.submit(os.fsync, fd) for fd in fds]
+    wait(futures)
+    for future in futures:
+        future.result()
+
+
 class PendingSnapshots:
     """The snapshots of the messages one batch inserted, written once the rows are (see the
     module's docstring)."""
@@ -101,17 +135,30 @@ class PendingSnapshots:
             del self._files[sha]
 
     def stage(self) -> None:
-        """Write every file as ``.tmp`` (before COMMIT); OSError (a full disk) propagates and
-        the batch rolls back."""
-        for sha, jpeg in self._files.items():
-            final = snapshot_path(self.snapshots_dir, sha)
-            tmp = final.with_name(final.name + TMP_SUFFIX)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._staged.append(tmp)
-            with open(tmp, "wb") as fh:
-                fh.write(jpeg)
-                fh.flush()
-                os.fsync(fh.fileno())
+        """Write every file as ``.tmp`` and fsync it (before COMMIT); OSError (a full disk)
+        propagates and the batch rolls back.
+
+        The files are written STAGE_GROUP at a time and then fsynced together, each on a
+        thread of a small pool (:func:`_fsync_all`): the filesystem commits the concurrent
+        fsyncs together, where one after the other each waits for the disk on its own."""
+        made: set[Path] = set()
+        files = list(self._files.items())
+        for start in range(0, len(files), STAGE_GROUP):
+            fds: list[int] = []
+            try:
+                for sha, jpeg in files[start : start + STAGE_GROUP]:
+                    final = snapshot_path(self.snapshots_dir, sha)
+                    if final.parent not in made:
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                        made.add(final.parent)
+                    tmp = final.with_name(final.name + TMP_SUFFIX)
+                    self._staged.append(tmp)
+                    fds.append(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+                    _write_all(fds[-1], jpeg)
+                _fsync_all(fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def publish(self) -> None:
         """After COMMIT: put the staged files in place."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,8 @@ class BatchContext:
     now_ts: float
     received_at: str = ""
     """When the batch was received (ISO 8601, UTC): every message's ``received_at``."""
+    attachment_sha256s: Sequence[str | None] = ()
+    """Per message of the batch, its attachment's sha256 when the receiver has it."""
 
     @property
     def clock_max_ts(self) -> float:
@@ -99,10 +102,15 @@ def canonical_detections(message: ThreatFields) -> str:
 
 
 def prepare(
-    conn: store.Connection, topic: str, payload: bytes, *, context: BatchContext
+    conn: store.Connection,
+    topic: str,
+    payload: bytes,
+    *,
+    context: BatchContext,
+    sha256_of_attachment: str | None = None,
 ) -> Prepared:
     """Read and admit one threat payload; PayloadError with the reason to refuse it."""
-    received = parse_threat(payload)
+    received = parse_threat(payload, sha256_of_attachment=sha256_of_attachment)
     threat = received.message
     check_agent(topic, threat.agent_id)
     captured_ts = context.admission.check_time(

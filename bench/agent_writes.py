@@ -96,8 +96,27 @@ def io_of(pid: int) -> int:
     return 0
 
 
+HEADERS: dict[str, str] = {}
+"""A viewer token of the bench's store: the API asks for a credential."""
+
+
+def bench_token(db: Path) -> str:
+    from aggregator import store
+    from aggregator.auth import accounts
+    from aggregator.auth.roles import Role
+
+    store.migrate(db)
+    conn = store.connect(db)
+    try:
+        with store.transaction(conn):
+            return accounts.create_token(conn, name="bench", role=Role.viewer).token
+    finally:
+        conn.close()
+
+
 def stored(api: str) -> int:
-    return int(httpx.get(f"{api}/api/health", timeout=5).json()["threats"])
+    health = httpx.get(f"{api}/api/health", headers=HEADERS, timeout=5)
+    return int(health.json()["threats"])
 
 
 def run_agent(
@@ -224,6 +243,7 @@ def main() -> int:
                 f"api: {{host: 127.0.0.1, port: {api_port}}}\n"
             )
             api = f"http://127.0.0.1:{api_port}"
+            HEADERS["Authorization"] = f"Bearer {bench_token(work / 'secagg.sqlite')}"
             secagg = subprocess.Popen(
                 [str(Path(sys.executable).parent / "secagg"), "serve", "--config", str(agg)],
                 cwd=work,
@@ -235,7 +255,8 @@ def main() -> int:
                 deadline = time.monotonic() + 60
                 while True:
                     try:
-                        if httpx.get(f"{api}/api/health", timeout=1).status_code == 200:
+                        health = httpx.get(f"{api}/api/health", headers=HEADERS, timeout=1)
+                        if health.status_code == 200:
                             break
                     except httpx.HTTPError:
                         pass

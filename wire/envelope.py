@@ -94,17 +94,29 @@ def unpack(raw: bytes) -> tuple[bytes, bytes]:
     return raw[_HEAD.size : end], raw[end:]
 
 
-def parse_threat(raw: bytes) -> ReceivedThreat:
+def attachment_sha256(raw: bytes) -> str | None:
+    """The sha256 (hex) of an envelope's attachment, or None when ``raw`` is no envelope with
+    one. A receiver may compute it on another thread than the one that reads the message
+    (hashlib lets other threads run meanwhile) and hand it to :func:`parse_threat`."""
+    try:
+        attachment = unpack(raw)[1] if is_envelope(raw) else b""
+    except PayloadError:
+        return None
+    return hashlib.sha256(attachment).hexdigest() if attachment else None
+
+
+def parse_threat(raw: bytes, *, sha256_of_attachment: str | None = None) -> ReceivedThreat:
     """Read a payload of the threats topic: an envelope (``secagent.threat/2`` with its
     snapshot), plain JSON ``secagent.threat/2`` (no snapshot) or ``secagent.threat/1`` (the
     snapshot in base64). PayloadError with a counted reason when it must be refused (see
     :func:`wire.payloads.parse_payload`, plus ``bad_envelope``). A snapshot that does not
     match what the message announced is no reason to refuse the threat: it comes back as a
-    ``snapshot_problem``."""
+    ``snapshot_problem``. ``sha256_of_attachment``: :func:`attachment_sha256` of ``raw``,
+    when the caller has it already (it is computed here otherwise)."""
     if is_envelope(raw):
         header, attachment = unpack(raw)
         message = parse_payload(header, ThreatMessage)
-        return _attached(message, attachment)
+        return _attached(message, attachment, sha256_of_attachment)
     parsed = parse_payload_of(raw, (ThreatMessage, ThreatMessageV1))
     if isinstance(parsed, ThreatMessage):
         return _attached(parsed, b"")
@@ -112,14 +124,18 @@ def parse_threat(raw: bytes) -> ReceivedThreat:
     return _from_v1(parsed)
 
 
-def _attached(message: ThreatMessage, attachment: bytes) -> ReceivedThreat:
+def _attached(
+    message: ThreatMessage, attachment: bytes, sha256: str | None = None
+) -> ReceivedThreat:
     ref = message.snapshot
     if ref is None:
         return ReceivedThreat(message, None)  # an unannounced attachment is ignored
     if not attachment:
         problem = ("missing", "the message announces a snapshot and has no attachment")
         return ReceivedThreat(message, None, None, problem)
-    if len(attachment) != ref.size or hashlib.sha256(attachment).hexdigest() != ref.sha256:
+    if sha256 is None:
+        sha256 = hashlib.sha256(attachment).hexdigest()
+    if len(attachment) != ref.size or sha256 != ref.sha256:
         detail = f"{len(attachment)} bytes do not match {ref.sha256[:12]}"
         return ReceivedThreat(message, None, None, ("sha256_mismatch", detail))
     return ReceivedThreat(message, attachment, ref.sha256)
