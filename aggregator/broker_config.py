@@ -136,6 +136,13 @@ class DeploymentSpec(BaseModel):
         description="OS user Mosquitto drops to when started as root (default: the package's, "
         "'mosquitto'); it must be able to read passwd and acl and write persistence_dir",
     )
+    autosave_interval_s: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description="seconds between saves of sessions and queues to disk (a crash loses what "
+        "changed since: the agents send again what has no receipt)",
+    )
     aggregator_user: str = Field(
         "secagg", pattern=AGENT_ID_PATTERN, description="the aggregator's account"
     )
@@ -167,15 +174,15 @@ class DeploymentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _distinct(self) -> DeploymentSpec:
+        names = [site.name for site in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError("site names must be distinct")
         everyone = [self.aggregator_user, *self.agents, *self.readers]
         for site in self.sites:
             everyone += [site.bridge_user, *site.agents]
         dupes = sorted({n for n in everyone if everyone.count(n) > 1})
         if dupes:
             raise ValueError(f"account names must be distinct, repeated: {', '.join(dupes)}")
-        names = [site.name for site in self.sites]
-        if len(set(names)) != len(names):
-            raise ValueError("site names must be distinct")
         return self
 
     @model_validator(mode="after")
@@ -298,7 +305,7 @@ def mosquitto_conf_text(spec: DeploymentSpec, out_dir: Path) -> str:
             run_as=spec.run_as,
             out_dir=out_dir,
             persistence_dir=spec.persistence_dir,
-            autosave_interval_s=60,
+            autosave_interval_s=spec.autosave_interval_s,
             queue=["max_queued_messages 1000000"],
             listener=spec.listener,
         ),

@@ -200,6 +200,11 @@ def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> Non
 
 LOCAL = {"host": "127.0.0.1", "port": 1883}
 TLS = {"cafile": "/ca.crt", "certfile": "/server.crt", "keyfile": "/server.key"}
+CENTRAL = {"host": "central.example", "cafile": "/ca.crt"}
+
+
+def a_site(name: str, agents: list[str], **more: Any) -> dict[str, Any]:
+    return {"name": name, "listener": LOCAL, "central": CENTRAL, "agents": agents, **more}
 
 
 @pytest.mark.parametrize(
@@ -219,6 +224,38 @@ TLS = {"cafile": "/ca.crt", "certfile": "/server.crt", "keyfile": "/server.key"}
         ({"agents": ["a"], "listener": {"host": "0.0.0.0", "port": 8883, "tls": TLS}}, None),
         ({"agents": ["a"], "listener": {"host": "::1", "port": 1883}}, None),
         ({"agents": ["a"], "listener": LOCAL}, None),
+        # site brokers (docs/deploy.md, "Site brokers")
+        ({"sites": [a_site("north", ["n1"])], "listener": LOCAL}, None),
+        ({"sites": [a_site("north", ["n1"])], "listener": {"port": 8883, "tls": TLS}}, None),
+        ({"sites": [a_site("north", [])], "listener": LOCAL}, "agents"),
+        ({"sites": [a_site("n/1", ["n1"])], "listener": LOCAL}, "sites.0.name"),
+        ({"agents": ["n1"], "sites": [a_site("north", ["n1"])], "listener": LOCAL}, "distinct"),
+        (
+            {"sites": [a_site("north", ["n1"]), a_site("north", ["n2"])], "listener": LOCAL},
+            "site names must be distinct",
+        ),
+        (
+            {"agents": ["bridge-north"], "sites": [a_site("north", ["n1"])], "listener": LOCAL},
+            "distinct",
+        ),
+        (
+            {
+                "sites": [a_site("north", ["n1"], central={"host": "c"})],
+                "listener": {"port": 8883, "tls": TLS},
+            },
+            "central.cafile",
+        ),
+        (
+            {"sites": [a_site("north", ["n1"], max_queued_messages=10)], "listener": LOCAL},
+            "max_queued_messages",
+        ),
+        (
+            {
+                "sites": [a_site("north", ["n1"], listener={"host": "0.0.0.0", "port": 1883})],
+                "listener": LOCAL,
+            },
+            "plain text",
+        ),
         (
             {
                 "agents": ["a"],
