@@ -295,6 +295,26 @@ def test_central_broker_down_then_back_loses_nothing(rig: Rig) -> None:
     assert_exactly(rig.stored(), range(first + backlog))  # the sends again stored nothing
 
 
+def test_central_broker_killed_mid_stream_with_the_agent_running(rig: Rig) -> None:
+    """The same outage with the agent streaming through it: while no receipt comes it sends its
+    backlog again into the site broker's queue (5 s, then doubling), so the queue carries
+    duplicates; the store still gets each serial once and in order per camera."""
+    n = 1200
+    gen = start_test_threats(rig.agent_conf, count=n, cameras=3, rate_hz=150, drain_timeout_s=300)
+    wait_for(lambda: len(rig.stored()) >= 200, timeout_s=60, what="200 stored")
+    rig.central.stop(kill=True)
+    # down long enough for the agent's receipt timeout (5 s) to send its backlog again
+    wait_for(lambda: rig.outbox_state()[0] >= 900, timeout_s=60, what="a backlog of 900")
+    rig.central.start()
+    back = time.monotonic()
+    summary = finish(gen, timeout_s=300)
+    assert summary["outbox_depth"] == 0 and summary["dropped"] == 0
+    assert summary["published"] > n, summary  # it did send some again: the queue had copies
+    wait_for(lambda: len(rig.stored()) >= n, timeout_s=60, what="all stored")
+    print(f"\nmid-stream: outbox drained {time.monotonic() - back:.1f} s after central was back")
+    assert_exactly(rig.stored(), range(n))
+
+
 def test_site_broker_killed_while_the_central_link_is_down(rig: Rig) -> None:
     """The site broker keeps the bridge's queue as of its last autosave: SIGKILLed and
     restarted while the central broker is down, it delivers that queue once the central broker
