@@ -333,3 +333,28 @@ def test_the_acl_confines_agents_to_their_own_prefix() -> None:
     agent_block = acl.split("user cam1\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert all("secagent/v1/cam1/" in line for line in agent_block)
     assert not any("+" in line or "#" in line for line in agent_block)
+
+
+def test_site_files_keep_their_passwords_and_hide_the_bridges(tmp_path: Path) -> None:
+    """A spec with a site: its folder holds the site's agents only; the bridge's password is
+    the central account's, kept across runs, in a config only root and mosquitto may read."""
+    spec_path = tmp_path / "site.yaml"
+    north_spec = a_site("north", ["n1"])
+    spec = {"agents": ["a1"], "sites": [north_spec], "listener": LOCAL}
+    spec_path.write_text(yaml.safe_dump(spec))
+    run = [str(BIN / "secagg"), "broker-config", "--spec", str(spec_path), "--out", str(tmp_path)]
+    subprocess.run(run, check=True, capture_output=True)
+    central = yaml.safe_load((tmp_path / "credentials.yaml").read_text())
+    north = tmp_path / "sites" / "north"
+    conf = (north / "mosquitto.conf").read_text()
+    assert set(central) == {"secagg", "a1", "bridge-north"}
+    assert set(yaml.safe_load((north / "credentials.yaml").read_text())) == {"n1"}
+    assert f"remote_password {central['bridge-north']}\n" in conf
+    assert (north / "mosquitto.conf").stat().st_mode & 0o007 == 0
+    assert "user n1\n" in (north / "acl").read_text()
+    assert "n1" not in (tmp_path / "passwd").read_text()  # no account centrally
+    north_spec["agents"] = ["n1", "n2"]
+    spec_path.write_text(yaml.safe_dump(spec))
+    subprocess.run(run, check=True, capture_output=True)
+    assert f"remote_password {central['bridge-north']}\n" in (north / "mosquitto.conf").read_text()
+    assert "topic write secagent/v1/n2/threats" in (tmp_path / "acl").read_text()
