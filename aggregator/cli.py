@@ -169,23 +169,36 @@ def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="folder for mosquitto.conf, passwd, acl and credentials.yaml",
+    help="folder for mosquitto.conf, passwd, acl and credentials.yaml (and sites/<name>/ "
+    "with the same four files for each site broker of the spec)",
 )
 def broker_config(spec_path: Path, out_dir: Path) -> None:
     """Write a Mosquitto config for a deployment: an account and ACL per agent, no anonymous.
 
     Re-run it after adding an agent to the spec: existing passwords are kept. Then reload
     Mosquitto (systemctl reload mosquitto) and give the agent its password.
+
+    With ``sites`` in the spec, each site broker's files go to OUT/sites/<name>/: its agents'
+    accounts and ACL, and a bridge to this (central) broker with a persistent queue, which logs
+    in as bridge-<name>, an account here allowed only that site's agents' topics.
     """
-    from aggregator.broker_config import BrokerConfigError, load_spec, write_broker_config
+    from aggregator.broker_config import (
+        BrokerConfigError,
+        load_spec,
+        site_dir,
+        write_broker_config,
+    )
 
     try:
-        creds = write_broker_config(load_spec(spec_path), out_dir)
+        spec = load_spec(spec_path)
+        creds = write_broker_config(spec, out_dir)
     except (ConfigError, BrokerConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"wrote {out_dir}/mosquitto.conf, passwd, acl, credentials.yaml ({len(creds)} accounts)"
     )
+    for site in spec.sites:
+        click.echo(f"wrote {site_dir(out_dir, site.name)}/ for site {site.name}")
 
 
 def _read_db(config: AggregatorConfig) -> store.Connection:

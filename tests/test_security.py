@@ -200,6 +200,11 @@ def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> Non
 
 LOCAL = {"host": "127.0.0.1", "port": 1883}
 TLS = {"cafile": "/ca.crt", "certfile": "/server.crt", "keyfile": "/server.key"}
+CENTRAL = {"host": "central.example", "cafile": "/ca.crt"}
+
+
+def a_site(name: str, agents: list[str], **more: Any) -> dict[str, Any]:
+    return {"name": name, "listener": LOCAL, "central": CENTRAL, "agents": agents, **more}
 
 
 @pytest.mark.parametrize(
@@ -219,6 +224,38 @@ TLS = {"cafile": "/ca.crt", "certfile": "/server.crt", "keyfile": "/server.key"}
         ({"agents": ["a"], "listener": {"host": "0.0.0.0", "port": 8883, "tls": TLS}}, None),
         ({"agents": ["a"], "listener": {"host": "::1", "port": 1883}}, None),
         ({"agents": ["a"], "listener": LOCAL}, None),
+        # site brokers (docs/deploy.md, "Site brokers")
+        ({"sites": [a_site("north", ["n1"])], "listener": LOCAL}, None),
+        ({"sites": [a_site("north", ["n1"])], "listener": {"port": 8883, "tls": TLS}}, None),
+        ({"sites": [a_site("north", [])], "listener": LOCAL}, "agents"),
+        ({"sites": [a_site("n/1", ["n1"])], "listener": LOCAL}, "sites.0.name"),
+        ({"agents": ["n1"], "sites": [a_site("north", ["n1"])], "listener": LOCAL}, "distinct"),
+        (
+            {"sites": [a_site("north", ["n1"]), a_site("north", ["n2"])], "listener": LOCAL},
+            "site names must be distinct",
+        ),
+        (
+            {"agents": ["bridge-north"], "sites": [a_site("north", ["n1"])], "listener": LOCAL},
+            "distinct",
+        ),
+        (
+            {
+                "sites": [a_site("north", ["n1"], central={"host": "c"})],
+                "listener": {"port": 8883, "tls": TLS},
+            },
+            "central.cafile",
+        ),
+        (
+            {"sites": [a_site("north", ["n1"], max_queued_messages=10)], "listener": LOCAL},
+            "max_queued_messages",
+        ),
+        (
+            {
+                "sites": [a_site("north", ["n1"], listener={"host": "0.0.0.0", "port": 1883})],
+                "listener": LOCAL,
+            },
+            "plain text",
+        ),
         (
             {
                 "agents": ["a"],
@@ -296,3 +333,28 @@ def test_the_acl_confines_agents_to_their_own_prefix() -> None:
     agent_block = acl.split("user cam1\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert all("secagent/v1/cam1/" in line for line in agent_block)
     assert not any("+" in line or "#" in line for line in agent_block)
+
+
+def test_site_files_keep_their_passwords_and_hide_the_bridges(tmp_path: Path) -> None:
+    """A spec with a site: its folder holds the site's agents only; the bridge's password is
+    the central account's, kept across runs, in a config only root and mosquitto may read."""
+    spec_path = tmp_path / "site.yaml"
+    north_spec = a_site("north", ["n1"])
+    spec = {"agents": ["a1"], "sites": [north_spec], "listener": LOCAL}
+    spec_path.write_text(yaml.safe_dump(spec))
+    run = [str(BIN / "secagg"), "broker-config", "--spec", str(spec_path), "--out", str(tmp_path)]
+    subprocess.run(run, check=True, capture_output=True)
+    central = yaml.safe_load((tmp_path / "credentials.yaml").read_text())
+    north = tmp_path / "sites" / "north"
+    conf = (north / "mosquitto.conf").read_text()
+    assert set(central) == {"secagg", "a1", "bridge-north"}
+    assert set(yaml.safe_load((north / "credentials.yaml").read_text())) == {"n1"}
+    assert f"remote_password {central['bridge-north']}\n" in conf
+    assert (north / "mosquitto.conf").stat().st_mode & 0o007 == 0
+    assert "user n1\n" in (north / "acl").read_text()
+    assert "n1" not in (tmp_path / "passwd").read_text()  # no account centrally
+    north_spec["agents"] = ["n1", "n2"]
+    spec_path.write_text(yaml.safe_dump(spec))
+    subprocess.run(run, check=True, capture_output=True)
+    assert f"remote_password {central['bridge-north']}\n" in (north / "mosquitto.conf").read_text()
+    assert "topic write secagent/v1/n2/threats" in (tmp_path / "acl").read_text()
