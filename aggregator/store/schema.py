@@ -7,6 +7,7 @@ explicit (:func:`transaction`, :func:`savepoint`).
 
 from __future__ import annotations
 
+import fcntl
 import queue
 import sqlite3
 import threading
@@ -426,12 +427,16 @@ class ReadPool:
 
 
 def migrate(path: Path) -> None:
-    """Create or upgrade the schema."""
-    conn = connect(path)
-    try:
-        migrations.apply(sqlite_utils.Database(conn))
-    finally:
-        conn.close()
+    """Create or upgrade the schema. Processes that start together on one store (``secagg
+    serve --role``) take turns: an exclusive lock on ``<store>.migrate.lock`` around it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn = connect(path)
+        try:
+            migrations.apply(sqlite_utils.Database(conn))
+        finally:
+            conn.close()
 
 
 def checkpoint(conn: Connection) -> None:
@@ -762,5 +767,18 @@ def m015_event_list_indexes(db: sqlite_utils.Database) -> None:
         CREATE INDEX IF NOT EXISTS events_label ON events (label);
         CREATE INDEX IF NOT EXISTS events_severity ON events (severity);
         CREATE INDEX IF NOT EXISTS threats_camera ON threats (camera, id, captured_ts);
+        """
+    )
+
+
+@migrations()
+def m016_notification_claims(db: sqlite_utils.Database) -> None:
+    """Many senders on one store (ingest workers, ``secagg serve --role``): a sender claims a
+    due notification before it sends it (``claimed_by``: who, ``claimed_until``: its lease);
+    another sender takes it only once the lease ran out (a claimer that died)."""
+    db.executescript(
+        """
+        ALTER TABLE notifications ADD COLUMN claimed_by TEXT;
+        ALTER TABLE notifications ADD COLUMN claimed_until REAL;
         """
     )
