@@ -75,12 +75,18 @@ class DeploymentSpec(BaseModel):
         "secagg", pattern=AGENT_ID_PATTERN, description="the aggregator's account"
     )
     agents: list[str] = Field(min_length=1, description="agent ids; each gets its own account")
+    ingest_workers: list[str] = Field(
+        default_factory=list,
+        description="names of secagg ingest workers (secagg serve --role ingest --worker NAME); "
+        "each gets the account <aggregator_user>-<name> with the aggregator's password, allowed "
+        "to take threats and send receipts and event changes",
+    )
     readers: list[str] = Field(
         default_factory=list,
         description="read-only accounts (home automation, SOC) for events and agent status",
     )
 
-    @field_validator("agents", "readers")
+    @field_validator("agents", "readers", "ingest_workers")
     @classmethod
     def _names(cls, names: list[str]) -> list[str]:
         for name in names:
@@ -89,11 +95,15 @@ class DeploymentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _distinct(self) -> DeploymentSpec:
-        everyone = [self.aggregator_user, *self.agents, *self.readers]
+        everyone = [self.aggregator_user, *self.agents, *self.readers, *self.worker_accounts]
         dupes = sorted({n for n in everyone if everyone.count(n) > 1})
         if dupes:
             raise ValueError(f"account names must be distinct, repeated: {', '.join(dupes)}")
         return self
+
+    @property
+    def worker_accounts(self) -> list[str]:
+        return [f"{self.aggregator_user}-{name}" for name in self.ingest_workers]
 
 
 HA_STATE = "secagent/ha"
@@ -118,6 +128,14 @@ def acl_text(spec: DeploymentSpec) -> str:
         f"topic write {HA_DISCOVERY}/#",
         "",
     ]
+    for worker in spec.worker_accounts:  # an ingest worker's client id is its account too
+        lines += [
+            f"user {worker}",
+            f"topic read {PREFIX}/+/threats",
+            f"topic write {PREFIX}/+/receipts",
+            f"topic readwrite {Topics.EVENTS}",
+            "",
+        ]
     for agent in spec.agents:
         t = Topics(agent)
         lines += [
@@ -200,6 +218,7 @@ def write_broker_config(spec: DeploymentSpec, out_dir: Path) -> dict[str, str]:
         known = yaml.safe_load(creds_path.read_text()) or {}
     accounts = [spec.aggregator_user, *spec.agents, *spec.readers]
     creds = {name: known.get(name) or secrets.token_urlsafe(24) for name in accounts}
+    creds |= dict.fromkeys(spec.worker_accounts, creds[spec.aggregator_user])
     fd = os.open(creds_path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write("# Plain passwords of the broker accounts. Keep this file secret.\n")

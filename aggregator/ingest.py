@@ -36,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from aggregator import events, notify, records, retention, snapshots, store
+from aggregator import events, notify, records, retention, roles, snapshots, store
 from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
@@ -74,8 +74,14 @@ class IngestStats:
 class Ingest:
     """The MQTT side of ``secagg``: one paho client, one writer thread owning the database."""
 
-    def __init__(self, config: AggregatorConfig) -> None:
+    def __init__(
+        self, config: AggregatorConfig, *, role: roles.Role = "all", worker: str | None = None
+    ) -> None:
+        roles.check(role, worker)
         self.config = config
+        self.role = role
+        """What this process does among others on the store (:mod:`aggregator.roles`)."""
+        self.worker = worker
         self.stats = IngestStats()
         self.connected = threading.Event()
         self._queue: queue.Queue[Received | None] = queue.Queue(maxsize=config.ingest.queue_max)
@@ -99,16 +105,19 @@ class Ingest:
             store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
-        snapshots.recover(self._conn, config.store.snapshots_dir)
-        retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
+        if roles.sweeps(role):  # once per site: not under a worker's feet mid-batch
+            snapshots.recover(self._conn, config.store.snapshots_dir)
+            retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
         client = IngestClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=config.mqtt.client_id,
+            client_id=roles.suffixed(config.mqtt.client_id, worker) or "",
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
         if config.mqtt.username:
-            client.username_pw_set(config.mqtt.username, config.mqtt.password)
+            client.username_pw_set(
+                roles.suffixed(config.mqtt.username, worker), config.mqtt.password
+            )
         if config.mqtt.tls_ca_file:
             client.tls_set(ca_certs=str(config.mqtt.tls_ca_file))
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
@@ -158,10 +167,7 @@ class Ingest:
             self.config.mqtt.port,
             flags.session_present,
         )
-        client.subscribe(
-            [(Topics.ALL_THREATS, 1), (Topics.ALL_STATUS, 1), (Topics.ALL_OTA_REPORTS, 1)]
-            + [(topic, 1) for topic in self.extra_subscriptions]
-        )
+        client.subscribe([(t, 1) for t in roles.subscriptions(self.role, self.extra_subscriptions)])
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         error = self.client.last_connect_error
@@ -292,14 +298,15 @@ class Ingest:
                 retry_s = min(retry_s * 2, self.config.ingest.store_retry_max_s)
                 continue
             if time.monotonic() >= next_sweep:
-                self._busy_since = time.monotonic()
-                try:
-                    self._sweep()
-                except Exception:
-                    self.stats.failed_sweeps += 1
-                    log.exception("the sweep failed; trying again at the next one")
-                finally:
-                    self._busy_since = None
+                if roles.sweeps(self.role):  # an ingest worker leaves it to the api process
+                    self._busy_since = time.monotonic()
+                    try:
+                        self._sweep()
+                    except Exception:
+                        self.stats.failed_sweeps += 1
+                        log.exception("the sweep failed; trying again at the next one")
+                    finally:
+                        self._busy_since = None
                 next_sweep = time.monotonic() + self.config.events.sweep_interval_s
 
     def _write_batch(self, batch: list[Received]) -> None:
@@ -447,7 +454,8 @@ class Ingest:
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.config.mqtt.session_expiry_s
+        persistent = roles.persistent_session(self.role)
+        props.SessionExpiryInterval = self.config.mqtt.session_expiry_s if persistent else 0
         self._writer.start()
         if self.sender is not None:
             self.sender.start()
@@ -455,7 +463,7 @@ class Ingest:
             self.config.mqtt.host,
             self.config.mqtt.port,
             self.config.mqtt.keepalive_s,
-            clean_start=False,
+            clean_start=not persistent,
             properties=props,
         )
         self.client.loop_start()
