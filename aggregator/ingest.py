@@ -105,6 +105,7 @@ class Ingest:
             store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
+        self._turns = store.WriteTurns(config.store.path)
         if roles.sweeps(role):  # once per site: not under a worker's feet mid-batch
             snapshots.recover(self._conn, config.store.snapshots_dir)
             retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
@@ -310,15 +311,16 @@ class Ingest:
                 next_sweep = time.monotonic() + self.config.events.sweep_interval_s
 
     def _write_batch(self, batch: list[Received]) -> None:
-        result = records.store_batch(
-            self._conn,
-            [(msg.topic, msg.payload) for msg in batch],
-            attachment_sha256s=[msg.attachment_sha256 for msg in batch],
-            config=self.config,
-            grouping=self.grouping,
-            now_ts=time.time(),
-            admission=self.admission,
-        )
+        with self._turns.turn():  # the store's writers on this machine, one after the other
+            result = records.store_batch(
+                self._conn,
+                [(msg.topic, msg.payload) for msg in batch],
+                attachment_sha256s=[msg.attachment_sha256 for msg in batch],
+                config=self.config,
+                grouping=self.grouping,
+                now_ts=time.time(),
+                admission=self.admission,
+            )
         stored = [
             o for o in result.results if isinstance(o, records.Outcome) and o.kind == "stored"
         ]
@@ -401,7 +403,7 @@ class Ingest:
                 )
 
     def _sweep(self) -> None:
-        with store.transaction(self._conn) as conn:
+        with self._turns.turn(), store.transaction(self._conn) as conn:
             now_ts = time.time()
             changes = events.end_idle(
                 conn,
@@ -483,3 +485,4 @@ class Ingest:
         self.client.disconnect()  # after the acks of the last batch (paho sends in order)
         self.client.loop_stop()
         self._conn.close()
+        self._turns.close()
