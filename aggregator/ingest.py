@@ -22,7 +22,9 @@ the writer is alive and not stalled, and the store writable.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -43,6 +45,7 @@ from aggregator.events import EventChange
 from aggregator.liveness import Liveness
 from aggregator.mqtt_client import IngestClient, Received
 from aggregator.records import message_id_of
+from aggregator.store.models import WorkerRow
 from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
 from wire.topics import TopicError, Topics
 
@@ -106,6 +109,7 @@ class Ingest:
         store.migrate(config.store.path)
         self._conn = store.connect(config.store.path)
         self._turns = store.WriteTurns(config.store.path)
+        self._started_ts = time.time()
         if roles.sweeps(role):  # once per site: not under a worker's feet mid-batch
             snapshots.recover(self._conn, config.store.snapshots_dir)
             retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
@@ -299,15 +303,15 @@ class Ingest:
                 retry_s = min(retry_s * 2, self.config.ingest.store_retry_max_s)
                 continue
             if time.monotonic() >= next_sweep:
-                if roles.sweeps(self.role):  # an ingest worker leaves it to the api process
-                    self._busy_since = time.monotonic()
-                    try:
-                        self._sweep()
-                    except Exception:
-                        self.stats.failed_sweeps += 1
-                        log.exception("the sweep failed; trying again at the next one")
-                    finally:
-                        self._busy_since = None
+                self._busy_since = time.monotonic()
+                try:
+                    # an ingest worker leaves the sweep to the api process and says it is alive
+                    self._sweep() if roles.sweeps(self.role) else self._beat()
+                except Exception:
+                    self.stats.failed_sweeps += 1
+                    log.exception("the sweep failed; trying again at the next one")
+                finally:
+                    self._busy_since = None
                 next_sweep = time.monotonic() + self.config.events.sweep_interval_s
 
     def _write_batch(self, batch: list[Received]) -> None:
@@ -425,6 +429,20 @@ class Ingest:
             wait_s = 0.0 if swept.more else self.config.store.snapshots.sweep_interval_s
             self._next_prune = time.monotonic() + wait_s
 
+    def _beat(self) -> None:
+        """An ingest worker's heartbeat in the store (``/api/health`` of the api process)."""
+        worker = WorkerRow(
+            name=self.worker or self.config.mqtt.client_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_ts=self._started_ts,
+            heartbeat_ts=time.time(),
+            broker_connected=self.connected.is_set(),
+            problems=self.liveness().problems,
+        )
+        with self._turns.turn(), store.transaction(self._conn) as conn:
+            store.workers.beat(conn, worker)
+
     def _publish_changes(self, changes: list[EventChange]) -> None:
         for change in changes:
             message = events.event_message(self._conn, change)
@@ -478,6 +496,12 @@ class Ingest:
         self._writer.join(timeout=10)
         if self.sender is not None:
             self.sender.stop()
+        if self.worker is not None:  # stopped, not dead: no longer expected
+            try:
+                with store.transaction(self._conn) as conn:
+                    store.workers.leave(conn, self.worker)
+            except store.DatabaseError as exc:
+                log.warning("could not remove worker %s from the store: %s", self.worker, exc)
         try:
             store.checkpoint(self._conn)
         except store.DatabaseError as exc:

@@ -12,11 +12,14 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from aggregator import store
+from aggregator.api.routes.health import worker_problems
+from aggregator.api.schemas import WorkerHealth
 from aggregator.config import AggregatorConfig
 from aggregator.notify.sender import NotificationSender
 from aggregator.store.models import NewEvent, NewNotification
@@ -123,19 +126,30 @@ def test_three_workers_and_an_api_on_one_store(tmp_path: Path, broker: Mosquitto
             states = rows(db, "SELECT state, claimed_by FROM notifications")
             assert states == [("sent", None)] * len(keys)
 
-            # the API process counts what the workers stored
-            health = httpx.get(f"{api}/api/health", headers=HEADERS, timeout=5).json()
-            assert health["status"] == "ok", health
+            # the killed worker back; the API process counts what the workers stored, and
+            # sees the workers by their heartbeats (w2's from its new process)
+            workers[1].start()
+            assert workers[1].proc is not None
+            pid = workers[1].proc.pid
+
+            def healthy() -> dict[str, Any] | None:
+                health: dict[str, Any] = httpx.get(
+                    f"{api}/api/health", headers=HEADERS, timeout=5
+                ).json()
+                beats = {w["name"]: w["pid"] for w in health["workers"]}
+                ok = health["status"] == "ok" and sorted(beats) == ["w1", "w2", "w3"]
+                return health if ok and beats["w2"] == pid else None
+
+            health = wait_for(healthy, timeout_s=30, what="health with the three workers")
             assert health["messages"] == len(AGENTS) * PER_AGENT
             assert health["events"] == health["open_events"] == len(keys)
             assert health["counters"]["stored"] == len(AGENTS) * PER_AGENT
-
-            # the killed worker back: what the broker kept for its session is a duplicate now
-            workers[1].start()
+            assert all(w["broker_connected"] and not w["problems"] for w in health["workers"])
             assert stored(db) == len(AGENTS) * PER_AGENT
         finally:
             codes = {proc.name: proc.stop() for proc in reversed(procs)}
         assert codes == dict.fromkeys(codes, 0), codes
+        assert rows(db, "SELECT name FROM ingest_workers") == []  # stopped, not expected
         assert len(hook.requests) == len(keys)
         for proc in procs:
             assert "Traceback" not in proc.log.read_text(), proc.log.read_text()[-3000:]
@@ -259,3 +273,23 @@ def test_claims_from_threads_never_overlap(tmp_path: Path) -> None:
         t.join(timeout=60)
     everything = [i for mine in claimed.values() for i in mine]
     assert sorted(everything) == ids
+
+
+def test_a_worker_not_heard_from_or_in_trouble_degrades_health() -> None:
+    def worker(age_s: float, problems: list[str]) -> WorkerHealth:
+        return WorkerHealth(
+            name="w1",
+            host="h",
+            pid=7,
+            heartbeat_age_s=age_s,
+            broker_connected=True,
+            problems=problems,
+        )
+
+    assert worker_problems([worker(1.0, [])]) == []
+    assert worker_problems([worker(45.0, [])]) == [
+        "ingest worker w1 (pid 7 on h) not heard from for 45 s"
+    ]
+    assert worker_problems([worker(1.0, ["broker not connected"])]) == [
+        "ingest worker w1: broker not connected"
+    ]

@@ -806,3 +806,22 @@ def m016_notification_claims(db: sqlite_utils.Database) -> None:
         ALTER TABLE notifications ADD COLUMN claimed_until REAL;
         """
     )
+
+
+@migrations()
+def m017_ingest_workers(db: sqlite_utils.Database) -> None:
+    """The ingest workers running on this store (``secagg serve --role ingest``), each with its
+    last heartbeat: what ``/api/health`` of the api process reports of them."""
+    db.executescript(
+        """
+        CREATE TABLE ingest_workers (
+            name TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_ts REAL NOT NULL,
+            heartbeat_ts REAL NOT NULL,
+            broker_connected INTEGER NOT NULL,
+            problems TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """
+    )
