@@ -150,6 +150,12 @@ class DeploymentSpec(BaseModel):
         default_factory=list,
         description="agent ids connecting to this broker; each gets its own account",
     )
+    ingest_workers: list[str] = Field(
+        default_factory=list,
+        description="names of secagg ingest workers (secagg serve --role ingest --worker NAME); "
+        "each gets the account <aggregator_user>-<name> with the aggregator's password, allowed "
+        "to take threats and send receipts and event changes",
+    )
     readers: list[str] = Field(
         default_factory=list,
         description="read-only accounts (home automation, SOC) for events and agent status",
@@ -159,7 +165,7 @@ class DeploymentSpec(BaseModel):
         description="site brokers bridged to this one, each with its own agents",
     )
 
-    @field_validator("agents", "readers")
+    @field_validator("agents", "readers", "ingest_workers")
     @classmethod
     def _names(cls, names: list[str]) -> list[str]:
         for name in names:
@@ -177,7 +183,7 @@ class DeploymentSpec(BaseModel):
         names = [site.name for site in self.sites]
         if len(set(names)) != len(names):
             raise ValueError("site names must be distinct")
-        everyone = [self.aggregator_user, *self.agents, *self.readers]
+        everyone = [self.aggregator_user, *self.agents, *self.readers, *self.worker_accounts]
         for site in self.sites:
             everyone += [site.bridge_user, *site.agents]
         dupes = sorted({n for n in everyone if everyone.count(n) > 1})
@@ -194,6 +200,10 @@ class DeploymentSpec(BaseModel):
                     "bridge needs the CA file to check it"
                 )
         return self
+
+    @property
+    def worker_accounts(self) -> list[str]:
+        return [f"{self.aggregator_user}-{name}" for name in self.ingest_workers]
 
 
 HA_STATE = "secagent/ha"
@@ -218,6 +228,14 @@ def acl_text(spec: DeploymentSpec) -> str:
         f"topic write {HA_DISCOVERY}/#",
         "",
     ]
+    for worker in spec.worker_accounts:  # an ingest worker's client id is its account too
+        lines += [
+            f"user {worker}",
+            f"topic read {PREFIX}/+/threats",
+            f"topic write {PREFIX}/+/receipts",
+            f"topic readwrite {Topics.EVENTS}",
+            "",
+        ]
     for agent in spec.agents:
         lines += [f"user {agent}", *_agent_topics([agent]), ""]
     for site in spec.sites:
@@ -377,15 +395,18 @@ def _readable_by_broker_group(path: Path) -> None:
     os.chown(path, 0, gid)
 
 
-def _write_accounts(out_dir: Path, accounts: list[str]) -> dict[str, str]:
+def _write_accounts(
+    out_dir: Path, accounts: list[str], *, sharing: dict[str, str] | None = None
+) -> dict[str, str]:
     """Write credentials.yaml (keeping known passwords) and passwd; return account ->
-    password."""
+    password. ``sharing`` maps more accounts to the account whose password they use."""
     out_dir.mkdir(parents=True, exist_ok=True)
     creds_path = out_dir / "credentials.yaml"
     known: dict[str, str] = {}
     if creds_path.exists():
         known = yaml.safe_load(creds_path.read_text()) or {}
     creds = {name: known.get(name) or secrets.token_urlsafe(24) for name in accounts}
+    creds |= {name: creds[owner] for name, owner in (sharing or {}).items()}
     fd = os.open(creds_path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write("# Plain passwords of the broker accounts. Keep this file secret.\n")
@@ -411,7 +432,9 @@ def write_broker_config(spec: DeploymentSpec, out_dir: Path) -> dict[str, str]:
     return account -> password of the central broker's accounts."""
     accounts = [spec.aggregator_user, *spec.agents, *spec.readers]
     accounts += [site.bridge_user for site in spec.sites]
-    creds = _write_accounts(out_dir, accounts)
+    # an ingest worker's account is the aggregator's with another name (its client id)
+    workers = dict.fromkeys(spec.worker_accounts, spec.aggregator_user)
+    creds = _write_accounts(out_dir, accounts, sharing=workers)
     (out_dir / "acl").write_text(acl_text(spec))
     (out_dir / "mosquitto.conf").write_text(mosquitto_conf_text(spec, out_dir.resolve()))
     for site in spec.sites:

@@ -68,20 +68,44 @@ def freeze_startup_objects() -> None:
 @config_option("aggregator")
 @log_level_option
 @log_format_option
-def serve(config_path: Path, log_level: str, log_format: str) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "ingest", "api"]),
+    default="all",
+    show_default=True,
+    help="all: everything in one process; ingest: an ingest worker (threats on the shared "
+    "subscription, no API); api: the API, statuses, the sweep, OTA (one per site)",
+)
+@click.option(
+    "--worker",
+    default=None,
+    help="the ingest worker's name (--role ingest): it connects as <client_id>-<worker>",
+)
+def serve(
+    config_path: Path, log_level: str, log_format: str, role: str, worker: str | None
+) -> None:
     """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM.
 
-    Under systemd (Type=notify) it says READY=1 once the store is migrated and the API listens,
-    pings the watchdog while the store writer turns and the API answers, and on SIGTERM stores
-    what it holds, checkpoints the database and exits 0.
+    Under systemd (Type=notify) it says READY=1 once the store is migrated and the API listens
+    (an ingest worker: once subscribed), pings the watchdog while the store writer turns and the
+    API answers, and on SIGTERM stores what it holds, checkpoints the database and exits 0.
+    Many processes on one store: one ``--role api`` and any number of ``--role ingest --worker
+    NAME`` (docs/scale.md).
     """
-    from aggregator import store
+    from aggregator import roles, store
     from aggregator.service import Service, ServiceError
 
     setup_logging(log_level, log_format)
     config = _load(config_path)
+    role_of: roles.Role = "ingest" if role == "ingest" else "api" if role == "api" else "all"
     try:
-        service = Service(config, log_level=log_level, log_format=log_format)
+        roles.check(role_of, worker)
+    except roles.RoleError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        service = Service(
+            config, log_level=log_level, log_format=log_format, role=role_of, worker=worker
+        )
         freeze_startup_objects()
         service.run()
     except (ServiceError, store.StoreUnavailable, store.DatabaseError, OSError) as exc:

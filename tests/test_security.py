@@ -38,6 +38,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, 
             "run_as": "root",
             "agents": ["garage", "door"],
             "readers": ["home-assistant"],
+            "ingest_workers": ["w1", "w2"],
         }
     )
     (work / "data").mkdir()
@@ -358,3 +359,42 @@ def test_site_files_keep_their_passwords_and_hide_the_bridges(tmp_path: Path) ->
     subprocess.run(run, check=True, capture_output=True)
     assert f"remote_password {central['bridge-north']}\n" in (north / "mosquitto.conf").read_text()
     assert "topic write secagent/v1/n2/threats" in (tmp_path / "acl").read_text()
+
+
+def test_ingest_workers_share_the_threats_each_on_its_own_account(  # type: ignore[no-untyped-def]
+    site,
+) -> None:
+    """``ingest_workers: [w1, w2]``: accounts ``secagg-w1`` and ``secagg-w2`` with the
+    aggregator's password, each its own client id, both members of the shared subscription;
+    each threat reaches one of them; they may not publish threats."""
+    broker, creds = site
+    assert creds["secagg-w1"] == creds["secagg-w2"] == creds["secagg"]
+    workers = [Client(broker, f"secagg-{w}", creds["secagg"]) for w in ("w1", "w2")]
+    agent = Client(broker, "garage", creds["garage"])
+    try:
+        for worker in workers:
+            assert worker.connack is not None and not worker.connack.is_failure
+            worker.c.subscribe("$share/secagg/secagent/v1/+/threats", qos=1)
+            wait_for(worker.subscribed.is_set, what="the shared subscription")
+        for i in range(20):
+            assert not agent.publish("secagent/v1/garage/threats", b"%d" % i).is_failure
+        wait_for(lambda: sum(len(w.messages) for w in workers) >= 20, what="20 threats")
+        got = sorted(int(p) for w in workers for _, p in w.messages)
+        assert got == list(range(20))  # each once
+        assert all(w.messages for w in workers)  # shared, not all to one
+        assert workers[0].publish("secagent/v1/garage/threats", b"x").value == 0x87
+    finally:
+        for client in (*workers, agent):
+            client.close()
+
+
+def test_worker_accounts_are_named_after_the_aggregators() -> None:
+    spec = DeploymentSpec.model_validate(
+        {"agents": ["cam1"], "listener": LOCAL, "aggregator_user": "agg", "ingest_workers": ["a"]}
+    )
+    block = acl_text(spec).split("user agg-a\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert block == [
+        "topic read secagent/v1/+/threats",
+        "topic write secagent/v1/+/receipts",
+        "topic readwrite secagent/v1/events",
+    ]

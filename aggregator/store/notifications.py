@@ -95,29 +95,46 @@ def repeats_due(conn: Connection, *, last_before_ts: float) -> list[RepeatDue]:
 
 
 def next_due_ts(conn: Connection, *, notifiers: Sequence[str]) -> float | None:
-    """When the earliest pending notification of these notifiers is due."""
+    """When the earliest pending notification of these notifiers is due (one claimed by a
+    sender: when its claim runs out)."""
     row = conn.execute(
-        "SELECT MIN(next_attempt_ts) FROM notifications WHERE state = 'pending' "
+        "SELECT MIN(MAX(next_attempt_ts, COALESCE(claimed_until, 0))) FROM notifications "
+        "WHERE state = 'pending' "
         f"AND notifier IN ({','.join('?' * len(notifiers))})",
         list(notifiers),
     ).fetchone()
     return None if row[0] is None else float(row[0])
 
 
-def due(conn: Connection, *, now_ts: float, notifiers: Sequence[str], limit: int) -> list[int]:
-    """Ids of the pending notifications of these notifiers due by ``now_ts``, earliest first."""
+def claim_due(
+    conn: Connection,
+    *,
+    now_ts: float,
+    notifiers: Sequence[str],
+    by: str,
+    lease_s: float,
+    limit: int,
+) -> list[int]:
+    """Claim up to ``limit`` pending notifications of these notifiers due by ``now_ts`` for
+    ``by`` until ``now_ts + lease_s``, earliest first, and return their ids: those no other
+    sender holds (never claimed, released, or its lease ran out: a sender that died). One
+    statement, so two senders on one store never claim the same notification."""
     rows = conn.execute(
+        "UPDATE notifications SET claimed_by = ?, claimed_until = ? WHERE id IN ("
         "SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_ts <= ? "
         f"AND notifier IN ({','.join('?' * len(notifiers))}) "
-        "ORDER BY next_attempt_ts, id LIMIT ?",
-        [now_ts, *notifiers, limit],
-    )
-    return [int(r[0]) for r in rows]
+        "AND (claimed_until IS NULL OR claimed_until < ?) "
+        "ORDER BY next_attempt_ts, id LIMIT ?) RETURNING id",
+        [by, now_ts + lease_s, now_ts, *notifiers, now_ts, limit],
+    ).fetchall()
+    return sorted(int(r[0]) for r in rows)
 
 
 def defer(conn: Connection, notification_id: int, *, until_ts: float, error: str) -> None:
+    """Try it again at ``until_ts`` (any sender: the claim is released)."""
     conn.execute(
-        "UPDATE notifications SET next_attempt_ts = ?, last_error = ? WHERE id = ?",
+        "UPDATE notifications SET next_attempt_ts = ?, last_error = ?, claimed_by = NULL, "
+        "claimed_until = NULL WHERE id = ?",
         (until_ts, error, notification_id),
     )
 
@@ -140,7 +157,7 @@ def record_attempt(
     next_attempt_ts: float | None,
     sent_ts: float | None,
 ) -> None:
-    """One delivery attempt, and the notification's state after it."""
+    """One delivery attempt, and the notification's state after it (its claim released)."""
     conn.execute(
         "INSERT INTO notification_attempts (notification_id, attempt, started_ts, "
         "finished_ts, outcome, error) VALUES (?, ?, ?, ?, ?, ?)",
@@ -155,7 +172,7 @@ def record_attempt(
     )
     conn.execute(
         "UPDATE notifications SET state = ?, attempts = ?, next_attempt_ts = ?, "
-        "sent_ts = ?, last_error = ? WHERE id = ?",
+        "sent_ts = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL WHERE id = ?",
         (state, attempt.attempt, next_attempt_ts, sent_ts, attempt.error, attempt.notification_id),
     )
 
