@@ -213,7 +213,16 @@ for program in "${UNIT_NAMES[@]}"; do
     fi
     mv "$UNITS/.$program.service.new" "$UNITS/$program.service"
 done
-say "units in $UNITS: ${UNIT_NAMES[*]/%/.service}"
+# secagg in separate processes (docs/scale.md): installed beside secagg.service, not started
+SPLIT_UNITS=()
+for program in "${UNIT_NAMES[@]}"; do
+    [ "$program" = secagg ] && SPLIT_UNITS=(secagg-api secagg-ingest@)
+done
+for unit in "${SPLIT_UNITS[@]}"; do
+    render "$ROOT/systemd/$unit.service" > "$UNITS/.$unit.service.new"
+    mv "$UNITS/.$unit.service.new" "$UNITS/$unit.service"
+done
+say "units in $UNITS: ${UNIT_NAMES[*]/%/.service} ${SPLIT_UNITS[*]/%/.service}"
 
 # the launcher that takes back an agent release updated over the air that does not come up
 # (docs/ota.md, "Agent software"); it lives outside the releases

@@ -24,6 +24,9 @@ SLOW_BYTES_S = 500_000
 def test_a_download_goes_on_after_the_agent_is_killed(
     broker: Mosquitto, tmp_path: Path, damaged: bool
 ) -> None:
+    # an agent id of its own per case: the session's broker keeps the retained desired state
+    # that the other case's secagg published for its agent
+    agent_id = f"resumer-{'damaged' if damaged else 'intact'}"
     site = OtaSite(tmp_path / "site", broker)
     proxy = ThrottlingProxy(site.api)
     old = tiny_model(tmp_path / "models", "old", x=200)
@@ -37,7 +40,7 @@ def test_a_download_goes_on_after_the_agent_is_killed(
     agent_dir = tmp_path / "agent"
     config = site.agent_config(
         agent_dir,
-        agent_id="resumer",
+        agent_id=agent_id,
         model=old,
         camera_dir=camera,
         ota={"url": f"{proxy.url}/ota/v1", "download_timeout_s": 120},
@@ -48,9 +51,9 @@ def test_a_download_goes_on_after_the_agent_is_killed(
     try:
         agent.start()
         feeder.start()
-        wait_for(lambda: site.messages("resumer"), timeout_s=60, what="the agent running")
+        wait_for(lambda: site.messages(agent_id), timeout_s=60, what="the agent running")
         proxy.rate_bytes_s = SLOW_BYTES_S
-        site.rollout(release["id"], "--agents", "resumer", "--groups", "*")
+        site.rollout(release["id"], "--agents", agent_id, "--groups", "*")
         wait_for(
             lambda: part.is_file() and part.stat().st_size >= length // 4,
             timeout_s=60,
@@ -69,13 +72,13 @@ def test_a_download_goes_on_after_the_agent_is_killed(
                 f.write(bytes([byte[0] ^ 0xFF]))
         proxy.rate_bytes_s = None
         agent.start()
-        site.wait_report("resumer", release_id=release["id"], state="committed", timeout_s=120)
-        before = len(site.messages("resumer"))
+        site.wait_report(agent_id, release_id=release["id"], state="committed", timeout_s=120)
+        before = len(site.messages(agent_id))
         wait_for(
-            lambda: len(site.messages("resumer")) > before + 2, timeout_s=30, what="more frames"
+            lambda: len(site.messages(agent_id)) > before + 2, timeout_s=30, what="more frames"
         )
-        last = site.messages("resumer")[-1]
-        states = [r["state"] for r in site.reports("resumer") if r["release_id"] == release["id"]]
+        last = site.messages(agent_id)[-1]
+        states = [r["state"] for r in site.reports(agent_id) if r["release_id"] == release["id"]]
     finally:
         feeder.stop()
         agent.stop()

@@ -179,6 +179,15 @@ def test_the_units_verify(host: Host) -> None:
         " /etc/systemd/system/secagg.service 2>&1"
     )
     assert "secagent.service" not in out and "secagg.service" not in out, out
+    # secagg in separate processes (docs/scale.md): installed beside it, not started
+    split = host.sh(
+        "cp /etc/systemd/system/secagg-ingest@.service /run/secagg-ingest@1.service"
+        " && systemd-analyze verify /etc/systemd/system/secagg-api.service"
+        " /run/secagg-ingest@1.service 2>&1; rm -f /run/secagg-ingest@1.service"
+    )
+    assert "secagg-api.service" not in split and "secagg-ingest" not in split, split
+    enabled = host.sh("systemctl is-enabled secagg-api.service 2>&1 || true")
+    assert enabled.strip() == "disabled", enabled
 
 
 def test_systemctl_start_brings_both_up_ready_and_fed(host: Host) -> None:
