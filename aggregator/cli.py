@@ -26,7 +26,18 @@ def _load(config_path: Path) -> AggregatorConfig:
         config, _ = load_aggregator_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    refuse_incomplete_store(config)
     return config
+
+
+def refuse_incomplete_store(config: AggregatorConfig) -> None:
+    """Every command refuses a PostgreSQL store while the backend is incomplete."""
+    from aggregator.store.schema import BackendIncomplete, require_complete
+
+    try:
+        require_complete(config.store.target)
+    except BackendIncomplete as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 AGGREGATOR_MODULES = (

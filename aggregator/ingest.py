@@ -95,6 +95,7 @@ class Ingest:
         self._listening_since: float | None = None  # wall clock; subscribed since
         self._broker_up = False
         self._reconnect_waits = 0
+        store.require_complete(config.store.target)  # BackendIncomplete: never half a service
         if config.store.check_on_start:
             store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
         store.migrate(config.store.path)

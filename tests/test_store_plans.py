@@ -5,6 +5,7 @@ a scan of a whole table or a sort of one, so a page costs the same with 1M threa
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ T = T0.timestamp()
 
 
 @pytest.fixture(scope="module")
-def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[store.Connection]:
+def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connection]:
     config = make_config(tmp_path_factory.mktemp("plans"))
     store_payloads(
         config,
@@ -30,7 +31,7 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[store.Connection]
     found.close()
 
 
-def plans(conn: store.Connection, read: Callable[[store.Connection], Any]) -> list[str]:
+def plans(conn: sqlite3.Connection, read: Callable[[store.Connection], Any]) -> list[str]:
     """The query plan of each statement ``read`` runs (with the values it bound)."""
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
@@ -80,7 +81,7 @@ ALLOWED = {
 
 
 @pytest.mark.parametrize("name", READS)
-def test_a_page_is_read_through_an_index(conn: store.Connection, name: str) -> None:
+def test_a_page_is_read_through_an_index(conn: sqlite3.Connection, name: str) -> None:
     for plan in plans(conn, READS[name]):
         steps = [step for step in plan.split(" / ") if step != ALLOWED.get(name)]
         scans = [s for s in steps if s.split(" USING")[0] in WHOLE_TABLE]

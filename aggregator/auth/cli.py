@@ -22,9 +22,13 @@ if TYPE_CHECKING:  # the store needs the aggregator extra: imported where a comm
 
 def _load(config_path: Path) -> AggregatorConfig:
     try:
-        return load_aggregator_config(config_path)[0]
+        config = load_aggregator_config(config_path)[0]
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    from aggregator.cli import refuse_incomplete_store
+
+    refuse_incomplete_store(config)
+    return config
 
 
 @contextmanager

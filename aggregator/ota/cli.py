@@ -21,6 +21,9 @@ def _load(config_path: Path) -> AggregatorConfig:
         config, _ = load_aggregator_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    from aggregator.cli import refuse_incomplete_store
+
+    refuse_incomplete_store(config)
     return config
 
 

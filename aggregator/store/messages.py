@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from aggregator.store.models import (
@@ -215,7 +215,7 @@ def event_ids_of(conn: Connection, message_id: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def _with_message(rows: Iterator[Any]) -> list[ThreatWithMessage]:
+def _with_message(rows: Iterable[Any]) -> list[ThreatWithMessage]:
     n = 15
     return [ThreatWithMessage(_threat(r[:n]), _message(r[n:])) for r in rows]
 

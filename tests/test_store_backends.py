@@ -1,0 +1,361 @@
+"""The store on both backends: SQLite (the embedded default) and PostgreSQL (a private cluster
+of the session, :mod:`demo.postgres`). The schemas match column for column; transactions and
+savepoints behave alike; each store module listed as working on PostgreSQL in
+``store.POSTGRES_MODULES`` gives the same answers on both (the ``store_conn`` fixture runs each
+test once per backend); and while a module is missing, secagg refuses a PostgreSQL store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from aggregator import store
+from aggregator.cli import main
+from aggregator.config import AggregatorConfig
+from aggregator.ingest import Ingest
+from aggregator.store.backend import is_postgres, to_pyformat
+from aggregator.store.models import PlotRow, StatusUpdate
+from demo.postgres import Postgres
+
+# the backend seam -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT ? , ?", "SELECT %s , %s"),
+        ("VALUES (:agent_id, :clock_max)", "VALUES (%(agent_id)s, %(clock_max)s)"),
+        ("SELECT x::text WHERE a LIKE '50%?'", "SELECT x::text WHERE a LIKE '50%%?'"),
+        ("SELECT 'a:b' || \"c?\" , ?", "SELECT 'a:b' || \"c?\" , %s"),
+        ("SELECT 100 % 7", "SELECT 100 %% 7"),
+    ],
+)
+def test_placeholders_become_psycopg_s(sql: str, expected: str) -> None:
+    assert to_pyformat(sql) == expected
+
+
+def _sqlite_schema(path: Path) -> tuple[dict[str, list[tuple[str, str]]], set[str]]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+                "'sqlite_%' AND name != '_sqlite_migrations'"
+            )
+        ]
+        columns = {
+            t: [(r[1], str(r[2]).upper()) for r in conn.execute(f"PRAGMA table_info({t})")]
+            for t in tables
+        }
+        indexes = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                "AND name NOT LIKE 'idx__sqlite_migrations%'"
+            )
+        }
+    finally:
+        conn.close()
+    return columns, indexes
+
+
+PG_TYPE_OF = {"TEXT": "text", "REAL": "double precision", "INTEGER": "bigint"}
+"""The PostgreSQL type of each SQLite declared type the schema uses."""
+
+
+def test_the_schemas_match_column_for_column(tmp_path: Path, postgres: Postgres) -> None:
+    """Every table, column (in order, with its type) and named index of SQLite's migrated
+    schema exists on PostgreSQL: a SQLite migration without its PostgreSQL counterpart fails
+    here."""
+    sqlite_path = tmp_path / "s.sqlite"
+    store.migrate(sqlite_path)
+    sqlite_columns, sqlite_indexes = _sqlite_schema(sqlite_path)
+    url = postgres.create_database("schema_parity")
+    store.migrate(url)
+    conn = store.connect(url)
+    try:
+        pg_columns: dict[str, list[tuple[str, str]]] = {}
+        for table, column, data_type in conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name != 'secagg_migrations' "
+            "ORDER BY table_name, ordinal_position"
+        ):
+            pg_columns.setdefault(table, []).append((column, data_type))
+        pg_indexes = {
+            r[0]
+            for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+        }
+    finally:
+        conn.close()
+    expected = {
+        t: [(name, PG_TYPE_OF[kind]) for name, kind in cols] for t, cols in sqlite_columns.items()
+    }
+    assert pg_columns == expected
+    assert sqlite_indexes <= pg_indexes
+
+
+def test_migrating_again_changes_nothing(store_target: store.schema.Target) -> None:
+    store.migrate(store_target)  # the fixture migrated it once
+    conn = store.connect(store_target)
+    try:
+        assert store.counters.row_counts(conn) == store.models.StoreCounts(0, 0, 0, 0, 0)
+        assert len(store.access.link_key(conn)) == 32
+    finally:
+        conn.close()
+
+
+def test_a_transaction_is_all_or_nothing(store_conn: store.Connection) -> None:
+    with store.transaction(store_conn):
+        store.counters.bump(store_conn, {"stored": 1})
+    with pytest.raises(RuntimeError), store.transaction(store_conn):
+        store.counters.bump(store_conn, {"stored": 5})
+        raise RuntimeError("undo")
+    assert not store_conn.in_transaction
+    assert store.counters.ingest_counters(store_conn) == {"stored": 1}
+
+
+def test_a_savepoint_undoes_only_its_own_part(store_conn: store.Connection) -> None:
+    with store.transaction(store_conn):
+        store.counters.bump(store_conn, {"kept": 1})
+        with pytest.raises(RuntimeError), store.savepoint(store_conn, "message"):
+            store.counters.bump(store_conn, {"undone": 1})
+            raise RuntimeError("one message fails")
+        with store.savepoint(store_conn, "message"):
+            store.counters.bump(store_conn, {"kept": 1})
+    # Outside a transaction a savepoint is a transaction of its own, on both backends.
+    with store.savepoint(store_conn, "alone"):
+        store.counters.bump(store_conn, {"alone": 1})
+    with pytest.raises(RuntimeError), store.savepoint(store_conn, "alone"):
+        store.counters.bump(store_conn, {"alone": 1})
+        raise RuntimeError("undo")
+    assert not store_conn.in_transaction
+    assert store.counters.ingest_counters(store_conn) == {"alone": 1, "kept": 2}
+
+
+def test_a_failed_statement_leaves_the_savepoint_usable(store_conn: store.Connection) -> None:
+    """PostgreSQL aborts the whole transaction on an error; the savepoint brings it back, as
+    SQLite never lost it."""
+    error = psycopg.Error if is_postgres(store_conn) else sqlite3.Error
+    with store.transaction(store_conn):
+        with pytest.raises(error), store.savepoint(store_conn, "bad"):
+            store_conn.execute("INSERT INTO no_such_table VALUES (1)")
+        store.counters.bump(store_conn, {"after": 1})
+    assert store.counters.ingest_counters(store_conn) == {"after": 1}
+
+
+# counters ------------------------------------------------------------------------------------
+
+
+def test_counters_add_up(store_conn: store.Connection) -> None:
+    with store.transaction(store_conn):
+        store.counters.bump(store_conn, {"stored": 2, "duplicate": 1})
+        store.counters.bump(store_conn, {"stored": 3})
+        store.counters.add_rows(store_conn, {"messages": 4, "threats": 6, "events": 0})
+        store.counters.add_rows(store_conn, {"messages": -1})
+    assert store.counters.ingest_counters(store_conn) == {"duplicate": 1, "stored": 5}
+    counts = store.counters.row_counts(store_conn)
+    assert (counts.messages, counts.threats, counts.events) == (3, 6, 0)
+
+
+# configs -------------------------------------------------------------------------------------
+
+
+def test_an_agent_config_is_kept_once(store_conn: store.Connection) -> None:
+    doc = {"cameras": [{"name": "yard", "zones": []}], "b": 1}
+    with store.transaction(store_conn):
+        assert store.configs.save(store_conn, sha256="s1", agent_id="a", received_ts=1.5, doc=doc)
+        assert not store.configs.save(
+            store_conn, sha256="s1", agent_id="b", received_ts=2.0, doc={"other": True}
+        )
+    assert store.configs.get(store_conn, "s1") == doc
+    assert store.configs.get(store_conn, "nothing") is None
+
+
+# access --------------------------------------------------------------------------------------
+
+
+def test_users_tokens_and_sessions(store_conn: store.Connection) -> None:
+    access = store.access
+    with store.transaction(store_conn):
+        assert access.add_user(store_conn, name="ana", role="admin", password_hash="h1", now_ts=1)
+        assert not access.add_user(
+            store_conn, name="ana", role="viewer", password_hash="h2", now_ts=2
+        )
+        assert access.set_password(store_conn, "ana", "h3")
+        assert not access.set_password(store_conn, "bob", "h3")
+        first = access.add_token(
+            store_conn, name="ci", role="viewer", token_sha256="t1", hint="ab", now_ts=3
+        )
+        second = access.add_token(
+            store_conn, name="ops", role="admin", token_sha256="t2", hint="cd", now_ts=4
+        )
+        access.add_session(
+            store_conn, id_sha256="s1", user_name="ana", csrf="c", now_ts=5, expires_ts=100
+        )
+    assert (first, second) == (1, 2)
+    assert access.get_user(store_conn, "ana") == access.UserRow("ana", "admin", "h3", 1.0)
+    assert [u.name for u in access.list_users(store_conn)] == ["ana"]
+    token = access.token_by_hash(store_conn, "t2")
+    assert token is not None and (token.id, token.role, token.hint) == (2, "admin", "cd")
+    with store.transaction(store_conn):
+        assert access.revoke_token(store_conn, first, now_ts=6)
+        assert not access.revoke_token(store_conn, first, now_ts=7)
+    assert access.token_by_hash(store_conn, "t1") is None
+    assert [t.id for t in access.list_tokens(store_conn)] == [2]
+    assert [t.revoked_ts for t in access.list_tokens(store_conn, revoked=True)] == [6.0, None]
+    assert access.get_token(store_conn, 1) is not None
+    session = access.session_by_hash(store_conn, "s1", now_ts=50)
+    assert session == access.SessionRow("ana", "admin", "c", 5.0, 100.0)
+    assert access.session_by_hash(store_conn, "s1", now_ts=101) is None
+    with store.transaction(store_conn):
+        assert access.remove_user(store_conn, "ana")
+        assert not access.remove_user(store_conn, "ana")
+    assert access.session_by_hash(store_conn, "s1", now_ts=50) is None
+    with store.transaction(store_conn):
+        access.add_session(
+            store_conn, id_sha256="s2", user_name="x", csrf="c", now_ts=5, expires_ts=9
+        )
+        access.end_session(store_conn, "s2")
+    with pytest.raises(LookupError):
+        access.link_key(store_conn, "no_such_kind")
+
+
+# plots ---------------------------------------------------------------------------------------
+
+
+def test_a_plot_is_recorded_once_and_found_by_its_inputs(store_conn: store.Connection) -> None:
+    plot = PlotRow(
+        id="p" * 64,
+        kind="timeline",
+        query={"camera": "yard", "since": None},
+        data={"series": [1, 2.5]},
+        event_ids=[3, 1],
+        code_version="0.1.0+gtest",
+        created_ts=12.25,
+    )
+    with store.transaction(store_conn):
+        assert store.plots.insert(store_conn, plot)
+        assert not store.plots.insert(store_conn, plot)
+    assert store.plots.get(store_conn, plot.id) == plot
+    assert store.plots.get(store_conn, "nothing") is None
+    found = store.plots.find(
+        store_conn, query=plot.query, data=plot.data, code_version=plot.code_version
+    )
+    assert found == plot.id
+    assert store.plots.find(store_conn, query={}, data=plot.data, code_version="x") is None
+
+
+# agents --------------------------------------------------------------------------------------
+
+
+def _status(*, sent_ts: float, state: str = "online", captured: int = 0) -> StatusUpdate:
+    return StatusUpdate(
+        agent_id="cam-host",
+        state=state,
+        heard_ts=sent_ts + 0.5,
+        sent_ts=sent_ts,
+        versions_json='{"code": "x"}' if state == "online" else None,
+        provider="CPUExecutionProvider",
+        outbox_depth=2,
+        outbox_dropped=0,
+        outbox_oldest_age_s=1.5,
+        cameras_json=f'[{{"name": "yard", "counters": {{"captured": {captured}}}}}]',
+        inference_ms=12.5,
+    )
+
+
+def test_an_agents_status_and_clock(store_conn: store.Connection) -> None:
+    agents = store.agents
+    clock_max = 10_000.0
+    with store.transaction(store_conn):
+        agents.heard_from(
+            store_conn, agent_id="cam-host", heard_ts=100, clock_ts=90, clock_max_ts=clock_max
+        )
+        agents.heard_from(  # older capture time: the clock stays
+            store_conn, agent_id="cam-host", heard_ts=99, clock_ts=80, clock_max_ts=clock_max
+        )
+        agents.heard_from_many(
+            store_conn,
+            heard_ts=101,
+            clocks={"cam-host": 95, "gate-host": 50},
+            clock_max_ts=clock_max,
+        )
+    cam = agents.get(store_conn, "cam-host")
+    assert cam is not None and (cam.state, cam.last_seen_ts, cam.clock_ts) == ("online", 101, 95)
+    assert store.counters.row_counts(store_conn).agents == 2  # the trigger counts new agents
+    with store.transaction(store_conn):
+        assert agents.record_status(store_conn, _status(sent_ts=200), clock_max_ts=clock_max) == 200
+        # 10 frames in 10 s of the agent's clock: 1 fps
+        assert (
+            agents.record_status(
+                store_conn, _status(sent_ts=210, captured=10), clock_max_ts=clock_max
+            )
+            == 210
+        )
+    cam = agents.get(store_conn, "cam-host")
+    assert cam is not None and cam.cameras[0]["fps"] == 1.0
+    with store.transaction(store_conn):
+        # an older status is refused, an offline one (the last will) always applies
+        assert (
+            agents.record_status(store_conn, _status(sent_ts=150), clock_max_ts=clock_max) is None
+        )
+        assert (
+            agents.record_status(
+                store_conn, _status(sent_ts=150, state="offline"), clock_max_ts=clock_max
+            )
+            == 210
+        )
+    cam = agents.get(store_conn, "cam-host")
+    assert cam is not None
+    assert (cam.state, cam.status_sent_ts, cam.versions, cam.inference_ms) == (
+        "offline",
+        210,
+        {"code": "x"},  # an offline status without versions keeps the ones known
+        12.5,
+    )
+    # a clock stored beyond clock_max (before times were checked) is replaced by the next one
+    with store.transaction(store_conn):
+        agents.heard_from(
+            store_conn, agent_id="gate-host", heard_ts=102, clock_ts=20_000, clock_max_ts=30_000
+        )
+        agents.heard_from(
+            store_conn, agent_id="gate-host", heard_ts=103, clock_ts=60, clock_max_ts=clock_max
+        )
+    gate = agents.get(store_conn, "gate-host")
+    assert gate is not None and gate.clock_ts == 60
+    assert [a.agent_id for a in agents.list_agents(store_conn)] == ["cam-host", "gate-host"]
+    assert agents.get(store_conn, "nobody") is None
+
+
+# not yet on PostgreSQL: secagg refuses it ----------------------------------------------------
+
+
+def test_secagg_refuses_a_postgresql_store_while_modules_are_missing(tmp_path: Path) -> None:
+    missing = [name for name, works in store.POSTGRES_MODULES.items() if not works]
+    assert missing, "every module works on PostgreSQL: remove the refusal and this test"
+    config_path = tmp_path / "secagg.yaml"
+    config_path.write_text("store:\n  url: postgresql://secagg:hunter2@127.0.0.1:1/secagg\n")
+    for command in (["serve"], ["notifications"], ["history", "cam-host"], ["user", "list"]):
+        result = CliRunner().invoke(main, [*command, "--config", str(config_path)])
+        assert result.exit_code == 1, (command, result.output)
+        assert "the PostgreSQL backend is not complete yet" in result.output
+        assert ", ".join(missing) in result.output
+        assert "hunter2" not in result.output  # the password is not shown
+    config = AggregatorConfig.model_validate(
+        {"store": {"url": "postgresql://secagg@127.0.0.1:1/secagg"}}
+    )
+    with pytest.raises(store.BackendIncomplete):
+        Ingest(config)
+
+
+def test_a_sqlite_url_is_the_same_as_a_path(tmp_path: Path) -> None:
+    config = AggregatorConfig.model_validate(
+        {"store": {"url": "sqlite:///secagg.sqlite"}}, context={"base_dir": tmp_path}
+    )
+    assert config.store.target == config.store.path == tmp_path / "secagg.sqlite"
+    store.require_complete(config.store.target)  # SQLite: nothing refused
