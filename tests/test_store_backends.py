@@ -359,3 +359,166 @@ def test_a_sqlite_url_is_the_same_as_a_path(tmp_path: Path) -> None:
     )
     assert config.store.target == config.store.path == tmp_path / "secagg.sqlite"
     store.require_complete(config.store.target)  # SQLite: nothing refused
+
+
+# releases, rollouts, ota ---------------------------------------------------------------------
+
+
+def _release(conn: store.Connection, *, kind: str, tag: str) -> store.releases.ReleaseRow:
+    release_id = store.releases.next_id(conn)
+    return store.releases.insert(
+        conn,
+        release_id=release_id,
+        kind=kind,
+        name=f"{kind}-{tag}",
+        tag=tag,
+        sha256=f"{release_id:064x}",
+        size=1000 + release_id,
+        seq=store.releases.next_seq(conn, kind),
+        target_path=f"{kind}/{tag}",
+        created_ts=10.0 * release_id,
+        compat={"min_code": "0.1.0"},
+    )
+
+
+def test_releases_get_ids_and_seqs_never_reused(store_conn: store.Connection) -> None:
+    releases = store.releases
+    with store.transaction(store_conn):
+        assert releases.next_id(store_conn) == 1
+        first = _release(store_conn, kind="model", tag="v1")
+        second = _release(store_conn, kind="model", tag="v2")
+        rules = _release(store_conn, kind="rules", tag="v1")
+    assert (first.id, first.seq, second.id, second.seq, rules.id, rules.seq) == (1, 1, 2, 2, 3, 1)
+    assert first.compat == {"min_code": "0.1.0"} and first.size == 1001
+    assert releases.by_tag(store_conn, "model", "v2") == second
+    assert releases.by_tag(store_conn, "model", "v9") is None
+    assert [r.id for r in releases.list_releases(store_conn)] == [3, 2, 1]
+    assert [r.id for r in releases.list_releases(store_conn, kind="model")] == [2, 1]
+    with store.transaction(store_conn):
+        store_conn.execute("DELETE FROM releases WHERE id = 3")
+    assert releases.next_id(store_conn) == 4  # AUTOINCREMENT: a deleted id is not given again
+    with store.transaction(store_conn):
+        assert _release(store_conn, kind="rules", tag="v2").id == 4
+
+
+def test_a_rollout_and_its_agents(store_conn: store.Connection) -> None:
+    rollouts = store.rollouts
+    with store.transaction(store_conn):
+        release = _release(store_conn, kind="model", tag="v1")
+        rollout_id = rollouts.create(
+            store_conn,
+            release_id=release.id,
+            mode="shadow",
+            shadow_fraction=0.5,
+            groups=[["b-host"], ["a-host", "c-host"]],
+            success_threshold=0.9,
+            error_threshold=0.1,
+            now_ts=1.0,
+        )
+        second = rollouts.create(
+            store_conn,
+            release_id=release.id,
+            mode="active",
+            shadow_fraction=0.0,
+            groups=[["a-host"]],
+            success_threshold=0.9,
+            error_threshold=0.1,
+            now_ts=2.0,
+        )
+    assert (rollout_id, second) == (1, 2)
+    with store.transaction(store_conn):
+        rollouts.update(store_conn, rollout_id, now_ts=3.0, current_group=1)
+        rollouts.update(store_conn, second, now_ts=4.0, state="aborted", reason="operator")
+        rollouts.set_agent(
+            store_conn, rollout_id, "a-host", state="done", now_ts=5.0, previous={"model": 7}
+        )
+        rollouts.set_agent(store_conn, rollout_id, "a-host", state="done", now_ts=6.0)
+    got = rollouts.get(store_conn, rollout_id)
+    assert got is not None
+    assert (got.state, got.current_group, got.mode, got.updated_ts) == ("running", 1, "shadow", 3)
+    aborted = rollouts.get(store_conn, second)
+    assert aborted is not None and (aborted.state, aborted.reason) == ("aborted", "operator")
+    assert rollouts.get(store_conn, 99) is None
+    assert [r.id for r in rollouts.list_rollouts(store_conn)] == [2, 1]
+    assert [r.id for r in rollouts.list_rollouts(store_conn, states=["running"])] == [1]
+    members = rollouts.agents(store_conn, rollout_id)
+    assert [(a.agent_id, a.group_index, a.state) for a in members] == [
+        ("b-host", 0, "pending"),
+        ("a-host", 1, "done"),
+        ("c-host", 1, "pending"),
+    ]
+    assert members[1].previous == {"model": 7} and members[1].updated_ts == 6.0
+
+
+def test_desired_states_reports_and_shadow_comparisons(store_conn: store.Connection) -> None:
+    ota = store.ota
+    doc = {"model": {"release_id": 1, "mode": "shadow"}}
+    with store.transaction(store_conn):
+        assert ota.set_desired(store_conn, agent_id="a", doc=doc, rollout_id=None, now_ts=1) == 1
+        assert ota.set_desired(store_conn, agent_id="a", doc=doc, rollout_id=None, now_ts=2) == 1
+        assert ota.set_desired(store_conn, agent_id="a", doc={}, rollout_id=3, now_ts=3) == 2
+        assert ota.set_desired(store_conn, agent_id="b", doc=doc, rollout_id=None, now_ts=4) == 1
+    assert [d.agent_id for d in ota.unpublished(store_conn)] == ["a", "b"]
+    with store.transaction(store_conn):
+        ota.mark_published(store_conn, "a", 2)
+        ota.mark_published(store_conn, "a", 1)  # never backwards
+    desired = ota.get_desired(store_conn, "a")
+    assert desired is not None
+    assert (desired.generation, desired.published_generation, desired.doc) == (2, 2, {})
+    assert desired.rollout_id == 3 and ota.get_desired(store_conn, "z") is None
+    assert [d.agent_id for d in ota.unpublished(store_conn)] == ["b"]
+    with store.transaction(store_conn):
+        for i, state in enumerate(("downloading", "active", "active")):
+            added = ota.add_report(
+                store_conn,
+                report_id=f"r{min(i, 1)}",  # the third is a redelivery of the second
+                agent_id="a",
+                kind="model",
+                release_id=1,
+                state=state,
+                reason=None,
+                rollout_id=3,
+                at_ts=10.0 + i,
+                received_ts=11.0 + i,
+                active={"model": 1},
+                detail={"step": i},
+            )
+            assert added == (i < 2)
+        first = ota.add_shadow(
+            store_conn,
+            report_id="s1",
+            agent_id="a",
+            release_id=1,
+            rollout_id=3,
+            at_ts=1,
+            figures={"frames": 10},
+        )
+        again = ota.add_shadow(
+            store_conn,
+            report_id="s1",
+            agent_id="a",
+            release_id=1,
+            rollout_id=3,
+            at_ts=1,
+            figures={"frames": 10},
+        )
+        later = ota.add_shadow(
+            store_conn,
+            report_id="s2",
+            agent_id="a",
+            release_id=1,
+            rollout_id=3,
+            at_ts=2,
+            figures={"frames": 20},
+        )
+    assert first == 1 and again is None and later is not None and later > first
+    found = ota.reports(store_conn, "a")
+    assert [(r.report_id, r.state, r.detail) for r in found] == [
+        ("r0", "downloading", {"step": 0}),
+        ("r1", "active", {"step": 1}),
+    ]
+    assert ota.reports(store_conn, "a", release_id=2) == []
+    latest = ota.latest_report(store_conn, "a", release_id=1)
+    assert latest is not None and latest.report_id == "r1"
+    shadows = ota.shadow_reports(store_conn, release_id=1)
+    assert [(s.report_id, s.figures) for s in shadows] == [("s2", {"frames": 20})]
