@@ -522,3 +522,146 @@ def test_desired_states_reports_and_shadow_comparisons(store_conn: store.Connect
     assert latest is not None and latest.report_id == "r1"
     shadows = ota.shadow_reports(store_conn, release_id=1)
     assert [(s.report_id, s.figures) for s in shadows] == [("s2", {"frames": 20})]
+
+
+# notifications -------------------------------------------------------------------------------
+
+
+def _event(conn: store.Connection, *, camera: str, started_ts: float, ended: bool = False) -> int:
+    """An event row as the grouping writes it (the events module is not on PostgreSQL yet)."""
+    (event_id,) = conn.execute(
+        "INSERT INTO events (agent_id, camera, rule, label, severity, started_ts, last_seen_ts, "
+        "ended_ts, threat_count, top_score, top_message_id) "
+        "VALUES ('cam-host', ?, 'person', 'person', 'high', ?, ?, ?, 1, 0.9, 'm') RETURNING id",
+        (camera, started_ts, started_ts + 5, started_ts + 5 if ended else None),
+    ).fetchone()
+    return int(event_id)
+
+
+def _decided(event_id: int, *, kind: str = "new", state: str = "pending", at: float = 10.0):  # type: ignore[no-untyped-def]
+    return store.models.NewNotification(
+        event_id=event_id,
+        notifier="mail",
+        channel="email",
+        kind=kind,
+        state_key=f"{kind}-{at}",
+        state=state,
+        created_ts=at,
+        next_attempt_ts=at if state == "pending" else None,
+        code_version="0.1.0+gtest",
+    )
+
+
+def test_notifications_their_attempts_and_what_is_due(store_conn: store.Connection) -> None:
+    n = store.notifications
+    with store.transaction(store_conn):
+        yard = _event(store_conn, camera="yard", started_ts=100)
+        door = _event(store_conn, camera="yard", started_ts=103)
+        ended = _event(store_conn, camera="gate", started_ts=50, ended=True)
+        assert n.insert(store_conn, _decided(yard))
+        # the same event state: never twice (its refused insert takes id 2, on both backends)
+        assert not n.insert(store_conn, _decided(yard))
+        assert n.insert(store_conn, _decided(door, at=12.0))
+        assert n.insert(store_conn, _decided(ended, state="sent", at=5.0))
+    first = n.first_of(store_conn, event_id=yard, notifier="mail")
+    assert first is not None and (first.id, first.state, first.attempts) == (1, "pending", 0)
+    assert n.get(store_conn, 99) is None
+    assert n.camera_notified_within(
+        store_conn,
+        camera="yard",
+        other_than_event=door,
+        notifier="mail",
+        started_ts=103,
+        window_s=10,
+    )
+    assert not n.camera_notified_within(
+        store_conn,
+        camera="gate",
+        other_than_event=ended,
+        notifier="mail",
+        started_ts=50,
+        window_s=10,
+    )
+    assert n.next_due_ts(store_conn, notifiers=["mail"]) == 10.0
+    assert n.next_due_ts(store_conn, notifiers=["hook"]) is None
+    assert n.due(store_conn, now_ts=11, notifiers=["mail"], limit=10) == [1]
+    assert n.due(store_conn, now_ts=20, notifiers=["mail", "hook"], limit=10) == [1, 3]
+    with store.transaction(store_conn):
+        n.defer(store_conn, 3, until_ts=30.0, error="busy")
+        n.set_content(store_conn, 1, content_json='{"a": 1}', content_sha256="c" * 64)
+        n.record_attempt(
+            store_conn,
+            store.models.AttemptRow(1, 1, 11.0, 11.5, "sent", None),
+            state="sent",
+            next_attempt_ts=None,
+            sent_ts=11.5,
+        )
+    sent = n.get(store_conn, 1)
+    assert sent is not None
+    assert (sent.state, sent.attempts, sent.sent_ts, sent.content_json) == (
+        "sent",
+        1,
+        11.5,
+        '{"a": 1}',
+    )
+    assert n.attempts_of(store_conn, 1) == [store.models.AttemptRow(1, 1, 11.0, 11.5, "sent", None)]
+    assert n.due(store_conn, now_ts=20, notifiers=["mail"], limit=10) == []
+    # the yard event's only notification is sent and old: a repeat is due; the door event's
+    # is still pending; the gate event has ended
+    assert n.repeats_due(store_conn, last_before_ts=100) == [
+        store.models.RepeatDue(event_id=yard, notifier="mail", repeats=0)
+    ]
+    with store.transaction(store_conn):
+        assert n.insert(store_conn, _decided(yard, kind="repeat", state="sent", at=40.0))
+    assert n.repeats_due(store_conn, last_before_ts=100)[0].repeats == 1
+    assert n.repeats_due(store_conn, last_before_ts=30) == []
+    assert [r.id for r in n.list_notifications(store_conn, limit=10)] == [5, 4, 3, 1]
+    assert [r.id for r in n.list_notifications(store_conn, limit=10, before_id=3)] == [1]
+    assert [r.id for r in n.list_notifications(store_conn, limit=10, state="pending")] == [3]
+    assert [r.id for r in n.list_notifications(store_conn, limit=10, event_id=yard)] == [5, 1]
+    assert n.count_by_state(store_conn) == {"pending": 1, "sent": 3}
+
+
+# logs ----------------------------------------------------------------------------------------
+
+
+def _line(i: int, **ids: object) -> store.logs.LogRow:
+    values: dict[str, object] = {
+        "id": 0,
+        "source": "agent",
+        "agent_id": "cam-host",
+        "level": "WARNING",
+        "logger": "agent.capture",
+        "msg": f"line {i} 100% done?",
+        "at_ts": 100.0 + i // 2,  # two lines share each time: the id orders them
+        "received_ts": 200.0 + i,
+        "lineage_id": None,
+        "frame_id": None,
+        "camera": "yard",
+        "message_id": None,
+        "event_id": None,
+        "release_id": None,
+    }
+    values.update(ids)
+    return store.logs.LogRow(**values)  # type: ignore[arg-type]
+
+
+def test_log_lines_by_ids_by_agent_in_pages_and_pruned(store_conn: store.Connection) -> None:
+    logs = store.logs
+    lines = [_line(i) for i in range(6)]
+    lines[1] = _line(1, lineage_id="L1", event_id=7)
+    lines[4] = _line(4, frame_id="F4", agent_id="gate-host")
+    with store.transaction(store_conn):
+        logs.insert(store_conn, lines)
+    about = logs.about(store_conn, lineage_ids=["L1"], frame_ids=["F4"], event_ids=[99])
+    assert [(r.id, r.msg) for r in about] == [(2, "line 1 100% done?"), (5, "line 4 100% done?")]
+    assert logs.about(store_conn) == []
+    of_cam = logs.of_agent(store_conn, "cam-host", since_ts=100, until_ts=102)
+    assert [r.id for r in of_cam] == [1, 2, 3, 4]
+    page = logs.of_agent(store_conn, "cam-host", limit=2, after=(of_cam[1].at_ts, of_cam[1].id))
+    assert [r.id for r in page] == [3, 4]
+    assert [r.id for r in logs.recent(store_conn, limit=3)] == [4, 5, 6]
+    assert [r.id for r in logs.recent(store_conn, limit=2, before_id=4)] == [2, 3]
+    with store.transaction(store_conn):
+        assert logs.prune(store_conn, keep_rows=2) == 4
+    assert [r.id for r in logs.recent(store_conn, limit=10)] == [5, 6]

@@ -85,10 +85,11 @@ def repeats_due(conn: Connection, *, last_before_ts: float) -> list[RepeatDue]:
     """Open events whose latest notification on a notifier was created before
     ``last_before_ts`` and none of whose notifications there is still pending."""
     rows = conn.execute(
-        "SELECT n.event_id, n.notifier, SUM(n.kind = 'repeat') FROM notifications n "
-        "JOIN events e ON e.id = n.event_id AND e.ended_ts IS NULL "
+        "SELECT n.event_id, n.notifier, SUM(CASE WHEN n.kind = 'repeat' THEN 1 ELSE 0 END) "
+        "FROM notifications n JOIN events e ON e.id = n.event_id AND e.ended_ts IS NULL "
         "WHERE n.state != 'suppressed' GROUP BY n.event_id, n.notifier "
-        "HAVING MAX(n.created_ts) <= ? AND SUM(n.state = 'pending') = 0",
+        "HAVING MAX(n.created_ts) <= ? AND SUM(CASE WHEN n.state = 'pending' THEN 1 ELSE 0 END) "
+        "= 0",
         (last_before_ts,),
     )
     return [RepeatDue(event_id=r[0], notifier=r[1], repeats=int(r[2])) for r in rows]

@@ -63,14 +63,14 @@ POSTGRES_MODULES = {
     "releases": True,
     "rollouts": True,
     "ota": True,
-    "notifications": False,
+    "notifications": True,
     "events": False,
     "messages": False,
     "lineage": False,
     "compact_lineage": False,
     "snapshot_files": False,
     "prune": False,
-    "logs": False,
+    "logs": True,
 }
 """Which store modules work on PostgreSQL, each tested on both backends
 (``tests/test_store_backends.py``); docs/scale.md, "PostgreSQL backend", says the same."""
