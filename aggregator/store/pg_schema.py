@@ -10,7 +10,8 @@ PostgreSQL counterpart appended here, with the same effect.
 The dialects differ in: ``INTEGER PRIMARY KEY AUTOINCREMENT`` (an identity column, whose
 sequence never gives an id twice either), ``REAL`` (``DOUBLE PRECISION``: SQLite's REAL is an
 8-byte float), ``INTEGER`` (``BIGINT``: SQLite's integers are 8 bytes), ``WITHOUT ROWID``
-(nothing: every PostgreSQL table is a heap with separate indexes), the trigger that counts
+(nothing: every PostgreSQL table is a heap with separate indexes), ``TEXT`` (``TEXT COLLATE
+"C"``: SQLite compares text byte by byte), the trigger that counts
 agents (a PL/pgSQL function), and the snapshot-link key (made by Python's ``secrets`` instead
 of ``randomblob``).
 
@@ -368,9 +369,17 @@ CREATE TABLE snapshots_deleted (
 """
 
 
+BINARY_TEXT = 'TEXT COLLATE "C"'
+"""Every text column compares byte by byte, as SQLite's BINARY collation does, whatever the
+database's locale: the keyset pages, the ``ORDER BY`` of names and the prefix ranges
+(``id >= 'x' AND id < 'x\U0010ffff'``) then give the same rows on both backends."""
+
+
 def p001_baseline(conn: PgConnection) -> None:
     """The schema of SQLite's m001..m015, and the snapshot-link key (m012)."""
-    conn.raw.execute(BASELINE.encode())  # several statements: sent as one, without parameters
+    conn.raw.execute(
+        BASELINE.replace(" TEXT", " " + BINARY_TEXT).encode()
+    )  # several statements: sent as one, without parameters
     conn.execute(
         "INSERT INTO link_keys (name, secret, created_ts) VALUES ('snapshot_links', ?, ?)",
         (secrets.token_hex(32), time.time()),
