@@ -64,16 +64,25 @@ POSTGRES_MODULES = {
     "rollouts": True,
     "ota": True,
     "notifications": True,
-    "events": False,
-    "messages": False,
-    "lineage": False,
-    "compact_lineage": False,
-    "snapshot_files": False,
-    "prune": False,
+    "events": True,
+    "messages": True,
+    "lineage": True,
+    "compact_lineage": True,
+    "snapshot_files": True,
+    "prune": True,
     "logs": True,
 }
 """Which store modules work on PostgreSQL, each tested on both backends
 (``tests/test_store_backends.py``); docs/scale.md, "PostgreSQL backend", says the same."""
+
+POSTGRES_MISSING_OUTSIDE_THE_STORE = (
+    "secagg's callers (ingest, API, notification sender, run logs, commands) still open "
+    "store.path, not store.target",
+    "store.DatabaseError and aggregator/records.py's classification of store errors "
+    "(permanent or transient) know sqlite3's errors only",
+    "secagg backup and store.check_on_start are SQLite's",
+)
+"""What secagg needs beyond the store modules before it can run on PostgreSQL."""
 
 
 class BackendIncomplete(StoreUnavailable):
@@ -81,13 +90,15 @@ class BackendIncomplete(StoreUnavailable):
 
 
 def require_complete(target: Target) -> None:
-    """BackendIncomplete when ``target`` is a PostgreSQL URL while some store module is not
-    ported: secagg refuses to start rather than run half a service."""
+    """BackendIncomplete when ``target`` is a PostgreSQL URL while some store module or some
+    part of secagg around the store is not ported: secagg refuses to start rather than run
+    half a service."""
     missing = [name for name, works in POSTGRES_MODULES.items() if not works]
+    missing += POSTGRES_MISSING_OUTSIDE_THE_STORE
     if is_postgres_url(target) and missing:
         raise BackendIncomplete(
             f"store.url {redact(str(target))}: the PostgreSQL backend is not complete yet; "
-            f"these parts of the store do not work on it: {', '.join(missing)} "
+            f"what does not work on it yet: {'; '.join(missing)} "
             '(docs/scale.md, "PostgreSQL backend"). Use SQLite (store.path) for now.'
         )
 
