@@ -142,13 +142,42 @@ def test_a_savepoint_undoes_only_its_own_part(store_conn: store.Connection) -> N
 
 def test_a_failed_statement_leaves_the_savepoint_usable(store_conn: store.Connection) -> None:
     """PostgreSQL aborts the whole transaction on an error; the savepoint brings it back, as
-    SQLite never lost it."""
-    error = psycopg.Error if is_postgres(store_conn) else sqlite3.Error
+    SQLite never lost it. The error is the store's (``store.DatabaseError``) on both."""
     with store.transaction(store_conn):
-        with pytest.raises(error), store.savepoint(store_conn, "bad"):
+        with pytest.raises(store.DatabaseError), store.savepoint(store_conn, "bad"):
             store_conn.execute("INSERT INTO no_such_table VALUES (1)")
         store.counters.bump(store_conn, {"after": 1})
     assert store.counters.ingest_counters(store_conn) == {"after": 1}
+
+
+def test_a_value_refused_is_the_messages_fault_a_failure_is_the_stores(
+    store_conn: store.Connection,
+) -> None:
+    """The ingest refuses a message whose values the store refuses, and retries a batch the
+    store failed (records.is_store_failure): PostgreSQL's errors fall on the same sides."""
+    with store.transaction(store_conn):
+        store.configs.save(store_conn, sha256="s", agent_id="a", received_ts=1, doc={})
+    refused = []
+    for statement, params in (
+        (
+            "INSERT INTO agent_configs (sha256, agent_id, received_ts, doc_json) "
+            "VALUES ('s', 'a', 1, '{}')",
+            (),
+        ),  # unique
+        (
+            "INSERT INTO agent_configs (sha256, agent_id, received_ts, doc_json) "
+            "VALUES ('t', NULL, 1, '{}')",
+            (),
+        ),  # not null
+        ("SELECT * FROM no_such_table", ()),  # the store's fault
+    ):
+        with pytest.raises(store.DatabaseError) as caught, store.transaction(store_conn):
+            store_conn.execute(statement, params)
+        refused.append(records.is_store_failure(caught.value))
+    assert refused == [False, False, True]
+    assert isinstance(caught.value, sqlite3.Error)
+    if is_postgres(store_conn):
+        assert isinstance(caught.value.__cause__, psycopg.Error)
 
 
 # counters ------------------------------------------------------------------------------------

@@ -110,6 +110,35 @@ def _row_factory(cursor: Any) -> Any:
     return make
 
 
+class PgDatabaseError(sqlite3.DatabaseError):
+    """A PostgreSQL statement failed (psycopg's error is its ``__cause__``). It is a
+    ``sqlite3.DatabaseError`` on purpose: what catches the store's errors
+    (``store.DatabaseError``) and what tells a message's fault from the store's
+    (:func:`aggregator.records.is_store_failure`) then treat both backends alike."""
+
+
+class PgIntegrityError(sqlite3.IntegrityError, PgDatabaseError):
+    """A constraint refused the row (unique, not null, foreign key, check)."""
+
+
+class PgDataError(sqlite3.DataError, PgDatabaseError):
+    """A value the column cannot hold (out of range, invalid text)."""
+
+
+def translate(exc: Exception) -> PgDatabaseError:
+    """The store's error for a psycopg error."""
+    import psycopg
+
+    kind: type[PgDatabaseError] = PgDatabaseError
+    if isinstance(exc, psycopg.IntegrityError):
+        kind = PgIntegrityError
+    elif isinstance(exc, psycopg.DataError):
+        kind = PgDataError
+    found = kind(f"{type(exc).__name__}: {exc}")
+    found.sqlstate = getattr(exc, "sqlstate", None)  # type: ignore[attr-defined]
+    return found
+
+
 class PgCursor:
     """The result of :meth:`PgConnection.execute`: rows, ``rowcount``; ``lastrowid`` is None
     (PostgreSQL has no rowid: the store asks ``RETURNING id``)."""
@@ -139,17 +168,28 @@ class PgConnection:
     dialect = "postgresql"
 
     def __init__(self, conn: psycopg.Connection[Any], *, url: str) -> None:
+        import psycopg
+
         self.raw = conn
         self.url = url
+        self._errors = psycopg.Error
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PgCursor:
+        """Run one statement; :class:`PgDatabaseError` (a ``sqlite3.DatabaseError``) when it
+        fails."""
         cur = self.raw.cursor(row_factory=_row_factory)
-        cur.execute(to_pyformat(sql), params or None)
+        try:
+            cur.execute(to_pyformat(sql), params or None)
+        except self._errors as exc:
+            raise translate(exc) from exc
         return PgCursor(cur)
 
     def executemany(self, sql: str, rows: Any) -> PgCursor:
         cur = self.raw.cursor(row_factory=_row_factory)
-        cur.executemany(to_pyformat(sql), rows)
+        try:
+            cur.executemany(to_pyformat(sql), rows)
+        except self._errors as exc:
+            raise translate(exc) from exc
         return PgCursor(cur)
 
     @property
@@ -160,11 +200,11 @@ class PgConnection:
 
     def commit(self) -> None:
         if self.in_transaction:
-            self.raw.execute("COMMIT")
+            self.execute("COMMIT")
 
     def rollback(self) -> None:
         if self.in_transaction:
-            self.raw.execute("ROLLBACK")
+            self.execute("ROLLBACK")
 
     def close(self) -> None:
         self.raw.close()

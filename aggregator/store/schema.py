@@ -32,7 +32,8 @@ Target = Path | str
 """Where the store lives: a SQLite file, or a ``postgresql://`` URL."""
 
 DatabaseError = sqlite3.Error
-"""The base class of what a failing statement raises (the backend's own)."""
+"""The base class of what a failing statement raises, on both backends (PostgreSQL's errors
+are translated into subclasses of it: :class:`aggregator.store.backend.PgDatabaseError`)."""
 
 
 class StoreUnavailable(Exception):
@@ -78,8 +79,6 @@ POSTGRES_MODULES = {
 POSTGRES_MISSING_OUTSIDE_THE_STORE = (
     "secagg's callers (ingest, API, notification sender, run logs, commands) still open "
     "store.path, not store.target",
-    "store.DatabaseError and aggregator/records.py's classification of store errors "
-    "(permanent or transient) know sqlite3's errors only",
     "secagg backup and store.check_on_start are SQLite's",
 )
 """What secagg needs beyond the store modules before it can run on PostgreSQL."""
