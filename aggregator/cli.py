@@ -117,6 +117,11 @@ def backup(config_path: Path, out_path: Path) -> None:
     from aggregator import store
 
     config = _load(config_path)
+    if config.store.is_postgres:
+        raise click.ClickException(
+            f"{config.store.where}: secagg backup copies a SQLite store; back up PostgreSQL with "
+            "its own tools (pg_dump, or the server's continuous archiving)"
+        )
     try:
         size = store.backup(config.store.path, out_path)
     except (store.StoreUnavailable, store.DatabaseError, OSError) as exc:
@@ -149,13 +154,13 @@ def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
 
     config = _load(config_path)
     try:
-        conn = store.connect(config.store.path, readonly=True)
+        conn = store.connect(config.store.target, readonly=True)
         try:
             rows = store.notifications.list_notifications(conn, limit=limit, event_id=event_id)
         finally:
             conn.close()
     except (store.StoreUnavailable, store.DatabaseError) as exc:
-        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+        raise click.ClickException(f"{config.store.where}: {exc}") from exc
     click.echo(
         f"{'id':>6} {'event':>6} {'notifier':<12} {'kind':<7} {'for':<18} {'state':<10} "
         f"{'tries':>5}  last error"
@@ -202,13 +207,13 @@ def broker_config(spec_path: Path, out_dir: Path) -> None:
 def _read_db(config: AggregatorConfig) -> store.Connection:
     from aggregator import store
 
-    if not config.store.path.exists():
+    if not config.store.is_postgres and not config.store.path.exists():
         raise click.ClickException(f"no store at {config.store.path}")
     try:
-        store.migrate(config.store.path)  # an older store gets the lineage tables (backfilled)
-        return store.connect(config.store.path, readonly=True)
+        store.migrate(config.store.target)  # an older store gets the lineage tables (backfilled)
+        return store.connect(config.store.target, readonly=True)
     except (store.StoreUnavailable, store.DatabaseError) as exc:
-        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+        raise click.ClickException(f"{config.store.where}: {exc}") from exc
 
 
 @main.command()
@@ -343,10 +348,10 @@ def plot(
     from appcommon.version import code_version
 
     config = _load(config_path)
-    if not config.store.path.exists():
+    if not config.store.is_postgres and not config.store.path.exists():
         raise click.ClickException(f"no store at {config.store.path}")
-    store.migrate(config.store.path)
-    conn = store.connect(config.store.path)
+    store.migrate(config.store.target)
+    conn = store.connect(config.store.target)
     try:
         query = plots.PlotQuery.model_validate(
             {"kind": kind, "since": since, "until": until, "camera": camera, "agent_id": agent_id}

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -186,6 +187,16 @@ class StoreConfig(_Section):
     def is_postgres(self) -> bool:
         """Whether the store is the PostgreSQL backend (``store.url: postgresql://...``)."""
         return self.url is not None and not self.url.startswith("sqlite:///")
+
+    @property
+    def where(self) -> str:
+        """The store for messages and logs: the SQLite file, or the URL without its password."""
+        if not self.is_postgres or self.url is None:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
     @property
     def target(self) -> Path | str:

@@ -96,10 +96,10 @@ class Ingest:
         self._broker_up = False
         self._reconnect_waits = 0
         store.require_complete(config.store.target)  # BackendIncomplete: never half a service
-        if config.store.check_on_start:
+        if config.store.check_on_start and not config.store.is_postgres:
             store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
-        store.migrate(config.store.path)
-        self._conn = store.connect(config.store.path)
+        store.migrate(config.store.target)
+        self._conn = store.connect(config.store.target)
         snapshots.recover(self._conn, config.store.snapshots_dir)
         retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
         client = IngestClient(
@@ -270,7 +270,7 @@ class Ingest:
                         log.error(
                             "store %s cannot be written: %s; %d message(s) held unacknowledged, "
                             "trying again every %.0f s at most",
-                            self.config.store.path,
+                            self.config.store.where,
                             exc,
                             len(batch),
                             self.config.ingest.store_retry_max_s,
@@ -283,7 +283,7 @@ class Ingest:
                     if self.on_batch is not None and self._busy_since is not None:
                         self.on_batch(len(batch), time.monotonic() - self._busy_since)
                     if self.store_error is not None:
-                        log.info("store %s writable again", self.config.store.path)
+                        log.info("store %s writable again", self.config.store.where)
                     self.store_error = None
                     retry_s = 1.0
                 finally:

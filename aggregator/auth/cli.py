@@ -38,10 +38,10 @@ def _writing(config_path: Path) -> Iterator[Connection]:
 
     config = _load(config_path)
     try:
-        store.migrate(config.store.path)
-        conn = store.connect(config.store.path)
+        store.migrate(config.store.target)
+        conn = store.connect(config.store.target)
     except (store.StoreUnavailable, store.DatabaseError) as exc:
-        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+        raise click.ClickException(f"{config.store.where}: {exc}") from exc
     try:
         with store.transaction(conn):
             yield conn

@@ -77,9 +77,8 @@ POSTGRES_MODULES = {
 (``tests/test_store_backends.py``); docs/scale.md, "PostgreSQL backend", says the same."""
 
 POSTGRES_MISSING_OUTSIDE_THE_STORE = (
-    "secagg's callers (ingest, API, notification sender, run logs, commands) still open "
-    "store.path, not store.target",
-    "secagg backup and store.check_on_start are SQLite's",
+    "secagg serve as one process (ingest, API, notification sender, run logs, OTA controller, "
+    "pages) has not been run on PostgreSQL end to end yet",
 )
 """What secagg needs beyond the store modules before it can run on PostgreSQL."""
 

@@ -1,0 +1,158 @@
+"""secagg's own code over a PostgreSQL store, end to end: the ingest over a real Mosquitto
+(threats stored once, grouped into events, receipted), then the REST API reading them.
+
+``secagg`` still refuses a PostgreSQL store while
+``store.schema.POSTGRES_MISSING_OUTSIDE_THE_STORE`` names something (docs/scale.md); these tests
+lift that one guard for themselves, since what they test is what it waits for."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from aggregator import store
+from aggregator.api import create_app
+from aggregator.config import AggregatorConfig
+from aggregator.ingest import Ingest
+from demo.broker import Mosquitto
+from demo.postgres import Postgres
+from tests.support import wait_for
+from tests.support.auth import HEADERS, seed_tokens
+from tests.support.ingest import Harness, subscribe_json, threat_payload
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def pg_config(
+    postgres: Postgres, broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AggregatorConfig:
+    """An in-process aggregator config (as tests/support/ingest.py's ingest_config) whose store
+    is a new PostgreSQL database."""
+    monkeypatch.setattr(store.schema, "POSTGRES_MISSING_OUTSIDE_THE_STORE", ())
+    doc: dict[str, Any] = {
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "client_id": f"secagg-{uuid.uuid4().hex[:8]}",
+            "session_expiry_s": 0,
+        },
+        "store": {
+            "url": postgres.create_database(f"service_{uuid.uuid4().hex[:8]}"),
+            "snapshots_dir": str(tmp_path / "snapshots"),
+            "plots_dir": str(tmp_path / "plots"),
+        },
+        "events": {"cutoff_s": 10},
+    }
+    return AggregatorConfig.model_validate(doc)
+
+
+@pytest.fixture
+def pg_harness(pg_config: AggregatorConfig, broker: Mosquitto) -> Iterator[Harness]:
+    ingest = Ingest(pg_config)
+    ingest.start()
+    wait_for(ingest.connected.is_set, what="ingest connected")
+    h = Harness(ingest, broker, Path("unused"))
+    try:
+        yield h
+    finally:
+        h.pub.loop_stop()
+        h.pub.disconnect()
+        ingest.stop()
+
+
+def test_the_ingest_stores_into_postgresql_once_each_and_receipts(
+    pg_harness: Harness, pg_config: AggregatorConfig, broker: Mosquitto
+) -> None:
+    sub, receipts = subscribe_json(broker, "secagent/v1/cam-host/receipts")
+    try:
+        sent = [threat_payload(at_s=i) for i in range(3)] + [threat_payload(at_s=60)]
+        for p in [*sent, sent[0]]:  # and a redelivery
+            pg_harness.send(p)
+        stats = pg_harness.ingest.stats
+        wait_for(lambda: stats.stored + stats.duplicates == 5, what="five deliveries")
+        assert (stats.stored, stats.duplicates) == (4, 1)
+        wait_for(
+            lambda: (
+                {m for r in receipts for m in r.get("stored", [])}
+                >= {p["message_id"] for p in sent}
+            ),
+            what="receipts",
+        )
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    conn = store.connect(pg_config.store.target, readonly=True)
+    try:
+        counts = store.counters.row_counts(conn)
+        events = store.events.list_events(conn, limit=10)
+    finally:
+        conn.close()
+    assert (counts.messages, counts.threats, counts.events) == (4, 4, 2)
+    assert [e.threat_count for e in events] == [1, 3]  # newest first; 60 s is past the cutoff
+
+
+def test_the_api_reads_a_postgresql_store(pg_config: AggregatorConfig, broker: Mosquitto) -> None:
+    from tests.support.ingest import store_payloads
+
+    store_payloads(
+        pg_config,
+        [threat_payload(camera=("yard", "door")[i % 2], at_s=60 * i) for i in range(6)],
+        target=pg_config.store.target,
+    )
+    seed_tokens(pg_config.store.target)
+    with TestClient(create_app(pg_config), headers=HEADERS) as client:
+        events = client.get("/api/events", params={"limit": 4})
+        assert events.status_code == 200, events.text
+        assert [e["id"] for e in events.json()] == [6, 5, 4, 3]
+        following = client.get(events.links["next"]["url"])
+        assert [e["id"] for e in following.json()] == [2, 1]
+        door = client.get("/api/events", params={"camera": "door"}).json()
+        assert [e["id"] for e in door] == [6, 4, 2]
+        event = client.get("/api/events/1")
+        assert event.status_code == 200, event.text
+        threats = client.get("/api/threats", params={"limit": 10})
+        assert threats.status_code == 200 and len(threats.json()) == 6
+        health = client.get("/api/health")
+        assert health.status_code in (200, 503), health.text
+        assert (health.json()["threats"], health.json()["events"]) == (6, 6)
+
+
+def test_secagg_commands_on_a_postgresql_store(pg_config: AggregatorConfig, tmp_path: Path) -> None:
+    """Tokens, plots with their lineage, the notifications list; backup says to use pg_dump."""
+    from click.testing import CliRunner
+
+    from aggregator.cli import main
+    from tests.support.ingest import store_payloads
+
+    store_payloads(
+        pg_config, [threat_payload(at_s=60 * i) for i in range(3)], target=pg_config.store.target
+    )
+    config_path = tmp_path / "secagg.yaml"
+    config_path.write_text(
+        f"store:\n  url: {pg_config.store.url}\n  snapshots_dir: {tmp_path / 'snapshots'}\n"
+        f"  plots_dir: {tmp_path / 'plots'}\n"
+    )
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, [*args, "--config", str(config_path)])
+        assert result.exit_code == 0, (args, result.output)
+        return result.output
+
+    run("token", "create", "--name", "grafana", "--role", "viewer")
+    assert "grafana" in run("token", "list")
+    drawn = run("plot", "events_by_label")
+    plot_id = drawn.split()[0]
+    assert plot_id.startswith("plot:") and "(3 event(s))" in drawn
+    assert "event:1" in run("explain", plot_id)
+    assert "event:3" in run("explain", "3")
+    run("notifications")
+    refused = CliRunner().invoke(
+        main, ["backup", "--config", str(config_path), "--out", str(tmp_path / "b.sqlite")]
+    )
+    assert refused.exit_code == 1 and "pg_dump" in refused.output
