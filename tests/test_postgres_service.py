@@ -1,12 +1,10 @@
 """secagg's own code over a PostgreSQL store, end to end: the ingest over a real Mosquitto
-(threats stored once, grouped into events, receipted), then the REST API reading them.
-
-``secagg`` still refuses a PostgreSQL store while
-``store.schema.POSTGRES_MISSING_OUTSIDE_THE_STORE`` names something (docs/scale.md); these tests
-lift that one guard for themselves, since what they test is what it waits for."""
+(threats stored once, grouped into events, receipted), the REST API reading them, the commands,
+and the real ``secagg serve`` process with a webhook notifier."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +27,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture
-def pg_config(
-    postgres: Postgres, broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AggregatorConfig:
+def pg_config(postgres: Postgres, broker: Mosquitto, tmp_path: Path) -> AggregatorConfig:
     """An in-process aggregator config (as tests/support/ingest.py's ingest_config) whose store
     is a new PostgreSQL database."""
-    monkeypatch.setattr(store.schema, "POSTGRES_MISSING_OUTSIDE_THE_STORE", ())
     doc: dict[str, Any] = {
         "mqtt": {
             "host": broker.host,
@@ -156,3 +151,78 @@ def test_secagg_commands_on_a_postgresql_store(pg_config: AggregatorConfig, tmp_
         main, ["backup", "--config", str(config_path), "--out", str(tmp_path / "b.sqlite")]
     )
     assert refused.exit_code == 1 and "pg_dump" in refused.output
+
+
+def test_secagg_serve_runs_on_postgresql(
+    postgres: Postgres, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The real ``secagg serve`` process on a PostgreSQL store: threats over MQTT are stored
+    and grouped, the API answers over HTTP, the webhook notifier delivers one notification per
+    event, run logs are on, and SIGTERM stops it cleanly."""
+    import signal
+    import subprocess
+
+    import httpx
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from demo.broker import free_port
+    from tests.support.processes import BIN
+    from tests.support.servers import WebhookServer
+
+    url = postgres.create_database(f"serve_{uuid.uuid4().hex[:8]}")
+    seed_tokens(url)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    with WebhookServer() as hook:
+        config = tmp_path / "secagg.yaml"
+        config.write_text(
+            f"mqtt: {{host: {broker.host}, port: {broker.port}, "
+            f"client_id: secagg-{uuid.uuid4().hex[:8]}}}\n"
+            f"store: {{url: '{url}', snapshots_dir: snapshots, plots_dir: plots}}\n"
+            "events: {cutoff_s: 10, sweep_interval_s: 0.5}\n"
+            f"api: {{host: 127.0.0.1, port: {port}}}\n"
+            f"notify: {{notifiers: [{{name: soc, type: webhook, url: '{hook.url}'}}]}}\n"
+        )
+        log = tmp_path / "secagg.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(BIN / "secagg"), "serve", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+
+            def health() -> dict[str, Any] | None:
+                assert proc.poll() is None, f"secagg exited: {log.read_text()[-3000:]}"
+                try:
+                    found: dict[str, Any] = httpx.get(
+                        f"{api}/api/health", headers=HEADERS, timeout=1
+                    ).json()
+                except httpx.HTTPError:
+                    return None
+                return found if found.get("broker_connected") else None
+
+            wait_for(health, timeout_s=60, what="secagg to serve")
+            pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+            pub.connect(broker.host, broker.port)
+            pub.loop_start()
+            try:
+                for p in [threat_payload(at_s=0), threat_payload(at_s=1), threat_payload(at_s=60)]:
+                    raw = json.dumps(p).encode()
+                    pub.publish("secagent/v1/cam-host/threats", raw, qos=1).wait_for_publish(10)
+            finally:
+                pub.loop_stop()
+                pub.disconnect()
+            wait_for(lambda: (health() or {}).get("threats") == 3, what="three threats stored")
+            events = httpx.get(f"{api}/api/events", headers=HEADERS, timeout=5).json()
+            assert [e["threat_count"] for e in events] == [1, 2]
+            wait_for(lambda: len(hook.requests) >= 2, what="one notification per event")
+            notified = sorted(body["event"]["event_id"] for _, body in hook.requests)
+            assert notified == [1, 2]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
