@@ -226,3 +226,38 @@ def test_secagg_serve_runs_on_postgresql(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def test_the_review_pages_on_a_postgresql_store(pg_config: AggregatorConfig) -> None:
+    """Login, the events page with its cards, an event, the agents and plots pages."""
+    import re
+
+    from aggregator.auth import accounts
+    from aggregator.auth.roles import Role
+    from tests.support.ingest import payload, status_payload, store_payloads
+
+    target = pg_config.store.target
+    store_payloads(
+        pg_config,
+        [payload(at_s=0, camera="yard"), payload(at_s=30, camera="door"), status_payload()],
+        target=target,
+    )
+    conn = store.connect(target)
+    try:
+        with store.transaction(conn):
+            accounts.add_user(conn, name="ann", role=Role.operator, password="ann-password-1")
+    finally:
+        conn.close()
+    with TestClient(create_app(pg_config)) as client:
+        r = client.post(
+            "/login",
+            data={"username": "ann", "password": "ann-password-1", "next": "/"},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+        events = client.get("/")
+        assert events.status_code == 200, events.text
+        cards = re.findall(r'class="card[^"]*" data-event-id="(\d+)"', events.text)
+        assert [int(c) for c in cards] == [2, 1]
+        for page in ("/events/1", "/agents", "/plots"):
+            assert client.get(page).status_code == 200, page
