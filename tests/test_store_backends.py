@@ -36,6 +36,7 @@ from tests.support.ingest import T0, make_config, status_payload, threat_payload
         ("SELECT x::text WHERE a LIKE '50%?'", "SELECT x::text WHERE a LIKE '50%%?'"),
         ("SELECT 'a:b' || \"c?\" , ?", "SELECT 'a:b' || \"c?\" , %s"),
         ("SELECT 100 % 7", "SELECT 100 %% 7"),
+        ("SELECT " + "?, " * 2000 + "'%'", "SELECT " + "%s, " * 2000 + "'%%'"),  # not cached
     ],
 )
 def test_placeholders_become_psycopg_s(sql: str, expected: str) -> None:

@@ -41,11 +41,24 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-@functools.lru_cache(maxsize=4096)
+CACHED_SQL_CHARS = 4000
+"""Statements up to this long are translated once and cached (the store runs a few hundred
+distinct texts); longer ones, the many-row ``INSERT ... VALUES (?, ?), ...`` of a batch whose
+text depends on its size, each time (their translation is cheap beside their rows)."""
+
+
 def to_pyformat(sql: str) -> str:
     """``sql`` in psycopg's placeholder syntax: each ``?`` outside quotes as ``%s``, each
-    ``:name`` as ``%(name)s`` (``::`` casts stay), each ``%`` doubled. Cached: the store runs
-    a few hundred distinct texts."""
+    ``:name`` as ``%(name)s`` (``::`` casts stay), each ``%`` doubled."""
+    return _cached(sql) if len(sql) <= CACHED_SQL_CHARS else _translate(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached(sql: str) -> str:
+    return _translate(sql)
+
+
+def _translate(sql: str) -> str:
     out: list[str] = []
     quote: str | None = None
     i, n = 0, len(sql)
