@@ -136,6 +136,10 @@ def check_config(config_path: Path) -> None:
     config = _load(config_path)
     click.echo(f"ok: {config_path}")
     settings = config.model_dump(mode="json", exclude={"mqtt": {"password"}})
+    if config.store.url is not None:  # a PostgreSQL URL may hold a password
+        settings["store"]["url"] = (
+            config.store.where if config.store.is_postgres else config.store.url
+        )
     for notifier in settings["notify"]["notifiers"]:  # secrets: shown as set, never printed
         if notifier.get("password") is not None:
             notifier["password"] = "***"

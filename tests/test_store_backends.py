@@ -396,6 +396,15 @@ def test_secagg_refuses_a_postgresql_store_while_a_module_is_missing(
     store.require_complete(tmp_path / "secagg.sqlite")  # SQLite: never refused
 
 
+def test_check_config_never_prints_the_password_of_a_postgresql_url(tmp_path: Path) -> None:
+    config_path = tmp_path / "secagg.yaml"
+    config_path.write_text("store:\n  url: postgresql://secagg:hunter2@db.example.org/secagg\n")
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    assert "postgresql://secagg:***@db.example.org/secagg" in result.output
+
+
 def test_a_sqlite_url_is_the_same_as_a_path(tmp_path: Path) -> None:
     config = AggregatorConfig.model_validate(
         {"store": {"url": "sqlite:///secagg.sqlite"}}, context={"base_dir": tmp_path}
