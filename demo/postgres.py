@@ -146,7 +146,7 @@ class Postgres:
             )
         try:
             self._wait_ready(timeout_s=timeout_s)
-        except PostgresError:
+        except BaseException:  # never leave a server running behind a failed start
             self.stop()
             raise
         return self
