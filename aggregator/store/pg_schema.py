@@ -10,7 +10,9 @@ PostgreSQL counterpart appended here, with the same effect.
 The dialects differ in: ``INTEGER PRIMARY KEY AUTOINCREMENT`` (an identity column, whose
 sequence never gives an id twice either), ``REAL`` (``DOUBLE PRECISION``: SQLite's REAL is an
 8-byte float), ``INTEGER`` (``BIGINT``: SQLite's integers are 8 bytes), ``WITHOUT ROWID``
-(nothing: every PostgreSQL table is a heap with separate indexes), ``TEXT`` (``TEXT COLLATE
+(nothing: every PostgreSQL table is a heap with separate indexes), an index that SQLite ends
+with the rowid implicitly (``run_logs_agent``: an agent's lines in ``at_ts, id`` order) ends
+with ``id`` explicitly, ``TEXT`` (``TEXT COLLATE
 "C"``: SQLite compares text byte by byte), the trigger that counts
 agents (a PL/pgSQL function), and the snapshot-link key (made by Python's ``secrets`` instead
 of ``randomblob``).
@@ -351,7 +353,7 @@ CREATE INDEX run_logs_lineage ON run_logs (lineage_id) WHERE lineage_id IS NOT N
 CREATE INDEX run_logs_frame ON run_logs (frame_id) WHERE frame_id IS NOT NULL;
 CREATE INDEX run_logs_message ON run_logs (message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX run_logs_event ON run_logs (event_id) WHERE event_id IS NOT NULL;
-CREATE INDEX run_logs_agent ON run_logs (agent_id, at_ts);
+CREATE INDEX run_logs_agent ON run_logs (agent_id, at_ts, id);
 
 CREATE TABLE snapshot_deletions (sha256 TEXT PRIMARY KEY, reason TEXT NOT NULL);
 CREATE TABLE snapshots_kept (
