@@ -878,3 +878,37 @@ def test_the_ingest_path_answers_the_same_on_both_backends(
             conn.close()
     assert after[1] == after[0]
     assert after[0][0].messages > 0
+
+
+def test_writers_run_one_at_a_time(store_target: store.schema.Target) -> None:
+    """A second writer's transaction starts only once the first has committed (SQLite:
+    BEGIN IMMEDIATE; PostgreSQL: the write lock), so what a store function read stays true
+    until it writes. Readers never wait."""
+    import threading
+    import time
+
+    first, second, reader = (store.connect(store_target) for _ in range(3))
+    order: list[str] = []
+    started = threading.Event()
+
+    def write_second() -> None:
+        started.set()
+        with store.transaction(second):
+            order.append("second in")
+            store.counters.bump(second, {"n": 1})
+
+    try:
+        with store.transaction(first):
+            store.counters.bump(first, {"n": 1})
+            thread = threading.Thread(target=write_second)
+            thread.start()
+            started.wait(5)
+            time.sleep(0.3)  # give the second writer time to (wrongly) get in
+            assert store.counters.ingest_counters(reader) == {}  # a reader does not wait
+            order.append("first out")
+        thread.join(10)
+        assert order == ["first out", "second in"]
+        assert store.counters.ingest_counters(reader) == {"n": 2}
+    finally:
+        for conn in (first, second, reader):
+            conn.close()
