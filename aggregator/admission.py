@@ -59,7 +59,9 @@ def known_rules(paths: list[Path]) -> dict[str, RuleSet]:
 
 
 class Admission:
-    """The checks of one ingest (it caches the rules files and each agent's rule names)."""
+    """The checks of one ingest (it caches the rules files and each agent's rule names: the
+    names are read from the store again whenever a message names one not cached, so ingest
+    workers on one store count each other's)."""
 
     def __init__(self, config: AggregatorConfig) -> None:
         self.ingest = config.ingest
@@ -118,10 +120,12 @@ class Admission:
                     )
             return
         seen = self._agent_rules.get(threat.agent_id)
-        if seen is None:
+        if seen is None or not names <= seen:
+            # Read again whenever a rule is new to this process: other ingest workers on the
+            # same store (``secagg serve --role ingest``) add rules this cache has not seen.
             seen = self._agent_rules[threat.agent_id] = set(
                 store.events.rules_of_agent(conn, threat.agent_id)
-            )
+            ) | (seen or set())
         new = names - seen
         if new and len(seen) + len(new) > self.ingest.max_rules_per_agent:
             raise PayloadError(

@@ -79,20 +79,44 @@ def freeze_startup_objects() -> None:
 @config_option("aggregator")
 @log_level_option
 @log_format_option
-def serve(config_path: Path, log_level: str, log_format: str) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "ingest", "api"]),
+    default="all",
+    show_default=True,
+    help="all: everything in one process; ingest: an ingest worker (threats on the shared "
+    "subscription, no API); api: the API, statuses, the sweep, OTA (one per site)",
+)
+@click.option(
+    "--worker",
+    default=None,
+    help="the ingest worker's name (--role ingest): it connects as <client_id>-<worker>",
+)
+def serve(
+    config_path: Path, log_level: str, log_format: str, role: str, worker: str | None
+) -> None:
     """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM.
 
-    Under systemd (Type=notify) it says READY=1 once the store is migrated and the API listens,
-    pings the watchdog while the store writer turns and the API answers, and on SIGTERM stores
-    what it holds, checkpoints the database and exits 0.
+    Under systemd (Type=notify) it says READY=1 once the store is migrated and the API listens
+    (an ingest worker: once subscribed), pings the watchdog while the store writer turns and the
+    API answers, and on SIGTERM stores what it holds, checkpoints the database and exits 0.
+    Many processes on one store: one ``--role api`` and any number of ``--role ingest --worker
+    NAME`` (docs/scale.md).
     """
-    from aggregator import store
+    from aggregator import roles, store
     from aggregator.service import Service, ServiceError
 
     setup_logging(log_level, log_format)
     config = _load(config_path)
+    role_of: roles.Role = "ingest" if role == "ingest" else "api" if role == "api" else "all"
     try:
-        service = Service(config, log_level=log_level, log_format=log_format)
+        roles.check(role_of, worker)
+    except roles.RoleError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        service = Service(
+            config, log_level=log_level, log_format=log_format, role=role_of, worker=worker
+        )
         freeze_startup_objects()
         service.run()
     except (ServiceError, store.StoreUnavailable, store.DatabaseError, OSError) as exc:
@@ -189,23 +213,36 @@ def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="folder for mosquitto.conf, passwd, acl and credentials.yaml",
+    help="folder for mosquitto.conf, passwd, acl and credentials.yaml (and sites/<name>/ "
+    "with the same four files for each site broker of the spec)",
 )
 def broker_config(spec_path: Path, out_dir: Path) -> None:
     """Write a Mosquitto config for a deployment: an account and ACL per agent, no anonymous.
 
     Re-run it after adding an agent to the spec: existing passwords are kept. Then reload
     Mosquitto (systemctl reload mosquitto) and give the agent its password.
+
+    With ``sites`` in the spec, each site broker's files go to OUT/sites/<name>/: its agents'
+    accounts and ACL, and a bridge to this (central) broker with a persistent queue, which logs
+    in as bridge-<name>, an account here allowed only that site's agents' topics.
     """
-    from aggregator.broker_config import BrokerConfigError, load_spec, write_broker_config
+    from aggregator.broker_config import (
+        BrokerConfigError,
+        load_spec,
+        site_dir,
+        write_broker_config,
+    )
 
     try:
-        creds = write_broker_config(load_spec(spec_path), out_dir)
+        spec = load_spec(spec_path)
+        creds = write_broker_config(spec, out_dir)
     except (ConfigError, BrokerConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"wrote {out_dir}/mosquitto.conf, passwd, acl, credentials.yaml ({len(creds)} accounts)"
     )
+    for site in spec.sites:
+        click.echo(f"wrote {site_dir(out_dir, site.name)}/ for site {site.name}")
 
 
 def _read_db(config: AggregatorConfig) -> store.Connection:

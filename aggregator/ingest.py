@@ -22,7 +22,9 @@ the writer is alive and not stalled, and the store writable.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -36,13 +38,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from aggregator import events, notify, records, retention, snapshots, store
+from aggregator import events, notify, records, retention, roles, snapshots, store
 from aggregator.admission import Admission
 from aggregator.config import AggregatorConfig
 from aggregator.events import EventChange
 from aggregator.liveness import Liveness
 from aggregator.mqtt_client import IngestClient, Received
 from aggregator.records import message_id_of
+from aggregator.store.models import WorkerRow
 from wire.payloads import PayloadError, ReceiptMessage, Refusal, dump_payload
 from wire.topics import TopicError, Topics
 
@@ -74,8 +77,14 @@ class IngestStats:
 class Ingest:
     """The MQTT side of ``secagg``: one paho client, one writer thread owning the database."""
 
-    def __init__(self, config: AggregatorConfig) -> None:
+    def __init__(
+        self, config: AggregatorConfig, *, role: roles.Role = "all", worker: str | None = None
+    ) -> None:
+        roles.check(role, worker)
         self.config = config
+        self.role = role
+        """What this process does among others on the store (:mod:`aggregator.roles`)."""
+        self.worker = worker
         self.stats = IngestStats()
         self.connected = threading.Event()
         self._queue: queue.Queue[Received | None] = queue.Queue(maxsize=config.ingest.queue_max)
@@ -100,16 +109,21 @@ class Ingest:
             store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
         store.migrate(config.store.target)
         self._conn = store.connect(config.store.target)
-        snapshots.recover(self._conn, config.store.snapshots_dir)
-        retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
+        self._turns = store.WriteTurns(config.store.target)  # a no-op on PostgreSQL
+        self._started_ts = time.time()
+        if roles.sweeps(role):  # once per site: not under a worker's feet mid-batch
+            snapshots.recover(self._conn, config.store.snapshots_dir)
+            retention.remove_decided(self._conn, config.store.snapshots_dir)  # what a crash left
         client = IngestClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=config.mqtt.client_id,
+            client_id=roles.suffixed(config.mqtt.client_id, worker) or "",
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
         if config.mqtt.username:
-            client.username_pw_set(config.mqtt.username, config.mqtt.password)
+            client.username_pw_set(
+                roles.suffixed(config.mqtt.username, worker), config.mqtt.password
+            )
         if config.mqtt.tls_ca_file:
             client.tls_set(ca_certs=str(config.mqtt.tls_ca_file))
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
@@ -159,10 +173,7 @@ class Ingest:
             self.config.mqtt.port,
             flags.session_present,
         )
-        client.subscribe(
-            [(Topics.ALL_THREATS, 1), (Topics.ALL_STATUS, 1), (Topics.ALL_OTA_REPORTS, 1)]
-            + [(topic, 1) for topic in self.extra_subscriptions]
-        )
+        client.subscribe([(t, 1) for t in roles.subscriptions(self.role, self.extra_subscriptions)])
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         error = self.client.last_connect_error
@@ -295,7 +306,8 @@ class Ingest:
             if time.monotonic() >= next_sweep:
                 self._busy_since = time.monotonic()
                 try:
-                    self._sweep()
+                    # an ingest worker leaves the sweep to the api process and says it is alive
+                    self._sweep() if roles.sweeps(self.role) else self._beat()
                 except Exception:
                     self.stats.failed_sweeps += 1
                     log.exception("the sweep failed; trying again at the next one")
@@ -304,15 +316,16 @@ class Ingest:
                 next_sweep = time.monotonic() + self.config.events.sweep_interval_s
 
     def _write_batch(self, batch: list[Received]) -> None:
-        result = records.store_batch(
-            self._conn,
-            [(msg.topic, msg.payload) for msg in batch],
-            attachment_sha256s=[msg.attachment_sha256 for msg in batch],
-            config=self.config,
-            grouping=self.grouping,
-            now_ts=time.time(),
-            admission=self.admission,
-        )
+        with self._turns.turn():  # the store's writers on this machine, one after the other
+            result = records.store_batch(
+                self._conn,
+                [(msg.topic, msg.payload) for msg in batch],
+                attachment_sha256s=[msg.attachment_sha256 for msg in batch],
+                config=self.config,
+                grouping=self.grouping,
+                now_ts=time.time(),
+                admission=self.admission,
+            )
         stored = [
             o for o in result.results if isinstance(o, records.Outcome) and o.kind == "stored"
         ]
@@ -395,7 +408,7 @@ class Ingest:
                 )
 
     def _sweep(self) -> None:
-        with store.transaction(self._conn) as conn:
+        with self._turns.turn(), store.transaction(self._conn) as conn:
             now_ts = time.time()
             changes = events.end_idle(
                 conn,
@@ -416,6 +429,20 @@ class Ingest:
             # A backlog of old threats goes a few batches a sweep, messages stored in between.
             wait_s = 0.0 if swept.more else self.config.store.snapshots.sweep_interval_s
             self._next_prune = time.monotonic() + wait_s
+
+    def _beat(self) -> None:
+        """An ingest worker's heartbeat in the store (``/api/health`` of the api process)."""
+        worker = WorkerRow(
+            name=self.worker or self.config.mqtt.client_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_ts=self._started_ts,
+            heartbeat_ts=time.time(),
+            broker_connected=self.connected.is_set(),
+            problems=self.liveness().problems,
+        )
+        with self._turns.turn(), store.transaction(self._conn) as conn:
+            store.workers.beat(conn, worker)
 
     def _publish_changes(self, changes: list[EventChange]) -> None:
         for change in changes:
@@ -448,7 +475,8 @@ class Ingest:
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.config.mqtt.session_expiry_s
+        persistent = roles.persistent_session(self.role)
+        props.SessionExpiryInterval = self.config.mqtt.session_expiry_s if persistent else 0
         self._writer.start()
         if self.sender is not None:
             self.sender.start()
@@ -456,7 +484,7 @@ class Ingest:
             self.config.mqtt.host,
             self.config.mqtt.port,
             self.config.mqtt.keepalive_s,
-            clean_start=False,
+            clean_start=not persistent,
             properties=props,
         )
         self.client.loop_start()
@@ -469,6 +497,12 @@ class Ingest:
         self._writer.join(timeout=10)
         if self.sender is not None:
             self.sender.stop()
+        if self.worker is not None:  # stopped, not dead: no longer expected
+            try:
+                with store.transaction(self._conn) as conn:
+                    store.workers.leave(conn, self.worker)
+            except store.DatabaseError as exc:
+                log.warning("could not remove worker %s from the store: %s", self.worker, exc)
         try:
             store.checkpoint(self._conn)
         except store.DatabaseError as exc:
@@ -476,3 +510,4 @@ class Ingest:
         self.client.disconnect()  # after the acks of the last batch (paho sends in order)
         self.client.loop_stop()
         self._conn.close()
+        self._turns.close()

@@ -64,5 +64,9 @@ class Liveness:
         return not self.problems
 
 
+WORKER_STALE_S = 30.0
+"""An ingest worker whose last heartbeat (every ``events.sweep_interval_s``) is older than this
+is reported by ``/api/health`` as not heard from: killed, or its writer stuck."""
+
 NO_INGEST = Liveness()
 """An API without an ingest in its process (tests, a read-only API): degraded."""

@@ -1,5 +1,7 @@
 """``secagg serve`` as a service: MQTT ingest plus the REST API, readiness and watchdog for
-systemd, and a clean stop on SIGTERM.
+systemd, and a clean stop on SIGTERM. ``--role ingest`` runs the ingest alone (an ingest worker,
+ready once subscribed, watched on its store writer); ``--role api`` the API with the
+once-per-site parts (:mod:`aggregator.roles`).
 
 uvicorn runs on a thread of its own, so the main thread keeps the signals: uvicorn, run on the
 main thread, re-raises the SIGTERM it caught once it has stopped, and the process dies from it
@@ -27,7 +29,7 @@ from types import FrameType
 import httpx
 import uvicorn
 
-from aggregator import store
+from aggregator import roles, store
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
 from aggregator.homeassistant import HomeAssistantBridge
@@ -67,17 +69,22 @@ class Service:
         log_level: str = "info",
         log_format: str = "text",
         notifier: Notifier | None = None,
+        role: roles.Role = "all",
+        worker: str | None = None,
     ) -> None:
         self.config = config
+        self.role = role
         self.notifier = notifier or Notifier()
         self.stall_s = self.notifier.watchdog_s or DEFAULT_STALL_S
-        self.ingest = Ingest(config)  # migrates the store
+        self.ingest = Ingest(config, role=role, worker=worker)  # migrates the store
+        self.serves_api = role != "ingest"
+        """An ingest worker serves no API and runs none of the once-per-site parts."""
         self.run_logs: RunLogStore | None = None
-        if config.run_logs.enabled:  # the agents' logs topic, on the ingest's session
+        if config.run_logs.enabled and self.serves_api:  # the logs topic, on the ingest's session
             self.run_logs = RunLogStore(config)
             self.ingest.extra_subscriptions.append(self.run_logs.attach(self.ingest.client))
         self.homeassistant: HomeAssistantBridge | None = None
-        if config.homeassistant.enabled:
+        if config.homeassistant.enabled and self.serves_api:
             self.homeassistant = HomeAssistantBridge(
                 config, self._publish_retained, self.ingest.connected
             )
@@ -102,7 +109,7 @@ class Service:
             )
         )
         self.ota: OtaController | None = None
-        if config.ota.enabled:
+        if config.ota.enabled and self.serves_api:
             self.ota = OtaController(config, self.ingest.client, connected=self.ingest.connected)
         self._stop = threading.Event()
         self._api = threading.Thread(target=self.server.run, name="api", daemon=True)
@@ -131,7 +138,7 @@ class Service:
             found.append("store writer not running")
         elif live.writer_busy_s is not None and live.writer_busy_s > self.stall_s:
             found.append(f"store writer stalled for {live.writer_busy_s:.0f} s")
-        if now >= self._next_probe:
+        if self.serves_api and now >= self._next_probe:
             self._next_probe = now + min(5.0, self.stall_s / 4)
             try:
                 response = httpx.get(
@@ -144,7 +151,7 @@ class Service:
                     self._probe_ok_at = now
             except httpx.HTTPError as exc:
                 log.debug("API probe failed: %s", exc)
-        if now - self._probe_ok_at > self.stall_s:
+        if self.serves_api and now - self._probe_ok_at > self.stall_s:
             found.append(f"API has not answered for {now - self._probe_ok_at:.0f} s")
         return found
 
@@ -152,9 +159,14 @@ class Service:
         s = self.ingest.stats
         broker = "broker connected" if self.ingest.connected.is_set() else "broker NOT connected"
         head = "STUCK: " + "; ".join(found) + " | " if found else ""
+        where = (
+            f"API on {self.config.api.base_url()}"
+            if self.serves_api
+            else f"ingest worker {self.ingest.worker}"
+        )
         return (
             f"{head}{broker}; {s.stored} stored, {s.duplicates} duplicates, "
-            f"{sum(s.rejected.values())} rejected; API on {self.config.api.base_url()}"
+            f"{sum(s.rejected.values())} rejected; {where}"
         )
 
     # the main loop ---------------------------------------------------------------------------
@@ -170,7 +182,8 @@ class Service:
             self.ota.start()
         if self.homeassistant is not None:
             self.homeassistant.start()
-        self._api.start()
+        if self.serves_api:
+            self._api.start()
         ready = False
         failed: str | None = None
         last_problems: list[str] = []
@@ -178,14 +191,16 @@ class Service:
         try:
             while not self._stop.wait(TURN_S):
                 now = time.monotonic()
-                if not self._api.is_alive():
+                if self.serves_api and not self._api.is_alive():
                     failed = "the API server stopped" + ("" if ready else " before it listened")
                     break
                 fatal = self.ingest.liveness().fatal
                 if fatal is not None:  # never half-alive: exit non-zero, systemd restarts us
                     failed = fatal
                     break
-                if not ready and self.server.started:
+                if not ready and (
+                    self.server.started if self.serves_api else self.ingest.connected.is_set()
+                ):
                     ready = True
                     self._probe_ok_at = now
                     line = self.status_line([])
@@ -215,7 +230,8 @@ class Service:
         """Stop the API (in-flight requests finish), then the ingest: the batch in hand is
         stored and acknowledged, the WAL checkpointed, the broker connection closed."""
         self.server.should_exit = True
-        self._api.join(timeout=10)
+        if self._api.is_alive():
+            self._api.join(timeout=10)
         for pool in self._read_pools.values():  # the writer, closing last, removes the WAL
             pool.close()
         if self.ota is not None:

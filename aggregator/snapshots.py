@@ -161,9 +161,15 @@ class PendingSnapshots:
                     os.close(fd)
 
     def publish(self) -> None:
-        """After COMMIT: put the staged files in place."""
+        """After COMMIT: put the staged files in place (one another process on the store put
+        in place first, for the same sha256, is in place already)."""
         for tmp in self._staged:
-            tmp.replace(tmp.with_name(tmp.name.removesuffix(TMP_SUFFIX)))
+            final = tmp.with_name(tmp.name.removesuffix(TMP_SUFFIX))
+            try:
+                tmp.replace(final)
+            except FileNotFoundError:
+                if not final.exists():
+                    raise
         self._staged = []
         self._files = {}
 

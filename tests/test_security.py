@@ -38,6 +38,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, 
             "run_as": "root",
             "agents": ["garage", "door"],
             "readers": ["home-assistant"],
+            "ingest_workers": ["w1", "w2"],
         }
     )
     (work / "data").mkdir()
@@ -200,6 +201,11 @@ def test_rerunning_keeps_passwords_and_adds_the_new_agent(tmp_path: Path) -> Non
 
 LOCAL = {"host": "127.0.0.1", "port": 1883}
 TLS = {"cafile": "/ca.crt", "certfile": "/server.crt", "keyfile": "/server.key"}
+CENTRAL = {"host": "central.example", "cafile": "/ca.crt"}
+
+
+def a_site(name: str, agents: list[str], **more: Any) -> dict[str, Any]:
+    return {"name": name, "listener": LOCAL, "central": CENTRAL, "agents": agents, **more}
 
 
 @pytest.mark.parametrize(
@@ -219,6 +225,38 @@ TLS = {"cafile": "/ca.crt", "certfile": "/server.crt", "keyfile": "/server.key"}
         ({"agents": ["a"], "listener": {"host": "0.0.0.0", "port": 8883, "tls": TLS}}, None),
         ({"agents": ["a"], "listener": {"host": "::1", "port": 1883}}, None),
         ({"agents": ["a"], "listener": LOCAL}, None),
+        # site brokers (docs/deploy.md, "Site brokers")
+        ({"sites": [a_site("north", ["n1"])], "listener": LOCAL}, None),
+        ({"sites": [a_site("north", ["n1"])], "listener": {"port": 8883, "tls": TLS}}, None),
+        ({"sites": [a_site("north", [])], "listener": LOCAL}, "agents"),
+        ({"sites": [a_site("n/1", ["n1"])], "listener": LOCAL}, "sites.0.name"),
+        ({"agents": ["n1"], "sites": [a_site("north", ["n1"])], "listener": LOCAL}, "distinct"),
+        (
+            {"sites": [a_site("north", ["n1"]), a_site("north", ["n2"])], "listener": LOCAL},
+            "site names must be distinct",
+        ),
+        (
+            {"agents": ["bridge-north"], "sites": [a_site("north", ["n1"])], "listener": LOCAL},
+            "distinct",
+        ),
+        (
+            {
+                "sites": [a_site("north", ["n1"], central={"host": "c"})],
+                "listener": {"port": 8883, "tls": TLS},
+            },
+            "central.cafile",
+        ),
+        (
+            {"sites": [a_site("north", ["n1"], max_queued_messages=10)], "listener": LOCAL},
+            "max_queued_messages",
+        ),
+        (
+            {
+                "sites": [a_site("north", ["n1"], listener={"host": "0.0.0.0", "port": 1883})],
+                "listener": LOCAL,
+            },
+            "plain text",
+        ),
         (
             {
                 "agents": ["a"],
@@ -296,3 +334,67 @@ def test_the_acl_confines_agents_to_their_own_prefix() -> None:
     agent_block = acl.split("user cam1\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert all("secagent/v1/cam1/" in line for line in agent_block)
     assert not any("+" in line or "#" in line for line in agent_block)
+
+
+def test_site_files_keep_their_passwords_and_hide_the_bridges(tmp_path: Path) -> None:
+    """A spec with a site: its folder holds the site's agents only; the bridge's password is
+    the central account's, kept across runs, in a config only root and mosquitto may read."""
+    spec_path = tmp_path / "site.yaml"
+    north_spec = a_site("north", ["n1"])
+    spec = {"agents": ["a1"], "sites": [north_spec], "listener": LOCAL}
+    spec_path.write_text(yaml.safe_dump(spec))
+    run = [str(BIN / "secagg"), "broker-config", "--spec", str(spec_path), "--out", str(tmp_path)]
+    subprocess.run(run, check=True, capture_output=True)
+    central = yaml.safe_load((tmp_path / "credentials.yaml").read_text())
+    north = tmp_path / "sites" / "north"
+    conf = (north / "mosquitto.conf").read_text()
+    assert set(central) == {"secagg", "a1", "bridge-north"}
+    assert set(yaml.safe_load((north / "credentials.yaml").read_text())) == {"n1"}
+    assert f"remote_password {central['bridge-north']}\n" in conf
+    assert (north / "mosquitto.conf").stat().st_mode & 0o007 == 0
+    assert "user n1\n" in (north / "acl").read_text()
+    assert "n1" not in (tmp_path / "passwd").read_text()  # no account centrally
+    north_spec["agents"] = ["n1", "n2"]
+    spec_path.write_text(yaml.safe_dump(spec))
+    subprocess.run(run, check=True, capture_output=True)
+    assert f"remote_password {central['bridge-north']}\n" in (north / "mosquitto.conf").read_text()
+    assert "topic write secagent/v1/n2/threats" in (tmp_path / "acl").read_text()
+
+
+def test_ingest_workers_share_the_threats_each_on_its_own_account(  # type: ignore[no-untyped-def]
+    site,
+) -> None:
+    """``ingest_workers: [w1, w2]``: accounts ``secagg-w1`` and ``secagg-w2`` with the
+    aggregator's password, each its own client id, both members of the shared subscription;
+    each threat reaches one of them; they may not publish threats."""
+    broker, creds = site
+    assert creds["secagg-w1"] == creds["secagg-w2"] == creds["secagg"]
+    workers = [Client(broker, f"secagg-{w}", creds["secagg"]) for w in ("w1", "w2")]
+    agent = Client(broker, "garage", creds["garage"])
+    try:
+        for worker in workers:
+            assert worker.connack is not None and not worker.connack.is_failure
+            worker.c.subscribe("$share/secagg/secagent/v1/+/threats", qos=1)
+            wait_for(worker.subscribed.is_set, what="the shared subscription")
+        for i in range(20):
+            assert not agent.publish("secagent/v1/garage/threats", b"%d" % i).is_failure
+        wait_for(lambda: sum(len(w.messages) for w in workers) >= 20, what="20 threats")
+        got = sorted(int(p) for w in workers for _, p in w.messages)
+        assert got == list(range(20))  # each once
+        assert all(w.messages for w in workers)  # shared, not all to one
+        assert workers[0].publish("secagent/v1/garage/threats", b"x").value == 0x87
+    finally:
+        for client in (*workers, agent):
+            client.close()
+
+
+def test_worker_accounts_are_named_after_the_aggregators() -> None:
+    spec = DeploymentSpec.model_validate(
+        {"agents": ["cam1"], "listener": LOCAL, "aggregator_user": "agg", "ingest_workers": ["a"]}
+    )
+    block = acl_text(spec).split("user agg-a\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert block == [
+        "topic read secagent/v1/+/threats",
+        "topic write secagent/v1/+/receipts",
+        "topic readwrite secagent/v1/events",
+    ]

@@ -636,8 +636,19 @@ def test_notifications_their_attempts_and_what_is_due(store_conn: store.Connecti
     )
     assert n.next_due_ts(store_conn, notifiers=["mail"]) == 10.0
     assert n.next_due_ts(store_conn, notifiers=["hook"]) is None
-    assert n.due(store_conn, now_ts=11, notifiers=["mail"], limit=10) == [1]
-    assert n.due(store_conn, now_ts=20, notifiers=["mail", "hook"], limit=10) == [1, 3]
+    with store.transaction(store_conn):  # a sender claims what is due, for 60 s
+        assert n.claim_due(
+            store_conn, now_ts=11, notifiers=["mail"], by="a", lease_s=60, limit=10
+        ) == [1]
+    with store.transaction(store_conn):  # another sender: 1 is a's until 71
+        assert n.claim_due(
+            store_conn, now_ts=20, notifiers=["mail", "hook"], by="b", lease_s=60, limit=10
+        ) == [3]
+    assert n.next_due_ts(store_conn, notifiers=["mail"]) == 71.0  # when a's claim of 1 ends
+    with store.transaction(store_conn):  # a died: its claim ran out
+        assert n.claim_due(
+            store_conn, now_ts=72, notifiers=["mail"], by="c", lease_s=60, limit=10
+        ) == [1]
     with store.transaction(store_conn):
         n.defer(store_conn, 3, until_ts=30.0, error="busy")
         n.set_content(store_conn, 1, content_json='{"a": 1}', content_sha256="c" * 64)
@@ -657,7 +668,11 @@ def test_notifications_their_attempts_and_what_is_due(store_conn: store.Connecti
         '{"a": 1}',
     )
     assert n.attempts_of(store_conn, 1) == [store.models.AttemptRow(1, 1, 11.0, 11.5, "sent", None)]
-    assert n.due(store_conn, now_ts=20, notifiers=["mail"], limit=10) == []
+    # 3 deferred (its claim released) to 30, 1 sent: nothing is due at 20
+    assert (
+        n.claim_due(store_conn, now_ts=20, notifiers=["mail"], by="d", lease_s=60, limit=10) == []
+    )
+    assert n.next_due_ts(store_conn, notifiers=["mail"]) == 30.0
     # the yard event's only notification is sent and old: a repeat is due; the door event's
     # is still pending; the gate event has ended
     assert n.repeats_due(store_conn, last_before_ts=100) == [
@@ -912,3 +927,24 @@ def test_writers_run_one_at_a_time(store_target: store.schema.Target) -> None:
     finally:
         for conn in (first, second, reader):
             conn.close()
+
+
+def test_ingest_workers_beat_and_leave(store_conn: store.Connection) -> None:
+    w = store.workers
+    assert w.all_of(store_conn) == []
+    beat = store.models.WorkerRow("w2", "host-b", 12, 100.0, 101.0, True, [])
+    with store.transaction(store_conn):
+        w.beat(store_conn, beat)
+        w.beat(store_conn, beat._replace(name="w1", host="host-a", pid=11))
+    with store.transaction(store_conn):  # a later beat replaces the row
+        w.beat(
+            store_conn,
+            beat._replace(heartbeat_ts=131.0, broker_connected=False, problems=["broker down"]),
+        )
+    assert w.all_of(store_conn) == [
+        store.models.WorkerRow("w1", "host-a", 11, 100.0, 101.0, True, []),
+        store.models.WorkerRow("w2", "host-b", 12, 100.0, 131.0, False, ["broker down"]),
+    ]
+    with store.transaction(store_conn):
+        w.leave(store_conn, "w1")
+    assert [r.name for r in w.all_of(store_conn)] == ["w2"]

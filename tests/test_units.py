@@ -67,7 +67,10 @@ def test_the_agent_starts_through_the_launcher_that_takes_back_a_failed_release(
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
-@pytest.mark.parametrize(("unit", "most"), [("secagg.service", 3.0), ("secagent.service", 2.0)])
+@pytest.mark.parametrize(
+    ("unit", "most"),
+    [("secagg.service", 3.0), ("secagg-api.service", 3.0), ("secagent.service", 2.0)],
+)
 def test_exposure_rating(unit: str, most: float) -> None:
     done = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNITS / unit)],
@@ -78,3 +81,17 @@ def test_exposure_rating(unit: str, most: float) -> None:
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", done.stdout)
     assert match, done.stdout + done.stderr
     assert float(match.group(1)) <= most, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("unit", "role"),
+    [("secagg-api.service", "--role api"), ("secagg-ingest@.service", "--role ingest --worker %i")],
+)
+def test_the_units_of_many_processes_on_one_store(unit: str, role: str) -> None:
+    """docs/scale.md: secagg-api.service and secagg-ingest@NAME.service instead of
+    secagg.service, each the same hardened notify unit with its role."""
+    s, one = settings(unit), settings("secagg.service")
+    assert s["ExecStart"] == [f"{one['ExecStart'][0]} {role}"]
+    assert s["Conflicts"] == ["secagg.service"]
+    for key in ("Type", "WatchdogSec", "TimeoutStopSec", "User", "SystemCallFilter"):
+        assert s[key] == one[key], key

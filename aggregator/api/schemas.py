@@ -8,6 +8,17 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class WorkerHealth(BaseModel):
+    """An ingest worker on the same store (``secagg serve --role ingest``), from its heartbeat."""
+
+    name: str
+    host: str
+    pid: int
+    heartbeat_age_s: float = Field(description="seconds since its last heartbeat")
+    broker_connected: bool
+    problems: list[str] = Field(description="what the worker itself reported")
+
+
 class Health(BaseModel):
     status: str = Field(
         description="'ok' when the broker is connected and the store writer runs, else "
@@ -29,6 +40,11 @@ class Health(BaseModel):
         description="messages refused since the store was created, by reason"
     )
     counters: dict[str, int] = Field(description="all persistent ingest counters")
+    workers: list[WorkerHealth] = Field(
+        default_factory=list,
+        description="the ingest workers on this store (none when one process does it all); "
+        "one not heard from for liveness.WORKER_STALE_S, or reporting a problem, degrades",
+    )
 
 
 class Provenance(BaseModel):

@@ -7,11 +7,20 @@ failed attempt is retried after a backoff (``backoff_base_s`` doubling up to ``b
 until ``max_attempts`` or ``max_age_s``; then the notification is ``failed``. A crash between a
 successful send and its record means one more send of the same content after a restart (same
 Message-ID / Idempotency-Key, so receivers can drop it); never more.
+
+Any number of senders may run on one store (each ``secagg serve`` process of ``--role all``,
+``api`` or ``ingest`` runs one): a sender claims a notification before it attempts it
+(:func:`aggregator.store.notifications.claim_due`, one ``UPDATE ... RETURNING`` in a write
+transaction) for the lease :attr:`NotificationSender.lease_s`, and recording the attempt
+releases it. A sender that dies holding a claim delays that notification by the lease; another
+sender then takes it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 
@@ -30,6 +39,7 @@ log = logging.getLogger(__name__)
 _BATCH = 50
 _IDLE_WAIT_S = 5.0
 _DEFER_S = 300.0
+CLAIM_MARGIN_S = 60.0
 
 
 class NotificationSender:
@@ -42,6 +52,13 @@ class NotificationSender:
         }
         self.sent = 0
         self.failed_attempts = 0
+        self.claimant = f"{socket.gethostname()}:{os.getpid()}"
+        """Who this sender is in ``notifications.claimed_by``."""
+        self.lease_s = CLAIM_MARGIN_S + max(
+            (n.timeout_s for n in config.notify.notifiers), default=0.0
+        )
+        """How long a claim holds: one attempt's timeout and a margin. Another sender takes
+        over a notification claimed by one that died once this has passed."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._conn: store.Connection | None = None
@@ -93,15 +110,30 @@ class NotificationSender:
             return _IDLE_WAIT_S
         return min(_IDLE_WAIT_S, max(0.0, due_ts - now_ts))
 
-    def send_due(self, now_ts: float) -> int:
-        """Attempt every due notification once; return how many were sent."""
+    def _claim(self, now_ts: float) -> int | None:
+        """The next due notification, claimed for this sender (None: none is due or free)."""
         assert self._conn is not None
-        due = store.notifications.due(
-            self._conn, now_ts=now_ts, notifiers=list(self.notifiers), limit=_BATCH
-        )
+        with store.transaction(self._conn) as conn:
+            claimed = store.notifications.claim_due(
+                conn,
+                now_ts=now_ts,
+                notifiers=list(self.notifiers),
+                by=self.claimant,
+                lease_s=self.lease_s,
+                limit=1,
+            )
+        return claimed[0] if claimed else None
+
+    def send_due(self, now_ts: float) -> int:
+        """Attempt every due notification once (up to a batch); return how many were sent.
+        Each is claimed first, one at a time, so that any number of senders on one store
+        (``secagg serve --role ingest`` workers) send each notification once."""
         sent = 0
-        for notification_id in due:
+        for _ in range(_BATCH):
             if self._stop.is_set():
+                break
+            notification_id = self._claim(max(now_ts, time.time()))
+            if notification_id is None:
                 break
             try:
                 sent += self._attempt(notification_id)

@@ -8,6 +8,7 @@
   :mod:`.lineage` (artifacts, runs, used, generated; with :mod:`.compact_lineage`, the lineage
   a message keeps in its row),
   :mod:`.notifications` (and their attempts), :mod:`.plots`, :mod:`.counters`,
+  :mod:`.workers` (the ingest workers' heartbeats),
   :mod:`.snapshot_files` (snapshots kept and deleted), :mod:`.prune` (database retention),
   :mod:`.releases` (signed releases) and :mod:`.ota` (desired states, update reports, shadow
   comparisons), :mod:`.rollouts`.
@@ -37,6 +38,7 @@ from aggregator.store import (
     releases,
     rollouts,
     snapshot_files,
+    workers,
 )
 from aggregator.store.schema import (
     POSTGRES_MODULES,
@@ -46,6 +48,7 @@ from aggregator.store.schema import (
     ReadPool,
     StoreCorrupt,
     StoreUnavailable,
+    WriteTurns,
     backup,
     check,
     checkpoint,
@@ -65,6 +68,7 @@ __all__ = [
     "ReadPool",
     "StoreCorrupt",
     "StoreUnavailable",
+    "WriteTurns",
     "access",
     "agents",
     "backup",
@@ -91,4 +95,5 @@ __all__ = [
     "savepoint",
     "snapshot_files",
     "transaction",
+    "workers",
 ]

@@ -349,3 +349,15 @@ class StoreCounts:
     events: int
     open_events: int
     agents: int
+
+
+class WorkerRow(NamedTuple):
+    """An ingest worker's heartbeat."""
+
+    name: str
+    host: str
+    pid: int
+    started_ts: float
+    heartbeat_ts: float
+    broker_connected: bool
+    problems: list[str]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from aggregator.store.backend import greatest, is_postgres
 from aggregator.store.models import AttemptRow, NewNotification, NotificationRow, RepeatDue
 from aggregator.store.schema import Connection
 from aggregator.store.where import Where
@@ -96,29 +97,65 @@ def repeats_due(conn: Connection, *, last_before_ts: float) -> list[RepeatDue]:
 
 
 def next_due_ts(conn: Connection, *, notifiers: Sequence[str]) -> float | None:
-    """When the earliest pending notification of these notifiers is due."""
+    """When the earliest pending notification of these notifiers is due (one claimed by a
+    sender: when its claim runs out)."""
     row = conn.execute(
-        "SELECT MIN(next_attempt_ts) FROM notifications WHERE state = 'pending' "
+        f"SELECT MIN({greatest(conn)}(next_attempt_ts, COALESCE(claimed_until, 0))) "
+        "FROM notifications WHERE state = 'pending' "
         f"AND notifier IN ({','.join('?' * len(notifiers))})",
         list(notifiers),
     ).fetchone()
     return None if row[0] is None else float(row[0])
 
 
-def due(conn: Connection, *, now_ts: float, notifiers: Sequence[str], limit: int) -> list[int]:
-    """Ids of the pending notifications of these notifiers due by ``now_ts``, earliest first."""
-    rows = conn.execute(
-        "SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_ts <= ? "
-        f"AND notifier IN ({','.join('?' * len(notifiers))}) "
-        "ORDER BY next_attempt_ts, id LIMIT ?",
-        [now_ts, *notifiers, limit],
-    )
-    return [int(r[0]) for r in rows]
+def claim_due(
+    conn: Connection,
+    *,
+    now_ts: float,
+    notifiers: Sequence[str],
+    by: str,
+    lease_s: float,
+    limit: int,
+) -> list[int]:
+    """Claim up to ``limit`` pending notifications of these notifiers due by ``now_ts`` for
+    ``by`` until ``now_ts + lease_s``, earliest first, and return their ids: those no other
+    sender holds (never claimed, released, or its lease ran out: a sender that died). One
+    statement, so two senders on one store never claim the same notification.
+
+    SQLite runs one writer at a time, so its ``UPDATE ... WHERE id IN (SELECT ...)`` is
+    atomic as it stands. On PostgreSQL (READ COMMITTED) two such statements could both read
+    a notification as free; there the candidates are locked in a CTE with ``FOR UPDATE SKIP
+    LOCKED``: a sender skips the rows another is claiming instead of waiting for them, and the
+    lease is checked again on the locked row."""
+    marks = ",".join("?" * len(notifiers))
+    if is_postgres(conn):
+        sql = (
+            "WITH free AS (SELECT id FROM notifications WHERE state = 'pending' "
+            f"AND next_attempt_ts <= ? AND notifier IN ({marks}) "
+            "AND (claimed_until IS NULL OR claimed_until < ?) "
+            "ORDER BY next_attempt_ts, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+            "UPDATE notifications n SET claimed_by = ?, claimed_until = ? FROM free "
+            "WHERE n.id = free.id RETURNING n.id"
+        )
+        params: list[Any] = [now_ts, *notifiers, now_ts, limit, by, now_ts + lease_s]
+    else:
+        sql = (
+            "UPDATE notifications SET claimed_by = ?, claimed_until = ? WHERE id IN ("
+            f"SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_ts <= ? "
+            f"AND notifier IN ({marks}) "
+            "AND (claimed_until IS NULL OR claimed_until < ?) "
+            "ORDER BY next_attempt_ts, id LIMIT ?) RETURNING id"
+        )
+        params = [by, now_ts + lease_s, now_ts, *notifiers, now_ts, limit]
+    rows = conn.execute(sql, params).fetchall()
+    return sorted(int(r[0]) for r in rows)
 
 
 def defer(conn: Connection, notification_id: int, *, until_ts: float, error: str) -> None:
+    """Try it again at ``until_ts`` (any sender: the claim is released)."""
     conn.execute(
-        "UPDATE notifications SET next_attempt_ts = ?, last_error = ? WHERE id = ?",
+        "UPDATE notifications SET next_attempt_ts = ?, last_error = ?, claimed_by = NULL, "
+        "claimed_until = NULL WHERE id = ?",
         (until_ts, error, notification_id),
     )
 
@@ -141,7 +178,7 @@ def record_attempt(
     next_attempt_ts: float | None,
     sent_ts: float | None,
 ) -> None:
-    """One delivery attempt, and the notification's state after it."""
+    """One delivery attempt, and the notification's state after it (its claim released)."""
     conn.execute(
         "INSERT INTO notification_attempts (notification_id, attempt, started_ts, "
         "finished_ts, outcome, error) VALUES (?, ?, ?, ?, ?, ?)",
@@ -156,7 +193,7 @@ def record_attempt(
     )
     conn.execute(
         "UPDATE notifications SET state = ?, attempts = ?, next_attempt_ts = ?, "
-        "sent_ts = ?, last_error = ? WHERE id = ?",
+        "sent_ts = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL WHERE id = ?",
         (state, attempt.attempt, next_attempt_ts, sent_ts, attempt.error, attempt.notification_id),
     )
 

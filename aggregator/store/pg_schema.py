@@ -1,6 +1,6 @@
 """The schema of the store on PostgreSQL, and its migrations.
 
-SQLite keeps its own history (m001..m015 in :mod:`.schema`, sqlite-utils ``Migrations``): each
+SQLite keeps its own history (m001..m017 in :mod:`.schema`, sqlite-utils ``Migrations``): each
 released SQLite database must upgrade, step by step, with its backfills. PostgreSQL has no such
 past: its first migration, ``p001_baseline``, creates the schema those SQLite migrations end
 with, table by table and column by column in the same order
@@ -388,7 +388,34 @@ def p001_baseline(conn: PgConnection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[PgConnection], None]] = [p001_baseline]
+def p002_notification_claims(conn: PgConnection) -> None:
+    """SQLite's m016: a sender claims a due notification before it sends it."""
+    conn.execute(f"ALTER TABLE notifications ADD COLUMN claimed_by {BINARY_TEXT}")
+    conn.execute("ALTER TABLE notifications ADD COLUMN claimed_until DOUBLE PRECISION")
+
+
+def p003_ingest_workers(conn: PgConnection) -> None:
+    """SQLite's m017: the ingest workers running on this store and their last heartbeats."""
+    conn.execute(
+        f"""
+        CREATE TABLE ingest_workers (
+            name {BINARY_TEXT} PRIMARY KEY,
+            host {BINARY_TEXT} NOT NULL,
+            pid BIGINT NOT NULL,
+            started_ts DOUBLE PRECISION NOT NULL,
+            heartbeat_ts DOUBLE PRECISION NOT NULL,
+            broker_connected BIGINT NOT NULL,
+            problems {BINARY_TEXT} NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[PgConnection], None]] = [
+    p001_baseline,
+    p002_notification_claims,
+    p003_ingest_workers,
+]
 """In order; append, never edit one that was released."""
 
 

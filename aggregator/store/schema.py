@@ -10,6 +10,7 @@ PostgreSQL backend (a ``postgresql://`` URL, :mod:`.backend`, migrations in :mod
 
 from __future__ import annotations
 
+import fcntl
 import queue
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, overload
+from typing import IO, Any, overload
 
 import sqlite_utils
 
@@ -72,6 +73,7 @@ POSTGRES_MODULES = {
     "snapshot_files": True,
     "prune": True,
     "logs": True,
+    "workers": True,
 }
 """Which store modules work on PostgreSQL, each tested on both backends
 (``tests/test_store_backends.py``); docs/scale.md, "PostgreSQL backend", says the same."""
@@ -503,17 +505,27 @@ class ReadPool:
 
 
 def migrate(path: Target) -> None:
-    """Create or upgrade the schema."""
-    conn = connect(path)
-    try:
-        if isinstance(conn, sqlite3.Connection):
-            migrations.apply(sqlite_utils.Database(conn))
-        else:
-            from aggregator.store import pg_schema
+    """Create or upgrade the schema. Processes that start together on one store (``secagg
+    serve --role``) take turns: on SQLite an exclusive lock on ``<store>.migrate.lock`` around
+    it; on PostgreSQL :func:`.pg_schema.apply` runs each migration under an advisory lock."""
+    if is_postgres_url(path):
+        from aggregator.store import pg_schema
 
+        conn = _connect_postgres(str(path), readonly=False)
+        try:
             pg_schema.apply(conn)
-    finally:
-        conn.close()
+        finally:
+            conn.close()
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sconn = connect(path)
+        try:
+            migrations.apply(sqlite_utils.Database(sconn))
+        finally:
+            sconn.close()
 
 
 def checkpoint(conn: Connection) -> None:
@@ -555,6 +567,41 @@ def transaction(conn: Connection) -> Iterator[Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+class WriteTurns:
+    """The writers of one store on one machine (``secagg serve --role ingest`` workers) take
+    turns on ``<store>.write.lock`` (``flock``) around their write transactions: the kernel
+    wakes the next one as soon as the lock is free, where SQLite's busy handler, the only
+    wait ``BEGIN IMMEDIATE`` has, sleeps 1, 2, 5, ... up to 100 ms between tries and leaves
+    the database idle meanwhile. Correctness does not depend on it (a writer that does not
+    take its turn waits on ``busy_timeout``).
+
+    On PostgreSQL (``path`` a ``postgresql://`` URL) it does nothing: there the write
+    transaction's advisory lock (:data:`WRITE_LOCK`) already makes writers on every machine take
+    turns, and the server wakes the next one as soon as it is released."""
+
+    def __init__(self, path: Target) -> None:
+        self._lock: IO[str] | None = None
+        if not is_postgres_url(path):
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(f"{path}.write.lock", "a")  # noqa: SIM115 (held for the life)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+            return
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
 
 
 MAX_VARIABLES = 32766
@@ -875,5 +922,37 @@ def m015_event_list_indexes(db: sqlite_utils.Database) -> None:
         CREATE INDEX IF NOT EXISTS events_label ON events (label);
         CREATE INDEX IF NOT EXISTS events_severity ON events (severity);
         CREATE INDEX IF NOT EXISTS threats_camera ON threats (camera, id, captured_ts);
+        """
+    )
+
+
+@migrations()
+def m016_notification_claims(db: sqlite_utils.Database) -> None:
+    """Many senders on one store (ingest workers, ``secagg serve --role``): a sender claims a
+    due notification before it sends it (``claimed_by``: who, ``claimed_until``: its lease);
+    another sender takes it only once the lease ran out (a claimer that died)."""
+    db.executescript(
+        """
+        ALTER TABLE notifications ADD COLUMN claimed_by TEXT;
+        ALTER TABLE notifications ADD COLUMN claimed_until REAL;
+        """
+    )
+
+
+@migrations()
+def m017_ingest_workers(db: sqlite_utils.Database) -> None:
+    """The ingest workers running on this store (``secagg serve --role ingest``), each with its
+    last heartbeat: what ``/api/health`` of the api process reports of them."""
+    db.executescript(
+        """
+        CREATE TABLE ingest_workers (
+            name TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_ts REAL NOT NULL,
+            heartbeat_ts REAL NOT NULL,
+            broker_connected INTEGER NOT NULL,
+            problems TEXT NOT NULL
+        ) WITHOUT ROWID;
         """
     )

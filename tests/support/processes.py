@@ -219,3 +219,52 @@ def finish(proc: subprocess.Popen[str], *, timeout_s: float = 180) -> dict[str, 
     assert proc.returncode == 0, f"send-test-threats exited {proc.returncode}:\n{err[-3000:]}"
     summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])["summary"]
     return summary
+
+
+class ServeProcess:
+    """One ``secagg serve --role ROLE [--worker NAME]`` process of several on one store, that a
+    test can SIGKILL and start again. An ingest worker serves no API: it is up once its log says
+    it is ready (connected and subscribed)."""
+
+    def __init__(self, config: Path, *, role: str, worker: str | None = None) -> None:
+        self.config, self.role, self.worker = config, role, worker
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.name = worker or role
+
+    @property
+    def log(self) -> Path:
+        return self.config.parent / f"secagg-{self.name}.{self.starts}.log"
+
+    def start(self, *, wait: bool = True) -> ServeProcess:
+        self.starts += 1
+        args = [str(BIN / "secagg"), "serve", "--config", str(self.config), "--role", self.role]
+        if self.worker is not None:
+            args += ["--worker", self.worker]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        if wait:
+            wait_for(self.ready, timeout_s=60, what=f"secagg {self.name} to be ready")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"secagg {self.name} exited: {self.log.read_text()}"
+        return "ready: broker connected" in self.log.read_text()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit status (None: it had to be killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            return None
