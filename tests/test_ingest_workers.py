@@ -1,5 +1,6 @@
-"""Many ``secagg serve`` processes on one SQLite store: one ``--role api`` and three ingest
-workers on the MQTT 5 shared subscription, three agents whose threats share group keys (their
+"""Many ``secagg serve`` processes on one store: one ``--role api`` and three ingest workers on
+a SQLite file (two on a PostgreSQL database, as workers on several machines would run) on the
+MQTT 5 shared subscription, three agents whose threats share group keys (their
 cameras belong to two sites), one worker SIGKILLed mid-stream. Every message stored once, one
 event per group key, one notification per event, and the API process counts what the workers
 stored. Then the notification claim on its own, on both backends (``store_target``: SQLite, then
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from aggregator import store
@@ -26,7 +28,7 @@ from aggregator.notify.sender import NotificationSender
 from aggregator.store.models import NewEvent, NewNotification
 from demo.broker import Mosquitto
 from tests.support import wait_for
-from tests.support.auth import HEADERS
+from tests.support.auth import HEADERS, seed_tokens
 from tests.support.processes import (
     ServeProcess,
     finish,
@@ -41,7 +43,13 @@ PER_AGENT = 300
 SITES = "{test-0: north, test-1: north, test-2: south}"
 
 
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+def rows(db: store.schema.Target, sql: str) -> list[tuple[object, ...]]:
+    if isinstance(db, str):  # a PostgreSQL URL
+        with psycopg.connect(db, autocommit=True) as pg:
+            try:
+                return list(pg.execute(sql).fetchall())
+            except psycopg.errors.UndefinedTable:
+                return []
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql).fetchall()
@@ -51,7 +59,7 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def stored(db: Path) -> int:
+def stored(db: store.schema.Target) -> int:
     found = rows(db, "SELECT COUNT(*) FROM messages")
     return int(str(found[0][0])) if found else 0
 
@@ -62,7 +70,17 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield running
 
 
-def test_three_workers_and_an_api_on_one_store(tmp_path: Path, broker: Mosquitto) -> None:
+@pytest.mark.parametrize(
+    ("backend", "names"), [("sqlite", ("w1", "w2", "w3")), ("postgresql", ("w1", "w2"))]
+)
+def test_workers_and_an_api_on_one_store(
+    tmp_path: Path,
+    broker: Mosquitto,
+    backend: str,
+    names: tuple[str, ...],
+    request: pytest.FixtureRequest,
+) -> None:
+    """Three workers on a SQLite file; two on a PostgreSQL database (writers on any machine)."""
     with WebhookServer() as hook:
         config, api = write_aggregator_config(
             tmp_path,
@@ -77,9 +95,15 @@ def test_three_workers_and_an_api_on_one_store(tmp_path: Path, broker: Mosquitto
         )
         # every agent's cameras belong to two sites: the group keys of three agents collide
         config.write_text(config.read_text().replace("events: {", f"events: {{sites: {SITES}, "))
-        db = tmp_path / "secagg.sqlite"
+        db: store.schema.Target = tmp_path / "secagg.sqlite"
+        if backend == "postgresql":
+            db = request.getfixturevalue("postgres").create_database("workers")
+            seed_tokens(db)
+            config.write_text(
+                config.read_text().replace("store: {path: secagg.sqlite", f"store: {{url: '{db}'")
+            )
         api_proc = ServeProcess(config, role="api")
-        workers = [ServeProcess(config, role="ingest", worker=f"w{i}") for i in (1, 2, 3)]
+        workers = [ServeProcess(config, role="ingest", worker=name) for name in names]
         procs = [api_proc, *workers]
         try:
             for proc in procs:  # started together: they migrate the new store in turn
@@ -138,10 +162,10 @@ def test_three_workers_and_an_api_on_one_store(tmp_path: Path, broker: Mosquitto
                     f"{api}/api/health", headers=HEADERS, timeout=5
                 ).json()
                 beats = {w["name"]: w["pid"] for w in health["workers"]}
-                ok = health["status"] == "ok" and sorted(beats) == ["w1", "w2", "w3"]
+                ok = health["status"] == "ok" and sorted(beats) == list(names)
                 return health if ok and beats["w2"] == pid else None
 
-            health = wait_for(healthy, timeout_s=30, what="health with the three workers")
+            health = wait_for(healthy, timeout_s=30, what="health with every worker")
             assert health["messages"] == len(AGENTS) * PER_AGENT
             assert health["events"] == health["open_events"] == len(keys)
             assert health["counters"]["stored"] == len(AGENTS) * PER_AGENT
