@@ -11,9 +11,9 @@ SERVE ?= 0
 ORT ?= cpu
 SRC := agent aggregator modelrt appcommon wire demo tests bench docker/tests setup.py
 
-.PHONY: setup demo demo-ota test lint format bench clean mosquitto rtsp-server chromium install docker-test
+.PHONY: setup demo demo-ota test lint format bench clean mosquitto postgresql rtsp-server chromium install docker-test
 
-setup: $(STAMP) mosquitto rtsp-server chromium
+setup: $(STAMP) mosquitto postgresql rtsp-server chromium
 
 $(STAMP): pyproject.toml setup.py constraints.txt requirements-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -36,6 +36,15 @@ mosquitto:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			mosquitto openssl systemd shellcheck; }
 	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
+
+# The store's PostgreSQL backend is tested against a private cluster the tests create with the
+# Debian package's initdb and pg_ctl (tests/support/postgres.py), never a server already running.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing PostgreSQL for the store's PostgreSQL tests (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			postgresql; }
+	@# the Debian package may start a system cluster; secagent's tests never use it
 
 # The RTSP tests serve a live H.264 stream with GStreamer's RTSP server, driven by the system
 # Python (its GObject bindings come from Debian, not PyPI): tests/support/rtsp_server.py.

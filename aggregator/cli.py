@@ -26,7 +26,18 @@ def _load(config_path: Path) -> AggregatorConfig:
         config, _ = load_aggregator_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    refuse_incomplete_store(config)
     return config
+
+
+def refuse_incomplete_store(config: AggregatorConfig) -> None:
+    """Every command refuses a PostgreSQL store while the backend is incomplete."""
+    from aggregator.store.schema import BackendIncomplete, require_complete
+
+    try:
+        require_complete(config.store.target)
+    except BackendIncomplete as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 AGGREGATOR_MODULES = (
@@ -130,6 +141,11 @@ def backup(config_path: Path, out_path: Path) -> None:
     from aggregator import store
 
     config = _load(config_path)
+    if config.store.is_postgres:
+        raise click.ClickException(
+            f"{config.store.where}: secagg backup copies a SQLite store; back up PostgreSQL with "
+            "its own tools (pg_dump, or the server's continuous archiving)"
+        )
     try:
         size = store.backup(config.store.path, out_path)
     except (store.StoreUnavailable, store.DatabaseError, OSError) as exc:
@@ -144,6 +160,10 @@ def check_config(config_path: Path) -> None:
     config = _load(config_path)
     click.echo(f"ok: {config_path}")
     settings = config.model_dump(mode="json", exclude={"mqtt": {"password"}})
+    if config.store.url is not None:  # a PostgreSQL URL may hold a password
+        settings["store"]["url"] = (
+            config.store.where if config.store.is_postgres else config.store.url
+        )
     for notifier in settings["notify"]["notifiers"]:  # secrets: shown as set, never printed
         if notifier.get("password") is not None:
             notifier["password"] = "***"
@@ -162,13 +182,13 @@ def notifications(config_path: Path, limit: int, event_id: int | None) -> None:
 
     config = _load(config_path)
     try:
-        conn = store.connect(config.store.path, readonly=True)
+        conn = store.connect(config.store.target, readonly=True)
         try:
             rows = store.notifications.list_notifications(conn, limit=limit, event_id=event_id)
         finally:
             conn.close()
     except (store.StoreUnavailable, store.DatabaseError) as exc:
-        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+        raise click.ClickException(f"{config.store.where}: {exc}") from exc
     click.echo(
         f"{'id':>6} {'event':>6} {'notifier':<12} {'kind':<7} {'for':<18} {'state':<10} "
         f"{'tries':>5}  last error"
@@ -228,13 +248,13 @@ def broker_config(spec_path: Path, out_dir: Path) -> None:
 def _read_db(config: AggregatorConfig) -> store.Connection:
     from aggregator import store
 
-    if not config.store.path.exists():
+    if not config.store.is_postgres and not config.store.path.exists():
         raise click.ClickException(f"no store at {config.store.path}")
     try:
-        store.migrate(config.store.path)  # an older store gets the lineage tables (backfilled)
-        return store.connect(config.store.path, readonly=True)
+        store.migrate(config.store.target)  # an older store gets the lineage tables (backfilled)
+        return store.connect(config.store.target, readonly=True)
     except (store.StoreUnavailable, store.DatabaseError) as exc:
-        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+        raise click.ClickException(f"{config.store.where}: {exc}") from exc
 
 
 @main.command()
@@ -369,10 +389,10 @@ def plot(
     from appcommon.version import code_version
 
     config = _load(config_path)
-    if not config.store.path.exists():
+    if not config.store.is_postgres and not config.store.path.exists():
         raise click.ClickException(f"no store at {config.store.path}")
-    store.migrate(config.store.path)
-    conn = store.connect(config.store.path)
+    store.migrate(config.store.target)
+    conn = store.connect(config.store.target)
     try:
         query = plots.PlotQuery.model_validate(
             {"kind": kind, "since": since, "until": until, "camera": camera, "agent_id": agent_id}

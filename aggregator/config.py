@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -113,9 +114,18 @@ class RetentionConfig(_Section):
     )
 
 
+STORE_URL_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
 class StoreConfig(_Section):
     path: Path = Field(
         Path("secagg.sqlite"), validate_default=True, description="SQLite database file"
+    )
+    url: str | None = Field(
+        None,
+        description="where the store lives, instead of store.path: sqlite:///PATH (the same as "
+        "store.path: PATH) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the PostgreSQL "
+        "backend, see docs/scale.md)",
     )
     snapshots_dir: Path = Field(
         Path("snapshots"),
@@ -150,6 +160,48 @@ class StoreConfig(_Section):
         description="folder of rendered plots (PNG), stored by sha256",
     )
     _resolve = field_validator("path", "snapshots_dir", "plots_dir")(_relative_to_config)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(STORE_URL_SCHEMES):
+            raise ValueError(f"use one of {', '.join(s + '...' for s in STORE_URL_SCHEMES)}")
+        if value is not None and value.startswith("sqlite:///") and len(value) == 10:
+            raise ValueError("sqlite:/// needs a path: sqlite:///secagg.sqlite")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_or_path(cls, data: object) -> object:
+        """``url: sqlite:///PATH`` is ``path: PATH`` (resolved like it); never both."""
+        if not isinstance(data, dict) or data.get("url") is None:
+            return data
+        if "path" in data:
+            raise ValueError("store.url and store.path are both set: keep one")
+        url = data["url"]
+        if isinstance(url, str) and url.startswith("sqlite:///") and len(url) > 10:
+            return {**data, "path": url.removeprefix("sqlite:///")}
+        return data
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the store is the PostgreSQL backend (``store.url: postgresql://...``)."""
+        return self.url is not None and not self.url.startswith("sqlite:///")
+
+    @property
+    def where(self) -> str:
+        """The store for messages and logs: the SQLite file, or the URL without its password."""
+        if not self.is_postgres or self.url is None:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+    @property
+    def target(self) -> Path | str:
+        """What :func:`aggregator.store.connect` opens: the SQLite file or the PostgreSQL URL."""
+        return self.url if self.is_postgres and self.url is not None else self.path
 
     @model_validator(mode="after")
     def _one_snapshot_age(self) -> StoreConfig:

@@ -213,7 +213,7 @@ class HomeAssistantBridge:
                     was_connected = True
                 try:
                     if conn is None:
-                        conn = store.connect(self.config.store.path, readonly=True)
+                        conn = store.connect(self.config.store.target, readonly=True)
                     self.turn(conn)
                 except (store.StoreUnavailable, store.DatabaseError) as exc:
                     self.errors += 1

@@ -104,11 +104,12 @@ class Ingest:
         self._listening_since: float | None = None  # wall clock; subscribed since
         self._broker_up = False
         self._reconnect_waits = 0
-        if config.store.check_on_start:
+        store.require_complete(config.store.target)  # BackendIncomplete: never half a service
+        if config.store.check_on_start and not config.store.is_postgres:
             store.check(config.store.path)  # StoreCorrupt: refuse to start, with the steps
-        store.migrate(config.store.path)
-        self._conn = store.connect(config.store.path)
-        self._turns = store.WriteTurns(config.store.path)
+        store.migrate(config.store.target)
+        self._conn = store.connect(config.store.target)
+        self._turns = store.WriteTurns(config.store.target)  # a no-op on PostgreSQL
         self._started_ts = time.time()
         if roles.sweeps(role):  # once per site: not under a worker's feet mid-batch
             snapshots.recover(self._conn, config.store.snapshots_dir)
@@ -280,7 +281,7 @@ class Ingest:
                         log.error(
                             "store %s cannot be written: %s; %d message(s) held unacknowledged, "
                             "trying again every %.0f s at most",
-                            self.config.store.path,
+                            self.config.store.where,
                             exc,
                             len(batch),
                             self.config.ingest.store_retry_max_s,
@@ -293,7 +294,7 @@ class Ingest:
                     if self.on_batch is not None and self._busy_since is not None:
                         self.on_batch(len(batch), time.monotonic() - self._busy_since)
                     if self.store_error is not None:
-                        log.info("store %s writable again", self.config.store.path)
+                        log.info("store %s writable again", self.config.store.where)
                     self.store_error = None
                     retry_s = 1.0
                 finally:

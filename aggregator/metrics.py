@@ -102,7 +102,7 @@ class AggregatorMetrics:
 
     def _from_store(self) -> Iterator[Any]:
         try:
-            conn = store.connect(self.config.store.path, readonly=True)
+            conn = store.connect(self.config.store.target, readonly=True)
         except store.StoreUnavailable:
             return
         try:

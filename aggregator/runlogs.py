@@ -168,7 +168,7 @@ class RunLogStore(logging.Handler):
         return rows
 
     def _run(self) -> None:
-        conn = store.connect(self.config.store.path)
+        conn = store.connect(self.config.store.target)
         next_prune = time.monotonic() + 60
         try:
             while True:

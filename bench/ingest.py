@@ -20,6 +20,12 @@ files are counted apart. Rounds alternate which consumer goes first.
 
     python bench/ingest.py [--messages 3000] [--rounds 3] [--no-snapshot] [--wire 1]
     python bench/ingest.py --profile secagg.prof   # cProfile of the secagg process's drain
+    python bench/ingest.py --backend postgresql    # the store on a private PostgreSQL cluster
+
+With ``--backend postgresql`` the store is a new database of a private cluster
+(``demo/postgres.py``, fsync off as in the tests) for each round: the server's own CPU is not in
+secagg's figure (it runs in its own processes), and the database bytes per threat are the
+growth of ``pg_database_size``.
 
 Targets (issue 13): rate ratio >= 0.5 for 1 KiB messages, >= 0.3 with a snapshot, zero lost,
 <= 2 KB of database per threat.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -52,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from demo.broker import Mosquitto  # noqa: E402
 from demo.footage import sample_still  # noqa: E402
+from demo.postgres import Postgres  # noqa: E402
 from wire.envelope import pack_threat, snapshot_ref  # noqa: E402
 from wire.payloads import ThreatMessage  # noqa: E402
 
@@ -176,7 +184,14 @@ def _wait_for(word: str) -> None:
         raise SystemExit(f"child: expected {word!r} from the bench, got {line!r}")
 
 
-def _db_bytes(db: Path) -> int:
+def _db_bytes(db: Path, url: str | None = None) -> int:
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            assert row is not None
+            return int(row[0])
     wal = db.with_name(db.name + "-wal")
     return db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
@@ -217,6 +232,7 @@ def child_secagg(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work)
     db = work / f"{args.client_id}.sqlite"
+    where: dict[str, str] = {"url": args.store_url} if args.store_url else {"path": str(db)}
     config = AggregatorConfig.model_validate(
         {
             "mqtt": {
@@ -225,7 +241,7 @@ def child_secagg(args: argparse.Namespace) -> dict[str, Any]:
                 "client_id": args.client_id,
                 "session_expiry_s": 3600,
             },
-            "store": {"path": str(db), "snapshots_dir": str(work / f"{args.client_id}-snapshots")},
+            "store": {**where, "snapshots_dir": str(work / f"{args.client_id}-snapshots")},
             "events": {"cutoff_s": 30, "sweep_interval_s": 5},
             "api": {"port": free_port()},  # built, never started
         }
@@ -235,7 +251,7 @@ def child_secagg(args: argparse.Namespace) -> dict[str, Any]:
     if not first.connected.wait(10):
         raise SystemExit("secagg: not subscribed")
     first.stop()
-    db_before = _db_bytes(db)
+    db_before = _db_bytes(db, args.store_url)
     # As `secagg serve` builds it (the API's app and all: the same heap), then freezes what
     # start-up made; only the ingest is started.
     service = Service(config)
@@ -272,7 +288,7 @@ def child_secagg(args: argparse.Namespace) -> dict[str, Any]:
         "received": ingest.stats.received,
         "stored": ingest.stats.stored,
         "rejected": dict(ingest.stats.rejected),
-        "db_growth_bytes": _db_bytes(db) - db_before,
+        "db_growth_bytes": _db_bytes(db, args.store_url) - db_before,
         "snapshot_bytes": snap_bytes,
         "snapshot_files": snap_files,
     }
@@ -315,6 +331,7 @@ def run_child(
     client_id: str,
     profile: str | None = None,
     log_level: str = "info",
+    store_url: str | None = None,
 ) -> Round:
     cmd = [
         sys.executable,
@@ -334,6 +351,8 @@ def run_child(
     ]
     if profile:
         cmd += ["--profile", profile]
+    if store_url:
+        cmd += ["--store-url", store_url]
     log = (work / f"{client_id}.log").open("wb")
     with (
         log,
@@ -401,7 +420,15 @@ def main() -> int:
         choices=("debug", "info", "warning", "error"),
         help="secagg's log level (to a file), as `secagg serve --log-level` (default info)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="secagg's store: a SQLite file (default), or a new database of a private "
+        "PostgreSQL cluster each round (demo/postgres.py)",
+    )
     parser.add_argument("--child", choices=("bare", "secagg"), help=argparse.SUPPRESS)
+    parser.add_argument("--store-url", help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client-id", help=argparse.SUPPRESS)
@@ -415,8 +442,9 @@ def main() -> int:
     size_kb = sum(map(len, messages)) / len(messages) / 1024
     bare: list[Round] = []
     agg: list[Round] = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
+        pg = stack.enter_context(Postgres()) if args.backend == "postgresql" else None
         # No broker persistence: this measures the consumers, not Mosquitto saving its queue.
         with Mosquitto(work / "broker", persistence=False) as broker:
             for r in range(args.rounds):
@@ -431,6 +459,7 @@ def main() -> int:
                         client_id=f"secagg-{r}",
                         profile=profile,
                         log_level=args.log_level,
+                        store_url=pg.create_database(f"secagg_{r}") if pg else None,
                     )
 
                 def plain(r: int = r) -> Round:
@@ -459,6 +488,8 @@ def main() -> int:
     db_per_threat = _median([a.result["db_growth_bytes"] / a.result["stored"] for a in agg])
     snap_per_threat = _median([a.result["snapshot_bytes"] / a.result["stored"] for a in agg])
     kind = "no snapshot" if args.no_snapshot else f"threat/{args.wire} with a snapshot"
+    if args.backend != "sqlite":
+        kind += f", store on {args.backend}"
     print(
         f"{n} threat messages of {size_kb:.1f} KiB ({kind}), zero lost, medians of "
         f"{args.rounds} alternating rounds: bare paho {_median([b.rate for b in bare]):.0f} "

@@ -78,18 +78,22 @@ def test_group_keys() -> None:
     assert grouping.key(agent_id="a", camera="door", rule="r") == ("site=home|rule=r", 5)
 
 
-def test_an_ended_event_is_never_reopened_a_later_threat_starts_a_new_one(tmp_path: Path) -> None:
+def test_an_ended_event_is_never_reopened_a_later_threat_starts_a_new_one(
+    tmp_path: Path, store_target: store.schema.Target
+) -> None:
+    """On both backends (``store_target``)."""
     config = make_config(tmp_path)  # cutoff 10 s
-    assert store_payloads(config, [threat_payload(at_s=0), threat_payload(at_s=1)]).changes == [
-        EventChange("new", 1)
-    ]
+    at = {"target": store_target}
+    assert store_payloads(
+        config, [threat_payload(at_s=0), threat_payload(at_s=1)], **at
+    ).changes == [EventChange("new", 1)]
     # The agent's status, sent 30 s later: on its clock the event has ended.
     status = status_payload(sent_at=T0 + timedelta(seconds=30))
-    assert store_payloads(config, [status]).changes == [EventChange("end", 1)]
+    assert store_payloads(config, [status], **at).changes == [EventChange("end", 1)]
     # A threat from its outbox, captured within reach of the ended event: a new event.
-    late = store_payloads(config, [threat_payload(at_s=5)])
+    late = store_payloads(config, [threat_payload(at_s=5)], **at)
     assert late.changes == [EventChange("new", 2)]
-    conn = store.connect(config.store.path, readonly=True)
+    conn = store.connect(store_target, readonly=True)
     first, second = store.events.get(conn, 1), store.events.get(conn, 2)
     conn.close()
     assert first is not None and second is not None
@@ -97,10 +101,13 @@ def test_an_ended_event_is_never_reopened_a_later_threat_starts_a_new_one(tmp_pa
     assert (second.threat_count, second.started_ts) == (1, T0.timestamp() + 5)
 
 
-def test_threats_of_an_agent_end_its_other_cameras_events_on_its_clock(tmp_path: Path) -> None:
+def test_threats_of_an_agent_end_its_other_cameras_events_on_its_clock(
+    tmp_path: Path, store_target: store.schema.Target
+) -> None:
+    """On both backends (``store_target``)."""
     config = make_config(tmp_path)
-    store_payloads(config, [threat_payload(at_s=0, camera="yard")])
-    result = store_payloads(config, [threat_payload(at_s=11, camera="door")])
+    store_payloads(config, [threat_payload(at_s=0, camera="yard")], target=store_target)
+    result = store_payloads(config, [threat_payload(at_s=11, camera="door")], target=store_target)
     assert result.changes == [EventChange("end", 1), EventChange("new", 2)]
 
 

@@ -1,9 +1,11 @@
-"""Many ``secagg serve`` processes on one SQLite store: one ``--role api`` and three ingest
-workers on the MQTT 5 shared subscription, three agents whose threats share group keys (their
+"""Many ``secagg serve`` processes on one store: one ``--role api`` and three ingest workers on
+a SQLite file (two on a PostgreSQL database, as workers on several machines would run) on the
+MQTT 5 shared subscription, three agents whose threats share group keys (their
 cameras belong to two sites), one worker SIGKILLed mid-stream. Every message stored once, one
 event per group key, one notification per event, and the API process counts what the workers
-stored. Then the notification claim on its own: two senders, one notification each; a dead
-claimer's notification taken over once its lease ran out."""
+stored. Then the notification claim on its own, on both backends (``store_target``: SQLite, then
+PostgreSQL): two senders, one notification each; a dead claimer's notification taken over once
+its lease ran out; four threads claiming at once."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from aggregator import store
@@ -25,7 +28,7 @@ from aggregator.notify.sender import NotificationSender
 from aggregator.store.models import NewEvent, NewNotification
 from demo.broker import Mosquitto
 from tests.support import wait_for
-from tests.support.auth import HEADERS
+from tests.support.auth import HEADERS, seed_tokens
 from tests.support.processes import (
     ServeProcess,
     finish,
@@ -40,7 +43,13 @@ PER_AGENT = 300
 SITES = "{test-0: north, test-1: north, test-2: south}"
 
 
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+def rows(db: store.schema.Target, sql: str) -> list[tuple[object, ...]]:
+    if isinstance(db, str):  # a PostgreSQL URL
+        with psycopg.connect(db, autocommit=True) as pg:
+            try:
+                return list(pg.execute(sql).fetchall())
+            except psycopg.errors.UndefinedTable:
+                return []
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql).fetchall()
@@ -50,7 +59,7 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def stored(db: Path) -> int:
+def stored(db: store.schema.Target) -> int:
     found = rows(db, "SELECT COUNT(*) FROM messages")
     return int(str(found[0][0])) if found else 0
 
@@ -61,7 +70,17 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield running
 
 
-def test_three_workers_and_an_api_on_one_store(tmp_path: Path, broker: Mosquitto) -> None:
+@pytest.mark.parametrize(
+    ("backend", "names"), [("sqlite", ("w1", "w2", "w3")), ("postgresql", ("w1", "w2"))]
+)
+def test_workers_and_an_api_on_one_store(
+    tmp_path: Path,
+    broker: Mosquitto,
+    backend: str,
+    names: tuple[str, ...],
+    request: pytest.FixtureRequest,
+) -> None:
+    """Three workers on a SQLite file; two on a PostgreSQL database (writers on any machine)."""
     with WebhookServer() as hook:
         config, api = write_aggregator_config(
             tmp_path,
@@ -76,9 +95,15 @@ def test_three_workers_and_an_api_on_one_store(tmp_path: Path, broker: Mosquitto
         )
         # every agent's cameras belong to two sites: the group keys of three agents collide
         config.write_text(config.read_text().replace("events: {", f"events: {{sites: {SITES}, "))
-        db = tmp_path / "secagg.sqlite"
+        db: store.schema.Target = tmp_path / "secagg.sqlite"
+        if backend == "postgresql":
+            db = request.getfixturevalue("postgres").create_database("workers")
+            seed_tokens(db)
+            config.write_text(
+                config.read_text().replace("store: {path: secagg.sqlite", f"store: {{url: '{db}'")
+            )
         api_proc = ServeProcess(config, role="api")
-        workers = [ServeProcess(config, role="ingest", worker=f"w{i}") for i in (1, 2, 3)]
+        workers = [ServeProcess(config, role="ingest", worker=name) for name in names]
         procs = [api_proc, *workers]
         try:
             for proc in procs:  # started together: they migrate the new store in turn
@@ -137,10 +162,10 @@ def test_three_workers_and_an_api_on_one_store(tmp_path: Path, broker: Mosquitto
                     f"{api}/api/health", headers=HEADERS, timeout=5
                 ).json()
                 beats = {w["name"]: w["pid"] for w in health["workers"]}
-                ok = health["status"] == "ok" and sorted(beats) == ["w1", "w2", "w3"]
+                ok = health["status"] == "ok" and sorted(beats) == list(names)
                 return health if ok and beats["w2"] == pid else None
 
-            health = wait_for(healthy, timeout_s=30, what="health with the three workers")
+            health = wait_for(healthy, timeout_s=30, what="health with every worker")
             assert health["messages"] == len(AGENTS) * PER_AGENT
             assert health["events"] == health["open_events"] == len(keys)
             assert health["counters"]["stored"] == len(AGENTS) * PER_AGENT
@@ -193,20 +218,18 @@ def pending(conn: store.Connection, count: int, *, now_ts: float) -> list[int]:
     return ids
 
 
-def sender_config(tmp_path: Path, url: str) -> AggregatorConfig:
+def sender_config(target: store.schema.Target, url: str) -> AggregatorConfig:
+    """A notifier on ``target`` (a migrated store on each backend in turn: ``store_target``)."""
+    where = {"url": target} if isinstance(target, str) else {"path": str(target)}
     return AggregatorConfig.model_validate(
-        {
-            "store": {"path": str(tmp_path / "secagg.sqlite")},
-            "notify": {"notifiers": [{"name": "soc", "type": "webhook", "url": url}]},
-        }
+        {"store": where, "notify": {"notifiers": [{"name": "soc", "type": "webhook", "url": url}]}}
     )
 
 
-def test_two_senders_send_each_notification_once(tmp_path: Path) -> None:
+def test_two_senders_send_each_notification_once(store_target: store.schema.Target) -> None:
     with WebhookServer() as hook:
-        config = sender_config(tmp_path, hook.url)
-        store.migrate(config.store.path)
-        conn = store.connect(config.store.path)
+        config = sender_config(store_target, hook.url)
+        conn = store.connect(config.store.target)
         events = pending(conn, 40, now_ts=1_000.0)
         senders = [NotificationSender(config), NotificationSender(config)]
         for i, sender in enumerate(senders):
@@ -230,10 +253,10 @@ def claim(conn: store.Connection, *, now_ts: float, by: str) -> list[int]:
         )
 
 
-def test_a_dead_claimers_notification_is_taken_over_after_its_lease(tmp_path: Path) -> None:
-    config = sender_config(tmp_path, "http://127.0.0.1:9/hook")
-    store.migrate(config.store.path)
-    conn = store.connect(config.store.path)
+def test_a_dead_claimers_notification_is_taken_over_after_its_lease(
+    store_target: store.schema.Target,
+) -> None:
+    conn = store.connect(store_target)
     (event,) = pending(conn, 1, now_ts=1_000.0)
     (held,) = claim(conn, now_ts=1_000.0, by="dead:1")
     # ...and the claimer dies without recording an attempt
@@ -244,16 +267,14 @@ def test_a_dead_claimers_notification_is_taken_over_after_its_lease(tmp_path: Pa
     conn.close()
 
 
-def test_claims_from_threads_never_overlap(tmp_path: Path) -> None:
-    config = sender_config(tmp_path, "http://127.0.0.1:9/hook")
-    store.migrate(config.store.path)
-    setup = store.connect(config.store.path)
+def test_claims_from_threads_never_overlap(store_target: store.schema.Target) -> None:
+    setup = store.connect(store_target)
     ids = pending(setup, 200, now_ts=1_000.0)
     setup.close()
     claimed: dict[str, list[int]] = {}
 
     def claimer(name: str) -> None:
-        conn = store.connect(config.store.path)
+        conn = store.connect(store_target)
         mine: list[int] = []
         while True:
             with store.transaction(conn):

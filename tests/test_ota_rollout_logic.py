@@ -1,13 +1,13 @@
-"""The rollout state machine on a real SQLite store (what secagg serve's controller runs every
-turn), with the agents' reports written as the ingest writes them: groups, thresholds, pause,
-resume, promote (shadow and active) and abort, and the desired state each agent gets."""
+"""The rollout state machine on a real store, SQLite and PostgreSQL (what secagg serve's
+controller runs every turn), with the agents' reports written as the ingest writes them:
+groups, thresholds, pause, resume, promote (shadow and active) and abort, and the desired
+state each agent gets."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,10 +19,9 @@ AGENTS = ["a1", "a2", "a3", "a4"]
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[store.Connection]:
-    path = tmp_path / "secagg.sqlite"
-    store.migrate(path)
-    c = store.connect(path)
+def conn(store_target: store.schema.Target) -> Iterator[store.Connection]:
+    """On each backend in turn (``store_target``: SQLite, PostgreSQL)."""
+    c = store.connect(store_target)
     with store.transaction(c):
         for i, kind in enumerate(("model", "model")):
             store.releases.insert(

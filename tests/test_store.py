@@ -94,7 +94,10 @@ def test_the_agent_clock_is_backfilled(tmp_path: Path) -> None:
     assert agent.clock_ts == datetime.fromisoformat(p["frame"]["captured_at"]).timestamp()
 
 
-def test_the_row_counts_follow_the_tables(tmp_path: Path) -> None:
+def test_the_row_counts_follow_the_tables(
+    tmp_path: Path, store_target: store.schema.Target
+) -> None:
+    """On both backends (``store_target``)."""
     config = make_config(tmp_path)
     first = threat_payload(at_s=0)
     # cam-host: yard at 0 and 1 (event 1), door at 50 (event 2; on cam-host's clock event 1
@@ -108,9 +111,10 @@ def test_the_row_counts_follow_the_tables(tmp_path: Path) -> None:
             threat_payload(agent_id="gate-host", at_s=3),
             first,
         ],
+        target=store_target,
     )
-    store_payloads(config, [status_payload()])
-    conn = store.connect(config.store.path)
+    store_payloads(config, [status_payload()], target=store_target)
+    conn = store.connect(store_target)
     try:
         counts = store.counters.row_counts(conn)
         actual = {

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from aggregator import web
+from aggregator import store, web
 from aggregator.api.routes import (
     agents,
     events,
@@ -49,6 +49,8 @@ def create_app(
     ``service_token`` is a bearer token that secagg's own health probe sends (viewer; it is
     never written anywhere); ``metrics_of`` the metrics of the service around it (none: of the
     API alone)."""
+    if config is not None:  # BackendIncomplete: no API over half a PostgreSQL store
+        store.require_complete(config.store.target)
     app = FastAPIOffline(
         title="secagg",
         version=code_version(),

@@ -33,10 +33,10 @@ async def read_pool(request: Request, settings: Settings) -> store.ReadPool:
     (it does no I/O): FastAPI runs a plain function dependency on its thread pool, and each
     hop there costs more than the query of a page."""
     pools: dict[str, store.ReadPool] = request.app.state.read_pools
-    key = str(settings.store.path)
+    key = str(settings.store.target)
     pool = pools.get(key)
     if pool is None:
-        pool = pools.setdefault(key, store.ReadPool(settings.store.path, size=READ_CONNECTIONS))
+        pool = pools.setdefault(key, store.ReadPool(settings.store.target, size=READ_CONNECTIONS))
     return pool
 
 
@@ -100,7 +100,7 @@ def write_connection(settings: AggregatorConfig) -> Iterator[store.Connection]:
     """A short-lived connection of its own for a rare write (a plot, a review, a login, a
     token): the ingest's writer owns the rest. 503 when the store cannot be opened."""
     try:
-        conn = store.connect(settings.store.path)
+        conn = store.connect(settings.store.target)
     except store.StoreUnavailable as exc:
         raise HTTPException(503, f"store not available: {exc}") from exc
     try:

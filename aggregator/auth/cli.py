@@ -22,9 +22,13 @@ if TYPE_CHECKING:  # the store needs the aggregator extra: imported where a comm
 
 def _load(config_path: Path) -> AggregatorConfig:
     try:
-        return load_aggregator_config(config_path)[0]
+        config = load_aggregator_config(config_path)[0]
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    from aggregator.cli import refuse_incomplete_store
+
+    refuse_incomplete_store(config)
+    return config
 
 
 @contextmanager
@@ -34,10 +38,10 @@ def _writing(config_path: Path) -> Iterator[Connection]:
 
     config = _load(config_path)
     try:
-        store.migrate(config.store.path)
-        conn = store.connect(config.store.path)
+        store.migrate(config.store.target)
+        conn = store.connect(config.store.target)
     except (store.StoreUnavailable, store.DatabaseError) as exc:
-        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+        raise click.ClickException(f"{config.store.where}: {exc}") from exc
     try:
         with store.transaction(conn):
             yield conn

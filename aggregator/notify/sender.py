@@ -69,8 +69,8 @@ class NotificationSender:
         )
 
     def start(self) -> None:
-        store.migrate(self.config.store.path)
-        self._conn = store.connect(self.config.store.path)
+        store.migrate(self.config.store.target)
+        self._conn = store.connect(self.config.store.target)
         self._thread.start()
 
     def wake(self) -> None:

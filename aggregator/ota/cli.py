@@ -21,6 +21,9 @@ def _load(config_path: Path) -> AggregatorConfig:
         config, _ = load_aggregator_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    from aggregator.cli import refuse_incomplete_store
+
+    refuse_incomplete_store(config)
     return config
 
 
@@ -215,10 +218,10 @@ def _store(config: AggregatorConfig) -> Any:
     from aggregator import store
 
     try:
-        store.migrate(config.store.path)
-        return store.connect(config.store.path)
+        store.migrate(config.store.target)
+        return store.connect(config.store.target)
     except (store.StoreUnavailable, store.DatabaseError) as exc:
-        raise click.ClickException(f"{config.store.path}: {exc}") from exc
+        raise click.ClickException(f"{config.store.where}: {exc}") from exc
 
 
 @click.command()

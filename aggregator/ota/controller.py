@@ -64,7 +64,7 @@ class OtaController:
 
     def turn(self) -> None:
         self.refresh_timestamp()
-        conn = store.connect(self.config.store.path)
+        conn = store.connect(self.config.store.target)
         try:
             now = time.time()
             with store.transaction(conn):

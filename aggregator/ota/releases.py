@@ -99,8 +99,8 @@ def add_release(
         online = load_key(ota.online_key)
     except RepositoryError as exc:
         raise ReleaseError(str(exc)) from exc
-    store.migrate(config.store.path)
-    conn = store.connect(config.store.path)
+    store.migrate(config.store.target)
+    conn = store.connect(config.store.target)
     try:
         with store.transaction(conn):
             existing = store.releases.by_tag(conn, artifact.kind, tag)

@@ -14,8 +14,9 @@
   comparisons), :mod:`.rollouts`.
 
 Every function takes the connection first and keyword-only arguments beyond two, and runs in
-the caller's transaction. That is the seam for a second backend (PostgreSQL through SQLAlchemy
-Core): the same functions over another connection type, callers unchanged.
+the caller's transaction, on either backend: SQLite's own connection or the PostgreSQL
+backend's (:mod:`.backend`; :mod:`.pg_schema` its migrations; :data:`POSTGRES_MODULES` says
+which modules work there yet).
 ``tests/test_store_boundary.py`` fails when SQL appears anywhere else.
 """
 
@@ -40,6 +41,8 @@ from aggregator.store import (
     workers,
 )
 from aggregator.store.schema import (
+    POSTGRES_MODULES,
+    BackendIncomplete,
     Connection,
     DatabaseError,
     ReadPool,
@@ -52,11 +55,14 @@ from aggregator.store.schema import (
     connect,
     migrate,
     migrations,
+    require_complete,
     savepoint,
     transaction,
 )
 
 __all__ = [
+    "POSTGRES_MODULES",
+    "BackendIncomplete",
     "Connection",
     "DatabaseError",
     "ReadPool",
@@ -84,6 +90,7 @@ __all__ = [
     "plots",
     "prune",
     "releases",
+    "require_complete",
     "rollouts",
     "savepoint",
     "snapshot_files",

@@ -96,12 +96,12 @@ def _token(row: Sequence[Any]) -> TokenRow:
 def add_token(
     conn: Connection, *, name: str, role: str, token_sha256: str, hint: str, now_ts: float
 ) -> int:
-    cur = conn.execute(
+    (token_id,) = conn.execute(
         "INSERT INTO api_tokens (name, role, token_sha256, hint, created_ts) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?) RETURNING id",
         (name, role, token_sha256, hint, now_ts),
-    )
-    return int(cur.lastrowid or 0)
+    ).fetchone()
+    return int(token_id)
 
 
 def token_by_hash(conn: Connection, token_sha256: str) -> TokenRow | None:

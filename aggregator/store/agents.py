@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from aggregator.store.backend import greatest
 from aggregator.store.models import AgentRow, StatusUpdate
 from aggregator.store.schema import Connection
 
@@ -36,11 +37,30 @@ def _agent(row: Sequence[Any]) -> AgentRow:
 
 
 _CLOCK = (
-    "clock_ts = CASE WHEN clock_ts IS NULL OR clock_ts > :clock_max THEN excluded.clock_ts "
-    "ELSE MAX(clock_ts, excluded.clock_ts) END"
+    "clock_ts = CASE WHEN agents.clock_ts IS NULL OR agents.clock_ts > :clock_max "
+    "THEN excluded.clock_ts ELSE {greatest}(agents.clock_ts, excluded.clock_ts) END"
 )
 """An agent's clock only moves forward, unless it stands beyond ``clock_max`` (a time stored
-before times were checked against a window): then the next time heard replaces it."""
+before times were checked against a window): then the next time heard replaces it.
+(``{greatest}``: the scalar maximum of the backend, :func:`.backend.greatest`; columns of the
+stored row are named with their table, which PostgreSQL requires in ``DO UPDATE``.)"""
+
+
+def _heard(g: str) -> str:
+    return (
+        "INSERT INTO agents (agent_id, state, last_seen_ts, clock_ts) "
+        "VALUES (:agent_id, 'online', :heard, :clock) "
+        "ON CONFLICT (agent_id) DO UPDATE SET "
+        f"last_seen_ts = {g}(agents.last_seen_ts, excluded.last_seen_ts), "
+        + _CLOCK.format(greatest=g)
+    )
+
+
+_HEARD = {g: _heard(g) for g in ("MAX", "GREATEST")}
+
+
+def _heard_sql(conn: Connection) -> str:
+    return _HEARD[greatest(conn)]
 
 
 def heard_from(
@@ -49,10 +69,7 @@ def heard_from(
     """A threat message came from this agent: it is online, heard at ``heard_ts`` (our wall
     clock), and its clock is at least ``clock_ts`` (the capture time)."""
     conn.execute(
-        "INSERT INTO agents (agent_id, state, last_seen_ts, clock_ts) "
-        "VALUES (:agent_id, 'online', :heard, :clock) "
-        "ON CONFLICT (agent_id) DO UPDATE SET "
-        f"last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts), {_CLOCK}",
+        _heard_sql(conn),
         {"agent_id": agent_id, "heard": heard_ts, "clock": clock_ts, "clock_max": clock_max_ts},
     )
 
@@ -89,10 +106,7 @@ def heard_from_many(
     """:func:`heard_from` for a batch: each agent's latest capture time in it (its clock only
     moves forward, so the latest is all that counts)."""
     conn.executemany(
-        "INSERT INTO agents (agent_id, state, last_seen_ts, clock_ts) "
-        "VALUES (:agent_id, 'online', :heard, :clock) "
-        "ON CONFLICT (agent_id) DO UPDATE SET "
-        f"last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts), {_CLOCK}",
+        _heard_sql(conn),
         [
             {"agent_id": a, "heard": heard_ts, "clock": clock, "clock_max": clock_max_ts}
             for a, clock in clocks.items()
@@ -112,6 +126,7 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
     Each camera gets its frame rate (``fps``) since the agent's previous status, from its
     ``captured`` counter."""
     cameras_json = _with_fps(conn, status)
+    g = greatest(conn)
     row = conn.execute(
         f"""INSERT INTO agents (agent_id, state, last_seen_ts, last_status_ts, status_sent_ts,
                versions_json, provider, outbox_depth, outbox_dropped, outbox_oldest_age_s,
@@ -119,23 +134,25 @@ def record_status(conn: Connection, status: StatusUpdate, *, clock_max_ts: float
            VALUES (:agent_id, :state, :heard, :heard, :sent, :versions, :provider, :depth,
                    :dropped, :oldest, :cameras, :sent, :lost, :inference_ms)
            ON CONFLICT (agent_id) DO UPDATE SET
-               state = excluded.state, last_seen_ts = MAX(last_seen_ts, excluded.last_seen_ts),
+               state = excluded.state,
+               last_seen_ts = {g}(agents.last_seen_ts, excluded.last_seen_ts),
                last_status_ts = excluded.last_status_ts,
                status_sent_ts = CASE WHEN agents.status_sent_ts > :clock_max
                                      THEN excluded.status_sent_ts
-                                     ELSE MAX(COALESCE(agents.status_sent_ts,
+                                     ELSE {g}(COALESCE(agents.status_sent_ts,
                                                        excluded.status_sent_ts),
                                               excluded.status_sent_ts) END,
-               versions_json = COALESCE(excluded.versions_json, versions_json),
-               provider = COALESCE(excluded.provider, provider),
+               versions_json = COALESCE(excluded.versions_json, agents.versions_json),
+               provider = COALESCE(excluded.provider, agents.provider),
                outbox_depth = excluded.outbox_depth, outbox_dropped = excluded.outbox_dropped,
                outbox_oldest_age_s = excluded.outbox_oldest_age_s,
-               cameras_json = CASE WHEN excluded.cameras_json = '[]' THEN cameras_json
+               cameras_json = CASE WHEN excluded.cameras_json = '[]' THEN agents.cameras_json
                                    ELSE excluded.cameras_json END,
-               inference_ms = COALESCE(excluded.inference_ms, inference_ms),
+               inference_ms = COALESCE(excluded.inference_ms, agents.inference_ms),
                outbox_lost_json = CASE WHEN excluded.outbox_lost_json = '[]'
-                                       THEN outbox_lost_json ELSE excluded.outbox_lost_json END,
-               {_CLOCK}
+                                       THEN agents.outbox_lost_json
+                                       ELSE excluded.outbox_lost_json END,
+               {_CLOCK.format(greatest=g)}
            WHERE agents.status_sent_ts IS NULL OR excluded.status_sent_ts >= agents.status_sent_ts
                OR agents.status_sent_ts > :clock_max
                OR (excluded.state = 'offline' AND agents.state = 'online')

@@ -15,7 +15,7 @@ def bump(conn: Connection, counts: Mapping[str, int]) -> None:
     """Add to persistent counters (created at zero)."""
     conn.executemany(
         "INSERT INTO ingest_counters (name, value) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        "ON CONFLICT (name) DO UPDATE SET value = ingest_counters.value + excluded.value",
         list(counts.items()),
     )
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aggregator.store.backend import is_postgres
 from aggregator.store.models import EventRow, NewEvent, OpenEventClock
 from aggregator.store.schema import Connection
 from aggregator.store.where import Where
@@ -48,10 +49,17 @@ def open_of(
 ) -> list[EventRow]:
     """The open events of these agents and of these group keys, by id."""
     agents, keys = sorted(set(agent_ids)), sorted(set(group_keys))
+    # An empty list leaves its test out: PostgreSQL has no empty IN () (SQLite's is false).
+    tests = [
+        f"{column} IN ({', '.join('?' * len(values))})"
+        for column, values in (("agent_id", agents), ("group_key", keys))
+        if values
+    ]
+    if not tests:
+        return []
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE ended_ts IS NULL "
-        f"AND (agent_id IN ({', '.join('?' * len(agents))}) "
-        f"OR group_key IN ({', '.join('?' * len(keys))})) ORDER BY id",
+        f"SELECT {_COLUMNS} FROM events WHERE ended_ts IS NULL AND ({' OR '.join(tests)}) "
+        "ORDER BY id",
         (*agents, *keys),
     )
     return [_event(r) for r in rows]
@@ -82,10 +90,10 @@ def save_many(conn: Connection, events: Sequence[EventRow]) -> None:
 
 def create(conn: Connection, event: NewEvent) -> int:
     """Start an event with its first threat; returns its id."""
-    cur = conn.execute(
+    (event_id,) = conn.execute(
         "INSERT INTO events (agent_id, camera, rule, label, severity, started_ts, "
         "last_seen_ts, threat_count, top_score, top_message_id, group_key, cameras, "
-        "cutoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+        "cutoff_s) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?) RETURNING id",
         (
             event.agent_id,
             event.camera,
@@ -100,9 +108,9 @@ def create(conn: Connection, event: NewEvent) -> int:
             json.dumps([event.camera]),
             event.cutoff_s,
         ),
-    )
+    ).fetchone()
     conn.execute("UPDATE row_counts SET value = value + 1 WHERE name IN ('events', 'open_events')")
-    return int(cur.lastrowid or 0)
+    return int(event_id)
 
 
 def rules_of_agent(conn: Connection, agent_id: str) -> list[str]:
@@ -174,7 +182,7 @@ def list_events(
         where.clauses.append("id > ?")
         where.args.append(after_id)
     if cameras is not None:
-        where.clauses.append(f"camera IN ({', '.join('?' * len(cameras))})" if cameras else "0")
+        where.clauses.append(f"camera IN ({', '.join('?' * len(cameras))})" if cameras else "1 = 0")
         where.args.extend(cameras)
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM events{where.sql} ORDER BY id DESC LIMIT ?", [*where.args, limit]
@@ -273,8 +281,10 @@ def change_token(conn: Connection) -> tuple[Any, ...]:
         "SELECT MAX(id), (SELECT COUNT(*) || ':' || COALESCE(SUM(threat_count), 0) || ':' || "
         "COALESCE(MAX(last_seen_ts), 0) FROM events WHERE ended_ts IS NULL) FROM events"
     ).fetchone()
+    concat = "string_agg({}, ',')" if is_postgres(conn) else "group_concat({})"
     agents = conn.execute(
-        "SELECT group_concat(agent_id || ':' || state || ':' || COALESCE(last_status_ts, 0)) "
-        "FROM agents"
+        "SELECT "
+        + concat.format("agent_id || ':' || state || ':' || COALESCE(last_status_ts, 0)")
+        + " FROM agents"
     ).fetchone()
     return (events[0], events[1], agents[0])

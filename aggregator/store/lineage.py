@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from aggregator.store import compact_lineage as compact
+from aggregator.store.backend import is_postgres
 from aggregator.store.models import (
     ArtifactRow,
     GeneratedRow,
@@ -48,6 +49,12 @@ def add_artifacts(conn: Connection, artifacts: Sequence[NewArtifact]) -> None:
     )
 
 
+_INSERT_RUN = (
+    "INSERT INTO runs (kind, lineage_id, agent_id, code_version, at_ts, meta_json) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 def add_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
     """Record runs with what each used and generated (those artifacts must exist); returns
     their ids. What they used and generated goes in one statement each, for all of them."""
@@ -55,16 +62,17 @@ def add_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
     used: list[tuple[int, str, str]] = []
     generated: list[tuple[int, str]] = []
     metas: dict[int, str] = {}  # the runs of one frame share one meta dict: serialise it once
+    postgres = is_postgres(conn)  # no lastrowid there: RETURNING id
+    insert_run = _INSERT_RUN + (" RETURNING id" if postgres else "")
     for run in runs:
         meta = metas.get(id(run.meta))
         if meta is None:
             meta = metas[id(run.meta)] = _meta(run.meta)
         cur = conn.execute(
-            "INSERT INTO runs (kind, lineage_id, agent_id, code_version, at_ts, meta_json) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            insert_run,
             (run.kind, run.lineage_id, run.agent_id, run.code_version, run.at_ts, meta),
         )
-        run_id = int(cur.lastrowid or 0)
+        run_id = int(cur.fetchone()[0] if postgres else cur.lastrowid or 0)
         run_ids.append(run_id)
         used += [(run_id, aid, role) for aid, role in run.used]
         generated += [(run_id, aid) for aid in run.generated]
@@ -89,7 +97,16 @@ def add_run(conn: Connection, run: NewRun) -> int:
 def reserve_runs(conn: Connection, count: int) -> int:
     """Take ``count`` run ids from the sequence of ``runs`` for runs kept in message rows
     (:mod:`aggregator.store.compact_lineage`); returns the first. Runs inserted later get
-    later ids, as if these had been inserted."""
+    later ids, as if these had been inserted. (PostgreSQL: the identity sequence of ``runs``,
+    moved with ``setval``; under the write lock of :func:`.schema.transaction`.)"""
+    if is_postgres(conn):
+        (top,) = conn.execute(
+            "SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(COALESCE("
+            "pg_sequence_last_value(pg_get_serial_sequence('runs', 'id')::regclass), 0), "
+            "(SELECT COALESCE(MAX(id), 0) FROM runs)) + ?)",
+            (count,),
+        ).fetchone()
+        return int(top) - count + 1
     row = conn.execute(
         "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(id), 0) FROM runs)) + ? "
         "WHERE name = 'runs' RETURNING seq",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from aggregator.store.backend import is_postgres
 from aggregator.store.models import (
     HourlyCount,
     MessageRow,
@@ -123,7 +124,8 @@ def get(conn: Connection, message_id: str) -> MessageRow | None:
 def all_by_arrival(conn: Connection) -> Iterator[MessageRow]:
     """Every stored message, oldest first, with the columns of the first release (the lineage
     backfill of migration m005)."""
-    rows = conn.execute(f"SELECT {_BASE_COLUMNS} FROM messages ORDER BY received_at, rowid")
+    then = "message_id" if is_postgres(conn) else "rowid"  # PostgreSQL has no rowid
+    rows = conn.execute(f"SELECT {_BASE_COLUMNS} FROM messages ORDER BY received_at, {then}")
     for row in rows.fetchall():
         yield _message(row)
 
@@ -215,7 +217,7 @@ def event_ids_of(conn: Connection, message_id: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def _with_message(rows: Iterator[Any]) -> list[ThreatWithMessage]:
+def _with_message(rows: Iterable[Any]) -> list[ThreatWithMessage]:
     n = 15
     return [ThreatWithMessage(_threat(r[:n]), _message(r[n:])) for r in rows]
 
@@ -282,8 +284,14 @@ def hourly_threat_counts(
 ) -> tuple[list[HourlyCount], list[int]]:
     """Threats per hour of capture time and camera, and the ids of the events they are in."""
     where = _plot_where(since_ts=since_ts, until_ts=until_ts, camera=camera, agent_id=agent_id)
+    # SQLite's CAST truncates, PostgreSQL's rounds: FLOOR there (capture times are positive)
+    hour = (
+        "CAST(FLOOR(captured_ts / 3600) AS BIGINT)"
+        if is_postgres(conn)
+        else ("CAST(captured_ts / 3600 AS INTEGER)")
+    )
     rows = conn.execute(
-        "SELECT CAST(captured_ts / 3600 AS INTEGER) * 3600 AS hour, camera, COUNT(*) "
+        f"SELECT {hour} * 3600 AS hour, camera, COUNT(*) "
         f"FROM threats{where.sql} GROUP BY hour, camera ORDER BY hour, camera",
         where.args,
     )

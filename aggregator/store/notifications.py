@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from aggregator.store.backend import greatest, is_postgres
 from aggregator.store.models import AttemptRow, NewNotification, NotificationRow, RepeatDue
 from aggregator.store.schema import Connection
 from aggregator.store.where import Where
@@ -85,10 +86,11 @@ def repeats_due(conn: Connection, *, last_before_ts: float) -> list[RepeatDue]:
     """Open events whose latest notification on a notifier was created before
     ``last_before_ts`` and none of whose notifications there is still pending."""
     rows = conn.execute(
-        "SELECT n.event_id, n.notifier, SUM(n.kind = 'repeat') FROM notifications n "
-        "JOIN events e ON e.id = n.event_id AND e.ended_ts IS NULL "
+        "SELECT n.event_id, n.notifier, SUM(CASE WHEN n.kind = 'repeat' THEN 1 ELSE 0 END) "
+        "FROM notifications n JOIN events e ON e.id = n.event_id AND e.ended_ts IS NULL "
         "WHERE n.state != 'suppressed' GROUP BY n.event_id, n.notifier "
-        "HAVING MAX(n.created_ts) <= ? AND SUM(n.state = 'pending') = 0",
+        "HAVING MAX(n.created_ts) <= ? AND SUM(CASE WHEN n.state = 'pending' THEN 1 ELSE 0 END) "
+        "= 0",
         (last_before_ts,),
     )
     return [RepeatDue(event_id=r[0], notifier=r[1], repeats=int(r[2])) for r in rows]
@@ -98,8 +100,8 @@ def next_due_ts(conn: Connection, *, notifiers: Sequence[str]) -> float | None:
     """When the earliest pending notification of these notifiers is due (one claimed by a
     sender: when its claim runs out)."""
     row = conn.execute(
-        "SELECT MIN(MAX(next_attempt_ts, COALESCE(claimed_until, 0))) FROM notifications "
-        "WHERE state = 'pending' "
+        f"SELECT MIN({greatest(conn)}(next_attempt_ts, COALESCE(claimed_until, 0))) "
+        "FROM notifications WHERE state = 'pending' "
         f"AND notifier IN ({','.join('?' * len(notifiers))})",
         list(notifiers),
     ).fetchone()
@@ -118,15 +120,34 @@ def claim_due(
     """Claim up to ``limit`` pending notifications of these notifiers due by ``now_ts`` for
     ``by`` until ``now_ts + lease_s``, earliest first, and return their ids: those no other
     sender holds (never claimed, released, or its lease ran out: a sender that died). One
-    statement, so two senders on one store never claim the same notification."""
-    rows = conn.execute(
-        "UPDATE notifications SET claimed_by = ?, claimed_until = ? WHERE id IN ("
-        "SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_ts <= ? "
-        f"AND notifier IN ({','.join('?' * len(notifiers))}) "
-        "AND (claimed_until IS NULL OR claimed_until < ?) "
-        "ORDER BY next_attempt_ts, id LIMIT ?) RETURNING id",
-        [by, now_ts + lease_s, now_ts, *notifiers, now_ts, limit],
-    ).fetchall()
+    statement, so two senders on one store never claim the same notification.
+
+    SQLite runs one writer at a time, so its ``UPDATE ... WHERE id IN (SELECT ...)`` is
+    atomic as it stands. On PostgreSQL (READ COMMITTED) two such statements could both read
+    a notification as free; there the candidates are locked in a CTE with ``FOR UPDATE SKIP
+    LOCKED``: a sender skips the rows another is claiming instead of waiting for them, and the
+    lease is checked again on the locked row."""
+    marks = ",".join("?" * len(notifiers))
+    if is_postgres(conn):
+        sql = (
+            "WITH free AS (SELECT id FROM notifications WHERE state = 'pending' "
+            f"AND next_attempt_ts <= ? AND notifier IN ({marks}) "
+            "AND (claimed_until IS NULL OR claimed_until < ?) "
+            "ORDER BY next_attempt_ts, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+            "UPDATE notifications n SET claimed_by = ?, claimed_until = ? FROM free "
+            "WHERE n.id = free.id RETURNING n.id"
+        )
+        params: list[Any] = [now_ts, *notifiers, now_ts, limit, by, now_ts + lease_s]
+    else:
+        sql = (
+            "UPDATE notifications SET claimed_by = ?, claimed_until = ? WHERE id IN ("
+            f"SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_ts <= ? "
+            f"AND notifier IN ({marks}) "
+            "AND (claimed_until IS NULL OR claimed_until < ?) "
+            "ORDER BY next_attempt_ts, id LIMIT ?) RETURNING id"
+        )
+        params = [by, now_ts + lease_s, now_ts, *notifiers, now_ts, limit]
+    rows = conn.execute(sql, params).fetchall()
     return sorted(int(r[0]) for r in rows)
 
 

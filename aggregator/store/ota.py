@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aggregator.store.backend import greatest
 from aggregator.store.schema import Connection
 
 
@@ -107,7 +108,7 @@ def unpublished(conn: Connection) -> list[DesiredRow]:
 
 def mark_published(conn: Connection, agent_id: str, generation: int) -> None:
     conn.execute(
-        "UPDATE ota_desired SET published_generation = MAX(published_generation, ?) "
+        f"UPDATE ota_desired SET published_generation = {greatest(conn)}(published_generation, ?) "
         "WHERE agent_id = ?",
         (generation, agent_id),
     )
@@ -211,12 +212,12 @@ def add_shadow(
     figures: dict[str, Any],
 ) -> int | None:
     """Store a shadow comparison; None when its report id is stored already."""
-    cur = conn.execute(
+    row = conn.execute(
         "INSERT INTO shadow_reports (report_id, agent_id, release_id, rollout_id, at_ts, "
-        "figures_json) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (report_id) DO NOTHING",
+        "figures_json) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (report_id) DO NOTHING RETURNING id",
         (report_id, agent_id, release_id, rollout_id, at_ts, json.dumps(figures, sort_keys=True)),
-    )
-    return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def shadow_reports(conn: Connection, *, release_id: int) -> list[ShadowRow]:

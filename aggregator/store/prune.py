@@ -42,14 +42,14 @@ def delete_messages(conn: Connection, message_ids: Sequence[str], *, now_ts: flo
     event_ids = [
         int(r[0])
         for r in conn.execute(
-            f"SELECT DISTINCT event_id FROM threats WHERE message_id IN ({marks})", ids
+            f"SELECT DISTINCT event_id FROM threats WHERE message_id IN ({marks}) ORDER BY 1", ids
         )
     ]
     shas = [
         str(r[0])
         for r in conn.execute(
             f"SELECT DISTINCT snapshot_sha256 FROM messages WHERE message_id IN ({marks}) "
-            "AND snapshot_sha256 IS NOT NULL",
+            "AND snapshot_sha256 IS NOT NULL ORDER BY 1",
             ids,
         )
     ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aggregator.store.backend import is_postgres
 from aggregator.store.schema import Connection
 
 
@@ -50,10 +51,17 @@ def next_seq(conn: Connection, kind: str) -> int:
     return int(row.fetchone()[0]) + 1
 
 
+_SEQUENCE = "pg_get_serial_sequence('releases', 'id')::regclass"
+
+
 def next_id(conn: Connection) -> int:
-    """The id the next release will get (ids are never reused: AUTOINCREMENT)."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'releases'").fetchone()
-    return (int(row[0]) if row else 0) + 1
+    """The id the next release will get (ids are never reused: AUTOINCREMENT; PostgreSQL: the
+    identity column's sequence, which :func:`insert` moves to the id it inserts)."""
+    if is_postgres(conn):
+        row = conn.execute(f"SELECT pg_sequence_last_value({_SEQUENCE})").fetchone()
+    else:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'releases'").fetchone()
+    return (int(row[0]) if row and row[0] is not None else 0) + 1
 
 
 def by_tag(conn: Connection, kind: str, tag: str) -> ReleaseRow | None:
@@ -92,6 +100,12 @@ def insert(
             json.dumps(compat, sort_keys=True),
         ),
     )
+    if is_postgres(conn):  # SQLite's sequence follows an id inserted as is; PostgreSQL's not
+        conn.execute(
+            f"SELECT setval({_SEQUENCE}, GREATEST(?, COALESCE(pg_sequence_last_value("
+            f"{_SEQUENCE}), 0)))",
+            (release_id,),
+        )
     found = get(conn, release_id)
     assert found is not None
     return found

@@ -63,18 +63,17 @@ def create(
     error_threshold: float,
     now_ts: float,
 ) -> int:
-    cur = conn.execute(
+    (rollout_id,) = conn.execute(
         "INSERT INTO rollouts (release_id, mode, shadow_fraction, state, current_group, "
         "success_threshold, error_threshold, created_ts, updated_ts) "
-        "VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?) RETURNING id",
         (release_id, mode, shadow_fraction, success_threshold, error_threshold, now_ts, now_ts),
-    )
-    rollout_id = int(cur.lastrowid or 0)
+    ).fetchone()
     conn.executemany(
         f"INSERT INTO rollout_agents ({_AGENT}) VALUES (?, ?, ?, 'pending', NULL, '{{}}', ?)",
         [(rollout_id, a, i, now_ts) for i, group in enumerate(groups) for a in group],
     )
-    return rollout_id
+    return int(rollout_id)
 
 
 def get(conn: Connection, rollout_id: int) -> RolloutRow | None:

@@ -3,6 +3,9 @@
 Migrations m001..m005 are kept exactly as they were first released, so every existing database
 upgrades; new ones are appended. Readers open their own read-only connections; transactions are
 explicit (:func:`transaction`, :func:`savepoint`).
+
+:func:`connect`, :func:`migrate`, :func:`transaction` and :func:`savepoint` also take the
+PostgreSQL backend (a ``postgresql://`` URL, :mod:`.backend`, migrations in :mod:`.pg_schema`).
 """
 
 from __future__ import annotations
@@ -12,18 +15,26 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any, overload
 
 import sqlite_utils
 
-Connection = sqlite3.Connection
-"""What every store function takes first. A second backend (PostgreSQL through SQLAlchemy Core)
-would put its own connection type here; callers outside the store only pass it along."""
+from aggregator.store.backend import PgConnection, is_postgres, is_postgres_url, redact
+
+Connection = sqlite3.Connection | PgConnection
+"""What every store function takes first: SQLite's own connection, or the PostgreSQL backend's
+(:class:`aggregator.store.backend.PgConnection`); callers outside the store only pass it
+along."""
+
+Target = Path | str
+"""Where the store lives: a SQLite file, or a ``postgresql://`` URL."""
 
 DatabaseError = sqlite3.Error
-"""The base class of what a failing statement raises (the backend's own)."""
+"""The base class of what a failing statement raises, on both backends (PostgreSQL's errors
+are translated into subclasses of it: :class:`aggregator.store.backend.PgDatabaseError`)."""
 
 
 class StoreUnavailable(Exception):
@@ -42,6 +53,53 @@ RECOVERY_STEPS = """The store is corrupt; secagg will not write to it. To recove
      sqlite3 {path}.broken .recover | sqlite3 {path}
   3. start secagg: the agents send again what they still hold (their outboxes keep every
      threat until a receipt), the broker what waited for the aggregator's session."""
+
+
+POSTGRES_MODULES = {
+    "schema": True,
+    "counters": True,
+    "configs": True,
+    "access": True,
+    "plots": True,
+    "agents": True,
+    "releases": True,
+    "rollouts": True,
+    "ota": True,
+    "notifications": True,
+    "events": True,
+    "messages": True,
+    "lineage": True,
+    "compact_lineage": True,
+    "snapshot_files": True,
+    "prune": True,
+    "logs": True,
+    "workers": True,
+}
+"""Which store modules work on PostgreSQL, each tested on both backends
+(``tests/test_store_backends.py``); docs/scale.md, "PostgreSQL backend", says the same."""
+
+POSTGRES_MISSING_OUTSIDE_THE_STORE: tuple[str, ...] = ()
+"""What secagg needs beyond the store modules before it can run on PostgreSQL (nothing since
+``tests/test_postgres_service.py`` runs ``secagg serve`` there; a part added later that does not
+work on PostgreSQL yet is named here, and secagg refuses PostgreSQL until it does)."""
+
+
+class BackendIncomplete(StoreUnavailable):
+    """The store is configured on PostgreSQL and some store modules do not work there yet."""
+
+
+def require_complete(target: Target) -> None:
+    """BackendIncomplete when ``target`` is a PostgreSQL URL while some store module or some
+    part of secagg around the store is not ported: secagg refuses to start rather than run
+    half a service."""
+    missing = [name for name, works in POSTGRES_MODULES.items() if not works]
+    missing += POSTGRES_MISSING_OUTSIDE_THE_STORE
+    if is_postgres_url(target) and missing:
+        raise BackendIncomplete(
+            f"store.url {redact(str(target))}: the PostgreSQL backend is not complete yet; "
+            f"what does not work on it yet: {'; '.join(missing)} "
+            '(docs/scale.md, "PostgreSQL backend"). Use SQLite (store.path) for now.'
+        )
 
 
 def check(path: Path) -> None:
@@ -360,9 +418,16 @@ def m008_row_counts(db: sqlite_utils.Database) -> None:
     )
 
 
-def connect(path: Path, *, readonly: bool = False) -> Connection:
+@overload
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection: ...
+@overload
+def connect(path: Target, *, readonly: bool = False) -> Connection: ...
+def connect(path: Target, *, readonly: bool = False) -> Connection:
     """A connection in autocommit mode (transactions are explicit); StoreUnavailable when the
-    database cannot be opened."""
+    database cannot be opened. ``path``: a SQLite file, or a ``postgresql://`` URL."""
+    if is_postgres_url(path):
+        return _connect_postgres(str(path), readonly=readonly)
+    path = Path(path)
     try:
         if readonly:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -378,11 +443,24 @@ def connect(path: Path, *, readonly: bool = False) -> Connection:
     return conn
 
 
+def _connect_postgres(url: str, *, readonly: bool) -> PgConnection:
+    import psycopg
+
+    try:
+        raw = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        if readonly:
+            raw.execute("SET default_transaction_read_only = on")
+        raw.execute("SET lock_timeout = '5s'")  # what busy_timeout=5000 is to SQLite
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"{redact(url)}: {exc}") from exc
+    return PgConnection(raw, url=url)
+
+
 class ReadPool:
     """A few read-only connections, each lent to one request at a time: opening a connection
     (and its WAL index) per request costs more than most queries the API runs."""
 
-    def __init__(self, path: Path, *, size: int) -> None:
+    def __init__(self, path: Target, *, size: int) -> None:
         self.path = path
         self.size = size
         self._idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
@@ -426,28 +504,57 @@ class ReadPool:
                 return
 
 
-def migrate(path: Path) -> None:
+def migrate(path: Target) -> None:
     """Create or upgrade the schema. Processes that start together on one store (``secagg
-    serve --role``) take turns: an exclusive lock on ``<store>.migrate.lock`` around it."""
+    serve --role``) take turns: on SQLite an exclusive lock on ``<store>.migrate.lock`` around
+    it; on PostgreSQL :func:`.pg_schema.apply` runs each migration under an advisory lock."""
+    if is_postgres_url(path):
+        from aggregator.store import pg_schema
+
+        conn = _connect_postgres(str(path), readonly=False)
+        try:
+            pg_schema.apply(conn)
+        finally:
+            conn.close()
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.migrate.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        conn = connect(path)
+        sconn = connect(path)
         try:
-            migrations.apply(sqlite_utils.Database(conn))
+            migrations.apply(sqlite_utils.Database(sconn))
         finally:
-            conn.close()
+            sconn.close()
 
 
 def checkpoint(conn: Connection) -> None:
-    """Move the write-ahead log into the database file and truncate it (at a clean stop)."""
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    """Move the write-ahead log into the database file and truncate it (at a clean stop).
+    Nothing on PostgreSQL: the server checkpoints its own log."""
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+WRITE_LOCK = 0x5EC466
+"""The PostgreSQL advisory lock every write transaction takes: writers run one at a time, as
+they do on SQLite (BEGIN IMMEDIATE), so each store function sees what it read until it commits.
+The ingest workers of several machines then share one writer at a time; finer locks (row
+locks, ``FOR UPDATE SKIP LOCKED``) are the next step of the PostgreSQL backend."""
 
 
 @contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+    """BEGIN IMMEDIATE ... COMMIT (PostgreSQL: BEGIN and the write lock), rolled back on any
+    error."""
+    if is_postgres(conn):
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    else:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:
@@ -468,14 +575,24 @@ class WriteTurns:
     wakes the next one as soon as the lock is free, where SQLite's busy handler, the only
     wait ``BEGIN IMMEDIATE`` has, sleeps 1, 2, 5, ... up to 100 ms between tries and leaves
     the database idle meanwhile. Correctness does not depend on it (a writer that does not
-    take its turn waits on ``busy_timeout``)."""
+    take its turn waits on ``busy_timeout``).
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(f"{path}.write.lock", "a")  # noqa: SIM115 (held for the life)
+    On PostgreSQL (``path`` a ``postgresql://`` URL) it does nothing: there the write
+    transaction's advisory lock (:data:`WRITE_LOCK`) already makes writers on every machine take
+    turns, and the server wakes the next one as soon as it is released."""
+
+    def __init__(self, path: Target) -> None:
+        self._lock: IO[str] | None = None
+        if not is_postgres_url(path):
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(f"{path}.write.lock", "a")  # noqa: SIM115 (held for the life)
 
     @contextmanager
     def turn(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+            return
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             yield
@@ -483,7 +600,8 @@ class WriteTurns:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
 
 
 MAX_VARIABLES = 32766
@@ -522,17 +640,30 @@ class savepoint:  # lower case: used like the function-style context managers ab
             raise ValueError(f"savepoint name {name!r} is not an identifier")
         self.conn = conn
         self.name = name
+        self.own: AbstractContextManager[Connection] | None = None
 
     def __enter__(self) -> Connection:
+        if is_postgres(self.conn) and not self.conn.in_transaction:
+            # PostgreSQL has no savepoint outside a transaction: this one opens its own.
+            self.own = transaction(self.conn)
+            self.own.__enter__()
         self.conn.execute(f"SAVEPOINT {self.name}")
         return self.conn
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        own, self.own = self.own, None
         if not self.conn.in_transaction:
             return  # SQLite ended the transaction itself (a full disk): nothing to undo here
         if exc_type is not None:
             self.conn.execute(f"ROLLBACK TO {self.name}")
         self.conn.execute(f"RELEASE {self.name}")
+        if own is not None:
+            own.__exit__(exc_type, exc, tb)
 
 
 @migrations()

@@ -34,7 +34,8 @@ def frames_of_event(conn: Connection, event_id: int) -> list[EventFrame]:
 def keep(conn: Connection, event_id: int, kept: Iterable[tuple[str, str]]) -> None:
     """Record the (sha256, role) snapshots an ended event keeps."""
     conn.executemany(
-        "INSERT OR IGNORE INTO snapshots_kept (sha256, event_id, role) VALUES (?, ?, ?)",
+        "INSERT INTO snapshots_kept (sha256, event_id, role) VALUES (?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
         [(sha, event_id, role) for sha, role in kept],
     )
 
@@ -107,10 +108,14 @@ def decide(conn: Connection, deletions: Iterable[tuple[str, str]], *, now_ts: fl
     """Queue (sha256, reason) files for deletion and record why; returns how many."""
     rows = list(deletions)
     conn.executemany(
-        "INSERT OR REPLACE INTO snapshot_deletions (sha256, reason) VALUES (?, ?)", rows
+        "INSERT INTO snapshot_deletions (sha256, reason) VALUES (?, ?) "
+        "ON CONFLICT (sha256) DO UPDATE SET reason = excluded.reason",
+        rows,
     )
     conn.executemany(
-        "INSERT OR REPLACE INTO snapshots_deleted (sha256, reason, deleted_ts) VALUES (?, ?, ?)",
+        "INSERT INTO snapshots_deleted (sha256, reason, deleted_ts) VALUES (?, ?, ?) "
+        "ON CONFLICT (sha256) DO UPDATE SET reason = excluded.reason, "
+        "deleted_ts = excluded.deleted_ts",
         [(sha, reason, now_ts) for sha, reason in rows],
     )
     return len(rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -27,7 +26,7 @@ def headers(role: Role) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[role]}"}
 
 
-def seed_tokens(db_path: Path) -> None:
+def seed_tokens(db_path: store.schema.Target) -> None:
     """Migrate the store at ``db_path`` and give it the test token of each role (once)."""
     store.migrate(db_path)
     conn = store.connect(db_path)

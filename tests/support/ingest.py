@@ -170,11 +170,18 @@ def status_payload(
     }
 
 
-def store_payloads(config: AggregatorConfig, payloads: list[dict[str, Any]]) -> records.BatchResult:
+def store_payloads(
+    config: AggregatorConfig,
+    payloads: list[dict[str, Any]],
+    *,
+    target: store.schema.Target | None = None,
+) -> records.BatchResult:
     """What the ingest writer does with a batch of messages (threats or statuses, by their
-    schema), in its one transaction: the real code path, without a broker."""
-    store.migrate(config.store.path)
-    conn = store.connect(config.store.path)
+    schema), in its one transaction: the real code path, without a broker. ``target``: the
+    store to write (a SQLite file or a PostgreSQL URL; default: the config's SQLite file)."""
+    where = config.store.path if target is None else target
+    store.migrate(where)
+    conn = store.connect(where)
     kinds = {"secagent.status/1": "status"}
     try:
         return records.store_batch(

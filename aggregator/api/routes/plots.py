@@ -77,7 +77,7 @@ def create_plot(request: Request, settings: Settings, query: plots.PlotQuery) ->
         )
     # A short write transaction of its own (plots are rare; the ingest writer owns the rest).
     try:
-        conn = store.connect(settings.store.path)
+        conn = store.connect(settings.store.target)
     except store.StoreUnavailable as exc:
         raise HTTPException(503, f"store not available: {exc}") from exc
     try:
