@@ -63,3 +63,13 @@ for image in "${IMAGES[@]}"; do
         "$ROOT" >/dev/null
     echo "build.sh: secagent/$image:local $("$DOCKER" image inspect -f '{{.Size}}' "secagent/$image:local" | numfmt --to=iec)"
 done
+
+# Day two: a build per commit would keep every commit's images (the GPU one alone is ~3 GB) and
+# an unbounded build cache, until the disk is full. Keep this build's and the `local` tags only,
+# and at most 10 GB of build cache.
+for image in "${IMAGES[@]}"; do
+    "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}' "secagent/$image" |
+        { grep -v -e ":$TAG\$" -e ':local$' || true; } | xargs -r "$DOCKER" rmi >/dev/null || true
+done
+"$DOCKER" image prune -f >/dev/null
+"$DOCKER" builder prune -f --keep-storage 10GB >/dev/null || true

@@ -23,7 +23,14 @@ from aggregator.ingest import Ingest
 from aggregator.store.backend import is_postgres, to_pyformat
 from aggregator.store.models import PlotRow, StatusUpdate
 from demo.postgres import Postgres
-from tests.support.ingest import T0, make_config, status_payload, threat_payload
+from tests.support.ingest import (
+    JPEG_SHA,
+    T0,
+    make_config,
+    payload,
+    status_payload,
+    threat_payload,
+)
 
 # the backend seam -----------------------------------------------------------------------------
 
@@ -948,3 +955,25 @@ def test_ingest_workers_beat_and_leave(store_conn: store.Connection) -> None:
     with store.transaction(store_conn):
         w.leave(store_conn, "w1")
     assert [r.name for r in w.all_of(store_conn)] == ["w2"]
+
+
+def test_a_snapshot_of_an_event_without_a_policy_stays_whatever_else_ends(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """snapshot_files.protected with no event ending (NOT IN (NULL) was never true, so such a
+    snapshot was not protected) and with its own event ending, on both backends."""
+    config = make_config(tmp_path)
+    targets: list[store.schema.Target] = [
+        tmp_path / "protected.sqlite",
+        postgres.create_database("protected"),
+    ]
+    for target in targets:
+        store.migrate(target)
+        _store_batch(target, config, [payload(at_s=0)])
+        conn = store.connect(target)
+        try:
+            (event,) = store.events.list_events(conn, limit=10)
+            assert store.snapshot_files.protected(conn, JPEG_SHA, ending=[]), target
+            assert not store.snapshot_files.protected(conn, JPEG_SHA, ending=[event.id]), target
+        finally:
+            conn.close()

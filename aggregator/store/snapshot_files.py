@@ -56,10 +56,11 @@ def protected(conn: Connection, sha256: str, *, ending: Sequence[int]) -> bool:
     before, or under ``keep: all``)."""
     if conn.execute("SELECT 1 FROM snapshots_kept WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone():
         return True
-    marks = ",".join("?" * len(ending)) or "NULL"
+    # no IN () on PostgreSQL, and NOT IN (NULL) is never true: leave the test out when empty
+    others = f"AND t.event_id NOT IN ({','.join('?' * len(ending))}) " if ending else ""
     row = conn.execute(
         "SELECT 1 FROM messages m JOIN threats t ON t.message_id = m.message_id "
-        f"WHERE m.snapshot_sha256 = ? AND t.event_id NOT IN ({marks}) AND NOT EXISTS "
+        f"WHERE m.snapshot_sha256 = ? {others}AND NOT EXISTS "
         "(SELECT 1 FROM snapshots_kept k WHERE k.event_id = t.event_id) LIMIT 1",
         (sha256, *ending),
     ).fetchone()
