@@ -38,7 +38,7 @@ mosquitto:
 	@# the Debian package may start a system broker; secagent never uses it (it runs its own)
 
 # The store's PostgreSQL backend is tested against a private cluster the tests create with the
-# Debian package's initdb and pg_ctl (tests/support/postgres.py), never a server already running.
+# Debian package's initdb and pg_ctl (demo/postgres.py), never a server already running.
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		echo "installing PostgreSQL for the store's PostgreSQL tests (Debian package)"; \
