@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from aggregator import events, records, store  # noqa: E402
 from aggregator.config import AggregatorConfig  # noqa: E402
+from bench.ingest import threat_doc  # noqa: E402
 from demo.broker import Mosquitto, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -65,35 +65,11 @@ def populate(config: AggregatorConfig, messages: int) -> None:
     store.migrate(config.store.path)
     conn = store.connect(config.store.path)
     t0 = datetime.now(UTC) - timedelta(days=2)
-    box = {"label": "person", "class_id": 0, "score": 0.8, "xyxy": [486.7, 358, 794.2, 720]}
     batch = []
     for i in range(messages):
         at = (t0 + timedelta(seconds=(i // 10) * 60 + i % 10)).isoformat()
-        doc = {
-            "schema": "secagent.threat/1",
-            "message_id": uuid.uuid4().hex,
-            "agent_id": "bench-host",
-            "camera": f"cam-{i % 4}",
-            "lineage_id": uuid.uuid4().hex,
-            "frame": {
-                "frame_id": uuid.uuid4().hex,
-                "sha256": f"{i:064x}",
-                "kind": "file",
-                "source": f"/incoming/{i}.jpg",
-                "captured_at": at,
-                "width": 1280,
-                "height": 720,
-            },
-            "detections": [box],
-            "threats": [{**box, "rule": "person_on_premises", "severity": "high"}],
-            "versions": {
-                "code": "bench",
-                "model_sha256": "a" * 64,
-                "rules_sha256": "b" * 64,
-                "config_sha256": "c" * 64,
-            },
-            "sent_at": at,
-        }
+        doc = threat_doc(i, at, agent="bench-host", kind="file", source=f"/incoming/{i}.jpg")
+        doc["schema"] = "secagent.threat/1"
         batch.append(("secagent/v1/bench-host/threats", json.dumps(doc).encode()))
     grouping = events.Grouping.from_config(config.events)
     for start in range(0, len(batch), 500):

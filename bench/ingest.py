@@ -83,6 +83,36 @@ def snapshots(n: int) -> list[bytes]:
     return out
 
 
+def threat_doc(i: int, at: str, *, agent: str, kind: str, source: str) -> dict[str, Any]:
+    """The i-th threat message of ``agent`` (no schema, no snapshot): one person threat on
+    camera ``cam-<i % 4>``, captured (and sent) at ``at``."""
+    box = {"label": "person", "class_id": 0, "score": 0.8, "xyxy": [486.7, 358, 794.2, 720]}
+    return {
+        "message_id": uuid.uuid4().hex,
+        "agent_id": agent,
+        "camera": f"cam-{i % 4}",
+        "lineage_id": uuid.uuid4().hex,
+        "frame": {
+            "frame_id": uuid.uuid4().hex,
+            "sha256": f"{i:064x}",
+            "kind": kind,
+            "source": source,
+            "captured_at": at,
+            "width": 1280,
+            "height": 720,
+        },
+        "detections": [box],
+        "threats": [{**box, "rule": "person_on_premises", "severity": "high"}],
+        "versions": {
+            "code": "bench",
+            "model_sha256": "a" * 64,
+            "rules_sha256": "b" * 64,
+            "config_sha256": "c" * 64,
+        },
+        "sent_at": at,
+    }
+
+
 def payloads(n: int, *, snapshot: bool = True, wire: int = 2) -> list[bytes]:
     """n threat messages of one agent over four cameras, one threat each, half a second apart
     (so they group into four events)."""
@@ -90,32 +120,8 @@ def payloads(n: int, *, snapshot: bool = True, wire: int = 2) -> list[bytes]:
     t0 = datetime.now(UTC)
     out = []
     for i, jpeg in enumerate(jpegs):
-        box = {"label": "person", "class_id": 0, "score": 0.8, "xyxy": [486.7, 358, 794.2, 720]}
         at = (t0 + timedelta(seconds=i * 0.5)).isoformat()
-        doc: dict[str, Any] = {
-            "message_id": uuid.uuid4().hex,
-            "agent_id": AGENT,
-            "camera": f"cam-{i % 4}",
-            "lineage_id": uuid.uuid4().hex,
-            "frame": {
-                "frame_id": uuid.uuid4().hex,
-                "sha256": f"{i:064x}",
-                "kind": "video",
-                "source": f"bench.avi#{i}",
-                "captured_at": at,
-                "width": 1280,
-                "height": 720,
-            },
-            "detections": [box],
-            "threats": [{**box, "rule": "person_on_premises", "severity": "high"}],
-            "versions": {
-                "code": "bench",
-                "model_sha256": "a" * 64,
-                "rules_sha256": "b" * 64,
-                "config_sha256": "c" * 64,
-            },
-            "sent_at": at,
-        }
+        doc = threat_doc(i, at, agent=AGENT, kind="video", source=f"bench.avi#{i}")
         if wire == 1:
             doc["schema"] = "secagent.threat/1"
             doc["snapshot_jpeg_b64"] = None if jpeg is None else base64.b64encode(jpeg).decode()

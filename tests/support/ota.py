@@ -54,18 +54,7 @@ def tiny_model(
         width=width,
         metadata={"padding": padding} if padding else None,
     )
-    manifest = folder / f"{name}.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "name": name,
-                "file": onnx.name,
-                "sha256": hashlib.sha256(onnx.read_bytes()).hexdigest(),
-                "layout": "yolov8",
-            }
-        )
-    )
-    return manifest
+    return yolov8_manifest(onnx, name)
 
 
 def bright_failing_model(folder: Path, name: str, *, x: float, above: float = 0.7) -> Path:
@@ -105,18 +94,7 @@ def bright_failing_model(folder: Path, name: str, *, x: float, above: float = 0.
     onnx.checker.check_model(model)
     onnx_path = folder / f"{name}.onnx"
     onnx.save(model, str(onnx_path))
-    manifest = folder / f"{name}.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "name": name,
-                "file": onnx_path.name,
-                "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-                "layout": "yolov8",
-            }
-        )
-    )
-    return manifest
+    return yolov8_manifest(onnx_path, name)
 
 
 def slow_bright_model(folder: Path, name: str, *, x: float, bright_ms: float) -> Path:
@@ -127,7 +105,12 @@ def slow_bright_model(folder: Path, name: str, *, x: float, bright_ms: float) ->
     onnx_path = slow_model(
         folder / f"{name}.onnx", trips=calibrated_trips(folder, at_least_ms=bright_ms), x=x
     )
-    manifest = folder / f"{name}.yaml"
+    return yolov8_manifest(onnx_path, name)
+
+
+def yolov8_manifest(onnx_path: Path, name: str) -> Path:
+    """The manifest ``<name>.yaml`` beside ``onnx_path``: a YOLOv8 layout, its sha256."""
+    manifest = onnx_path.parent / f"{name}.yaml"
     manifest.write_text(
         yaml.safe_dump(
             {
