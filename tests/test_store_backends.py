@@ -20,7 +20,7 @@ from aggregator.api import create_app
 from aggregator.cli import main
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import Ingest
-from aggregator.store.backend import is_postgres, to_pyformat
+from aggregator.store.backend import is_postgres, to_native
 from aggregator.store.models import PlotRow, StatusUpdate
 from demo.postgres import Postgres
 from tests.support.ingest import (
@@ -35,19 +35,30 @@ from tests.support.ingest import (
 # the backend seam -----------------------------------------------------------------------------
 
 
+_MANY = "".join(f"${i}, " for i in range(1, 2001))
+
+
 @pytest.mark.parametrize(
-    ("sql", "expected"),
+    ("sql", "expected", "names"),
     [
-        ("SELECT ? , ?", "SELECT %s , %s"),
-        ("VALUES (:agent_id, :clock_max)", "VALUES (%(agent_id)s, %(clock_max)s)"),
-        ("SELECT x::text WHERE a LIKE '50%?'", "SELECT x::text WHERE a LIKE '50%%?'"),
-        ("SELECT 'a:b' || \"c?\" , ?", "SELECT 'a:b' || \"c?\" , %s"),
-        ("SELECT 100 % 7", "SELECT 100 %% 7"),
-        ("SELECT " + "?, " * 2000 + "'%'", "SELECT " + "%s, " * 2000 + "'%%'"),  # not cached
+        ("SELECT ? , ?", "SELECT $1 , $2", None),
+        ("VALUES (:agent, :clock_max, :agent)", "VALUES ($1, $2, $1)", ("agent", "clock_max")),
+        ("SELECT x::text WHERE a LIKE '5%?' OR ?", "SELECT x::text WHERE a LIKE '5%?' OR $1", None),
+        ("SELECT 'a:b' || \"c?\" , ?", "SELECT 'a:b' || \"c?\" , $1", None),
+        ("SELECT 100 % 7", "SELECT 100 % 7", None),
+        ("SELECT " + "?, " * 2000 + "'%'", "SELECT " + _MANY + "'%'", None),  # long, quoted
+        ("SELECT " + "?, " * 2000 + "1", "SELECT " + _MANY + "1", None),  # long, no quotes
     ],
-)
-def test_placeholders_become_psycopg_s(sql: str, expected: str) -> None:
-    assert to_pyformat(sql) == expected
+)  # fmt: skip
+def test_placeholders_become_numbered(
+    sql: str, expected: str, names: tuple[str, ...] | None
+) -> None:
+    assert to_native(sql) == (expected, names)
+
+
+def test_placeholders_of_both_kinds_are_refused() -> None:
+    with pytest.raises(ValueError, match="both"):
+        to_native("SELECT ?, :name")
 
 
 def _sqlite_schema(path: Path) -> tuple[dict[str, list[tuple[str, str]]], set[str]]:
