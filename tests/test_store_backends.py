@@ -200,6 +200,43 @@ def test_a_value_refused_is_the_messages_fault_a_failure_is_the_stores(
         assert isinstance(caught.value.__cause__, psycopg.Error)
 
 
+def test_many_rows_are_stored_as_given_or_none_of_them(store_conn: store.Connection) -> None:
+    """``schema.insert_values``, the ingest's many-row insert (one ``COPY`` on PostgreSQL, one
+    ``INSERT ... VALUES`` on SQLite): every value back as it went in (text with quotes, tabs,
+    backslashes, newlines and COPY's own ``\\N``, None, floats to the last bit, big integers,
+    the identity column's default); a row the table refuses refuses them all, and the
+    savepoint is usable after."""
+    insert = (
+        "INSERT INTO run_logs (source, agent_id, level, logger, msg, at_ts, received_ts, "
+        "lineage_id, event_id) VALUES"
+    )
+    odd = "a'b\"c\td\\e\nf %s ? $1 \\N é"
+    lineage = [odd, None]
+    rows = [
+        ("agent", f"a-{i}", "info", odd, odd, 0.1 * i + 1e-12, 1e300, lineage[i % 2], 2**62 + i)
+        for i in range(300)
+    ]
+    with store.transaction(store_conn):
+        store.schema.insert_values(store_conn, insert, rows)
+    found = store_conn.execute(
+        "SELECT id, source, agent_id, level, logger, msg, at_ts, received_ts, lineage_id, "
+        "event_id FROM run_logs ORDER BY id"
+    ).fetchall()
+    assert [tuple(r)[1:] for r in found] == rows
+    assert len({r[0] for r in found}) == len(rows)  # ids from the identity, each its own
+    row = ("agent", "after", "info", "x", "m", 2.0, 2.0, None, None)
+    with store.transaction(store_conn):
+        with pytest.raises(sqlite3.IntegrityError), store.savepoint(store_conn, "many"):
+            store.schema.insert_values(
+                store_conn,
+                insert,
+                [row, (*row[:4], None, *row[5:])],  # msg is NOT NULL
+            )
+        store.schema.insert_values(store_conn, insert, [row])
+    after = store_conn.execute("SELECT agent_id FROM run_logs WHERE msg = 'm'").fetchall()
+    assert [r[0] for r in after] == ["after"]
+
+
 # counters ------------------------------------------------------------------------------------
 
 

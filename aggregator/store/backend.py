@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -221,6 +222,9 @@ class PgCursor:
         return iter(self.fetchall())
 
 
+_INSERT_INTO = re.compile(r"INSERT INTO (\w+ \([\w, ]+\)) VALUES")
+
+
 class PgConnection:
     """A psycopg connection in autocommit mode (transactions are explicit, as on SQLite)."""
 
@@ -261,6 +265,26 @@ class PgConnection:
         except self._errors as exc:
             raise translate(exc) from exc
         return PgCursor(cur)
+
+    def copy_rows(self, insert: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Store ``rows`` with ``insert`` (``INSERT INTO t (a, b) VALUES``, without the values)
+        as one ``COPY t (a, b) FROM STDIN``: for the ingest's many-row inserts, about half the
+        server's time of a many-row ``INSERT`` and a third of the client's (no statement of
+        thousands of placeholders to send, parse and plan; psycopg writes the rows in C).
+        The same rows, defaults, constraints and triggers as the ``INSERT``; a refused row
+        fails it all, as it fails the ``INSERT``."""
+        found = _INSERT_INTO.fullmatch(insert)
+        if found is None:
+            raise ValueError(f"not an INSERT INTO t (columns) VALUES: {insert[:200]}")
+        cur = self.raw.cursor()
+        try:
+            with cur.copy(f"COPY {found[1]} FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except self._errors as exc:
+            raise translate(exc) from exc
+        finally:
+            cur.close()
 
     @property
     def in_transaction(self) -> bool:

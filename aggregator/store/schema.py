@@ -617,8 +617,12 @@ def insert_values(
     fit, where ``executemany`` would run one statement a row. Python's sqlite3 lets other
     threads run while each statement runs, and takes the interpreter lock back after it: a
     statement a row means waiting for that lock once a row, which the ingest's network thread
-    holds most of the time."""
+    holds most of the time. On PostgreSQL, without ``then``, the rows go in one ``COPY``
+    (:meth:`~aggregator.store.backend.PgConnection.copy_rows`)."""
     if not rows:
+        return
+    if isinstance(conn, PgConnection) and not then:
+        conn.copy_rows(insert, rows)  # PostgreSQL's bulk path (COPY); SQLite has none
         return
     width = len(rows[0])
     per = max(1, MAX_VARIABLES // width)
