@@ -23,8 +23,9 @@ files are counted apart. Rounds alternate which consumer goes first.
     python bench/ingest.py --backend postgresql    # the store on a private PostgreSQL cluster
 
 With ``--backend postgresql`` the store is a new database of a private cluster
-(``demo/postgres.py``, fsync off as in the tests) for each round: the server's own CPU is not in
-secagg's figure (it runs in its own processes), and the database bytes per threat are the
+(``demo/postgres.py``, fsync off as in the tests) for each round; the server's own CPU (its
+processes, from ``/proc``, from "go" to the result) is printed beside secagg's as ``+ server``,
+since there it is not in secagg's process as SQLite's is; the database bytes per threat are the
 growth of ``pg_database_size``.
 
 Targets (issue 13): rate ratio >= 0.5 for 1 KiB messages, >= 0.3 with a snapshot, zero lost,
@@ -326,6 +327,7 @@ class Round:
     rate: float  # messages/s
     cpu_us: float  # CPU µs per message
     result: dict[str, Any]
+    server_cpu_us: float | None = None  # the PostgreSQL cluster's CPU µs per message
 
 
 def run_child(
@@ -338,6 +340,7 @@ def run_child(
     profile: str | None = None,
     log_level: str = "info",
     store_url: str | None = None,
+    server: Postgres | None = None,
 ) -> Round:
     cmd = [
         sys.executable,
@@ -374,16 +377,23 @@ def run_child(
         assert proc.stdin is not None and proc.stdout is not None
         _expect(proc.stdout, "ready", kind)
         publish_all(broker, messages)  # queued for the child's session while it is away
+        server_cpu0 = server.cpu_s() if server else 0.0
         proc.stdin.write("go\n")
         proc.stdin.flush()
         line = _expect(proc.stdout, "result ", kind)
+        server_cpu = server.cpu_s() - server_cpu0 if server else None
         if proc.wait(60) != 0:
             raise SystemExit(f"{kind}: exit status {proc.returncode}")
     result: dict[str, Any] = json.loads(line.removeprefix("result "))
     n = len(messages)
     if result["received"] < n or result.get("stored", n) < n or result.get("rejected"):
         raise SystemExit(f"{kind}: lost or refused messages: {result}")
-    return Round(rate=n / result["elapsed_s"], cpu_us=result["cpu_s"] / n * 1e6, result=result)
+    return Round(
+        rate=n / result["elapsed_s"],
+        cpu_us=result["cpu_s"] / n * 1e6,
+        result=result,
+        server_cpu_us=None if server_cpu is None else server_cpu / n * 1e6,
+    )
 
 
 def _expect(stream: IO[str], prefix: str, kind: str) -> str:
@@ -466,6 +476,7 @@ def main() -> int:
                         profile=profile,
                         log_level=args.log_level,
                         store_url=pg.create_database(f"secagg_{r}") if pg else None,
+                        server=pg,
                     )
 
                 def plain(r: int = r) -> Round:
@@ -481,9 +492,10 @@ def main() -> int:
                     bare.append(plain())
                     agg.append(secagg())
                 a, b = agg[-1], bare[-1]
+                server = "" if a.server_cpu_us is None else f" + server {a.server_cpu_us:.0f}"
                 print(
                     f"round {r + 1}: bare {b.rate:.0f} msg/s {b.cpu_us:.0f} µs CPU/msg; "
-                    f"secagg {a.rate:.0f} msg/s {a.cpu_us:.0f} µs CPU/msg; "
+                    f"secagg {a.rate:.0f} msg/s {a.cpu_us:.0f}{server} µs CPU/msg; "
                     f"ratio {a.rate / b.rate:.2f}; database {a.result['db_growth_bytes']} B, "
                     f"snapshots {a.result['snapshot_bytes']} B in {a.result['snapshot_files']} "
                     "files",
@@ -494,14 +506,16 @@ def main() -> int:
     db_per_threat = _median([a.result["db_growth_bytes"] / a.result["stored"] for a in agg])
     snap_per_threat = _median([a.result["snapshot_bytes"] / a.result["stored"] for a in agg])
     kind = "no snapshot" if args.no_snapshot else f"threat/{args.wire} with a snapshot"
+    server = ""
     if args.backend != "sqlite":
         kind += f", store on {args.backend}"
+        server = f" + server {_median([a.server_cpu_us or 0.0 for a in agg]):.0f}"
     print(
         f"{n} threat messages of {size_kb:.1f} KiB ({kind}), zero lost, medians of "
         f"{args.rounds} alternating rounds: bare paho {_median([b.rate for b in bare]):.0f} "
         f"msg/s, {_median([b.cpu_us for b in bare]):.0f} µs CPU/msg; secagg "
-        f"{_median([a.rate for a in agg]):.0f} msg/s, {_median([a.cpu_us for a in agg]):.0f} "
-        f"µs CPU/msg; ratio {ratio:.2f}; database {db_per_threat:.0f} B/threat, snapshots "
+        f"{_median([a.rate for a in agg]):.0f} msg/s, {_median([a.cpu_us for a in agg]):.0f}"
+        f"{server} µs CPU/msg; ratio {ratio:.2f}; database {db_per_threat:.0f} B/threat, snapshots "
         f"{snap_per_threat:.0f} B/threat"
     )
     return 0

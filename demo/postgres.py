@@ -182,6 +182,24 @@ class Postgres:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the cluster's processes have used so far: the postmaster,
+        its children alive now (a backend per connection, the writers) and those it has reaped
+        (``/proc``; Linux). The benchmarks count the server's share of a message with it."""
+        assert self.proc is not None, "start() first"
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            if stat.parent.name == str(self.proc.pid):
+                total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+            elif fields[1] == str(self.proc.pid):  # ppid
+                total += int(fields[11]) + int(fields[12])
+        return total / ticks
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT: open sessions are ended), then the cluster is deleted."""
         if self.proc is not None:
