@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -54,13 +55,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aggregator import store  # noqa: E402
+from aggregator.store.backend import is_postgres  # noqa: E402
 from aggregator.store.models import EventRow, MessageRow, NewEvent, NewThreat  # noqa: E402
 from demo.broker import Mosquitto, free_port  # noqa: E402
+from demo.postgres import Postgres  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AGENTS = 20
@@ -98,11 +102,58 @@ def _hex(rng: random.Random, bits: int) -> str:
     return f"{rng.getrandbits(bits):0{bits // 4}x}"
 
 
-def build(db: Path, layout: Layout, *, chunk_events: int = 2000) -> None:
-    """Fill a fresh store at ``db`` with ``layout``: events, one message a threat, threats,
+@dataclass(frozen=True)
+class BenchStore:
+    """Where the store is: a SQLite file, or the database ``api_scale`` of a PostgreSQL
+    cluster kept between runs (``pg``, started by the bench)."""
+
+    target: store.schema.Target
+    meta: Path
+    """What it holds (JSON: the layout, ``t0``, the build time)."""
+    pg: Postgres | None = None
+
+    def exists(self) -> bool:
+        if self.pg is None:
+            return Path(self.target).is_file()
+        with psycopg.connect(self.pg.url()) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'api_scale'")
+            return found.fetchone() is not None
+
+    def empty(self) -> None:
+        """Make a new empty store where this one is (deleting what was there)."""
+        if self.pg is None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.target}{suffix}").unlink(missing_ok=True)
+            return
+        with psycopg.connect(self.pg.url(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS api_scale")
+        self.pg.create_database("api_scale")
+
+    def size_bytes(self) -> int:
+        if self.pg is None:
+            files = (Path(f"{self.target}{s}") for s in ("", "-wal"))
+            return sum(f.stat().st_size for f in files if f.exists())
+        with psycopg.connect(str(self.target)) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def server_cpu_s(self) -> float:
+        """CPU seconds the PostgreSQL cluster's processes have used (0 on SQLite: its work is
+        in secagg's process)."""
+        return 0.0 if self.pg is None else self.pg.cpu_s()
+
+    def store_config(self) -> dict[str, object]:
+        if self.pg is None:
+            return {"path": str(self.target), "check_on_start": False}
+        return {"url": str(self.target)}
+
+
+def build(where: BenchStore, layout: Layout, *, chunk_events: int = 2000) -> None:
+    """Fill a fresh store at ``where`` with ``layout``: events, one message a threat, threats,
     compact lineage run ids, row counts, agents."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    where.empty()
+    db = where.target
     store.migrate(db)
     rng = random.Random(13)
     versions = {k: hashlib.sha256(k.encode()).hexdigest() for k in ("model", "rules", "config")}
@@ -183,29 +234,31 @@ def build(db: Path, layout: Layout, *, chunk_events: int = 2000) -> None:
                     clock_max_ts=layout.end_ts + 86400,
                 )
         store.checkpoint(conn)
+        if is_postgres(conn):  # as autovacuum would, soon: the planner's statistics
+            conn.execute("VACUUM ANALYZE")
     finally:
         conn.close()
 
 
-def cached_store(db: Path, layout: Layout, *, rebuild: bool) -> float | None:
-    """Build the store unless ``db`` holds this layout already; returns the build time in
+def cached_store(where: BenchStore, layout: Layout, *, rebuild: bool) -> float | None:
+    """Build the store unless ``where`` holds this layout already; returns the build time in
     seconds (None: reused)."""
-    meta = Path(f"{db}.json")
+    meta = where.meta
     wanted = {"layout": LAYOUT, "events": layout.events, "per": layout.threats_per_event}
-    if not rebuild and db.is_file() and meta.is_file():
+    if not rebuild and meta.is_file() and where.exists():
         found = json.loads(meta.read_text())
         if {k: found.get(k) for k in wanted} == wanted:
             return None
     meta.unlink(missing_ok=True)
-    db.parent.mkdir(parents=True, exist_ok=True)
+    meta.parent.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    build(db, layout)
+    build(where, layout)
     took = time.monotonic() - began
     meta.write_text(json.dumps({**wanted, "t0": layout.t0, "build_s": round(took, 1)}))
     return took
 
 
-def make_token(db: Path, role: str) -> str:
+def make_token(db: store.schema.Target, role: str) -> str:
     from aggregator.auth import accounts
     from aggregator.auth.roles import Role
 
@@ -341,6 +394,12 @@ def wait_up(
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--db", type=Path, default=ROOT / "var" / "bench" / "api_scale.sqlite")
+    parser.add_argument(
+        "--pg-dir",
+        type=Path,
+        default=ROOT / "var" / "bench" / "api_scale-pg",
+        help="--backend postgresql: the folder of the cluster kept between runs",
+    )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--threats-per-event", type=int, default=10)
     parser.add_argument("--requests", type=int, default=200, help="per route")
@@ -351,21 +410,32 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="show secagg's log")
     parser.add_argument("--only", default="", help="comma-separated route names to run")
     args = parser.parse_args()
-    if args.backend != "sqlite":
-        raise SystemExit("--backend postgresql: this benchmark does not drive that backend yet")
-    db: Path = args.db.resolve()
+    with contextlib.ExitStack() as stack:
+        if args.backend == "postgresql":
+            pg_dir: Path = args.pg_dir.resolve()
+            pg = stack.enter_context(Postgres(keep_at=pg_dir, durable=True))
+            where = BenchStore(pg.url("api_scale"), Path(f"{pg_dir}.json"), pg)
+            shown = f"{pg_dir} (postgresql, database api_scale)"
+        else:
+            db: Path = args.db.resolve()
+            where = BenchStore(db, Path(f"{db}.json"))
+            shown = f"{db} (sqlite)"
+        run(where, shown, args)
+
+
+def run(where: BenchStore, shown: str, args: argparse.Namespace) -> None:
     t0 = float(int(time.time() // 86400 * 86400) - 70 * 86400)
-    meta = Path(f"{db}.json")
+    meta = where.meta
     if meta.is_file() and not args.rebuild:
         t0 = float(json.loads(meta.read_text()).get("t0", t0))
     layout = Layout(args.events, args.threats_per_event, t0)
-    print(f"store {db} ({args.backend})")
-    build_s = cached_store(db, layout, rebuild=args.rebuild)
+    print(f"store {shown}", flush=True)
+    build_s = cached_store(where, layout, rebuild=args.rebuild)
     if build_s is None:
         print(f"  reused (built in {json.loads(meta.read_text()).get('build_s')} s)")
     else:
         print(f"  built in {build_s:.0f} s")
-    headers = {"Authorization": f"Bearer {make_token(db, 'operator')}"}
+    headers = {"Authorization": f"Bearer {make_token(where.target, 'operator')}"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         port = free_port()
@@ -375,10 +445,9 @@ def main() -> None:
                     {
                         "mqtt": {"host": broker.host, "port": broker.port},
                         "store": {
-                            "path": str(db),
+                            **where.store_config(),
                             "plots_dir": str(work / "plots"),
                             "snapshots_dir": str(work / "snapshots"),
-                            "check_on_start": False,
                         },
                         "api": {"host": "127.0.0.1", "port": port, "plots_per_minute": 10000},
                         "events": {"sites": SITE_OF},
@@ -411,6 +480,7 @@ def main() -> None:
                     if not only or name in only or name == "ping"
                 }
                 cpu_total: dict[str, float] = {}
+                db_total: dict[str, float] = {}
                 for request in chosen.values():  # warm up: the pool opens connections
                     asyncio.run(
                         measure(base, request, requests=5, clients=args.clients, headers=headers)
@@ -418,6 +488,7 @@ def main() -> None:
                 for _ in range(args.rounds):  # routes in turn: a noisy moment hits them all
                     for name, request in chosen.items():
                         cpu_before = cpu_s(server.pid)
+                        db_before = where.server_cpu_s()
                         found.setdefault(name, []).extend(
                             asyncio.run(
                                 measure(
@@ -431,19 +502,23 @@ def main() -> None:
                             )
                         )
                         cpu_total[name] = cpu_total.get(name, 0.0) + cpu_s(server.pid) - cpu_before
+                        db_total[name] = db_total.get(name, 0.0) + where.server_cpu_s() - db_before
                 cpu_us = {name: cpu_total[name] / len(lat) * 1e6 for name, lat in found.items()}
+                db_us = {name: db_total[name] / len(lat) * 1e6 for name, lat in found.items()}
             finally:
                 server.terminate()
                 server.wait(30)
-    size = sum(Path(f"{db}{s}").stat().st_size for s in ("", "-wal") if Path(f"{db}{s}").exists())
+    size = where.size_bytes()
     print(
         f"{layout.events:,} events, {layout.events * layout.threats_per_event:,} threats; "
         f"database {size / 2**30:.2f} GiB; {args.clients} client(s), {args.requests} requests "
         f"a route (plot draw: 20) in {args.rounds} rounds"
     )
+    on_pg = where.pg is not None
     print(
         f"{'route':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/ping':>9s} {'server CPU us':>14s}"
-        "  target p99 < 50 ms"
+        + (f" {'db CPU us':>10s}" if on_pg else "")
+        + "  target p99 < 50 ms"
     )
     ping = statistics.quantiles(found["ping"], n=100)[98]
     missed = []
@@ -455,7 +530,7 @@ def main() -> None:
             missed.append(name)
         print(
             f"{name:28s} {q[49] * 1000:8.1f} {q[98] * 1000:8.1f} {q[98] / ping:9.1f} "
-            f"{cpu_us[name]:14.0f}  {verdict}"
+            f"{cpu_us[name]:14.0f}" + (f" {db_us[name]:10.0f}" if on_pg else "") + f"  {verdict}"
         )
     print("verdict: " + ("met for every list and event page" if not missed else
                          f"MISSED for {', '.join(missed)}"))  # fmt: skip

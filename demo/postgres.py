@@ -8,6 +8,9 @@ package's ``postgres`` user (``nobody`` without it) and both programs run as tha
 
 ``fsync`` is off (``durable=False``, the default): a test cluster need not survive a power
 cut, and each commit then costs no disk flush.
+
+``keep_at=FOLDER`` (the benchmarks' big stores): the cluster lives in that folder instead, is
+made there by the first start and used again by the next ones, and ``stop`` leaves it there.
 """
 
 from __future__ import annotations
@@ -60,10 +63,13 @@ def _run_as() -> pwd.struct_passwd | None:
 class Postgres:
     """``with Postgres() as pg: pg.url("db")``; ``create_database(name)`` makes a fresh one."""
 
-    def __init__(self, *, port: int | None = None, durable: bool = False) -> None:
+    def __init__(
+        self, *, port: int | None = None, durable: bool = False, keep_at: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.durable = durable
+        self.keep_at = None if keep_at is None else keep_at.resolve()
         self.bindir = find_bindir()
         self.user = _run_as()
         self.workdir: Path | None = None
@@ -98,30 +104,15 @@ class Postgres:
     def start(self, *, timeout_s: float = 30.0) -> Postgres:
         # Not under pytest's tmp_path: a folder of mode 0700 owned by root that the cluster's
         # user could not enter. mkdtemp makes a 0700 folder of our own under /tmp.
-        self.workdir = Path(tempfile.mkdtemp(prefix="secagg-pg-"))
+        if self.keep_at is not None:
+            self.workdir = self.keep_at
+            self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="secagg-pg-"))
         if self.user is not None:
             os.chown(self.workdir, self.user.pw_uid, self.user.pw_gid)
-        init = subprocess.run(
-            [
-                str(self.bindir / "initdb"),
-                "-D",
-                str(self.datadir),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-            capture_output=True,
-            check=False,
-            user=self._uid,
-            group=self._gid,
-            extra_groups=self._groups,
-        )
-        if init.returncode != 0:
-            self._remove()
-            raise PostgresError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
+        if not (self.datadir / "PG_VERSION").is_file():
+            self._initdb()
         settings = {
             "listen_addresses": self.host,
             "port": str(self.port),
@@ -150,6 +141,29 @@ class Postgres:
             self.stop()
             raise
         return self
+
+    def _initdb(self) -> None:
+        init = subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            capture_output=True,
+            check=False,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._groups,
+        )
+        if init.returncode != 0:
+            self._remove()
+            raise PostgresError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
 
     def _wait_ready(self, *, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -201,7 +215,8 @@ class Postgres:
         return total / ticks
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT: open sessions are ended), then the cluster is deleted."""
+        """Fast shutdown (SIGINT: open sessions are ended), then the cluster is deleted (unless
+        it is kept: ``keep_at``)."""
         if self.proc is not None:
             self.proc.send_signal(2)
             try:
@@ -213,9 +228,9 @@ class Postgres:
         self._remove()
 
     def _remove(self) -> None:
-        if self.workdir is not None:
+        if self.workdir is not None and self.keep_at is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+        self.workdir = None
 
     def __enter__(self) -> Postgres:
         return self.start()
