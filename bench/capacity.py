@@ -361,7 +361,11 @@ def report(c: Costs, per_conn_kib: float, args: argparse.Namespace) -> None:
             f"one core of {name}: {per_core:,.0f} msg/s = {per_core / average:,.0f} agents "
             f"on average, {per_core / peak:,.0f} with all in view at once"
         )
-    print(f"broker memory: {1024 * 1024 / per_conn_kib:,.0f} agents connected over TLS a GiB")
+    if per_conn_kib > 0:
+        agents = f"{1024 * 1024 / per_conn_kib:,.0f}"
+    else:  # too few connections to move the resident size by a page
+        agents = "(too few connections to tell)"
+    print(f"broker memory: {agents} agents connected over TLS a GiB")
 
 
 if __name__ == "__main__":
