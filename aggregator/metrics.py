@@ -5,7 +5,10 @@
   ``secagg_ingest_batches_total``, ``secagg_ingest_failed_batches_total``,
   ``secagg_ingest_batch_seconds`` (histogram: one committed batch);
 - ``secagg_broker_connected``, ``secagg_events_open``, ``secagg_events``,
-  ``secagg_notifications{state}``, ``secagg_agents{state}`` (read from the store at scrape);
+  ``secagg_notifications{state}``, ``secagg_agents{state}``, ``secagg_agent_outbox_messages``
+  and ``secagg_agent_outbox_oldest_seconds`` (the threat messages waiting in the agents'
+  outboxes and the age of the oldest, as their last statuses said: the backlog that more
+  ingest workers drain; read from the store at scrape);
 - ``secagg_run_log_lines_stored_total``, ``secagg_run_log_lines_dropped_total{reason}``;
 - ``secagg_api_request_seconds{method, route, status}`` (histogram, by route template).
 """
@@ -109,8 +112,11 @@ class AggregatorMetrics:
             counts = store.counters.row_counts(conn)
             notifications = store.notifications.count_by_state(conn)
             agents: dict[str, int] = {}
+            waiting, oldest = 0, 0.0
             for agent in store.agents.list_agents(conn):
                 agents[agent.state] = agents.get(agent.state, 0) + 1
+                waiting += agent.outbox_depth
+                oldest = max(oldest, agent.outbox_oldest_age_s)
         except store.DatabaseError:
             return
         finally:
@@ -133,6 +139,13 @@ class AggregatorMetrics:
         for state in ("online", "offline"):
             agent_states.add_metric([state], agents.get(state, 0))
         yield agent_states
+        for name, number, text in (
+            ("messages", waiting, "threat messages waiting in the agents' outboxes"),
+            ("oldest_seconds", oldest, "age of the oldest message waiting in an agent's outbox"),
+        ):
+            family = GaugeMetricFamily(f"secagg_agent_outbox_{name}", text)
+            family.add_metric([], number)
+            yield family
 
     async def middleware(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]

@@ -21,7 +21,7 @@ from demo.broker import Mosquitto, free_port
 from demo.footage import write_door_stills
 from tests.support import wait_for
 from tests.support.auth import HEADERS
-from tests.support.ingest import payload
+from tests.support.ingest import payload, status_payload
 from tests.support.processes import (
     BIN,
     running_aggregator,
@@ -49,6 +49,9 @@ def test_secagg_metrics(broker: Mosquitto, tmp_path: Path) -> None:
                 p["frame"]["captured_at"] = datetime.now(UTC).isoformat()
                 pub.publish("secagent/v1/m-host/threats", _json(p), qos=1).wait_for_publish(10)
             pub.publish("secagent/v1/m-host/threats", b"{not json", qos=1).wait_for_publish(10)
+            status = status_payload(agent_id="m-host", sent_at=datetime.now(UTC))
+            status.update(outbox_depth=4321, outbox_oldest_age_s=765.0)
+            pub.publish("secagent/v1/m-host/status", _json(status), qos=1).wait_for_publish(10)
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -61,9 +64,13 @@ def test_secagg_metrics(broker: Mosquitto, tmp_path: Path) -> None:
 
         def stored() -> str | None:
             t = scrape()
-            return t if value(t, "secagg_messages_stored_total") == 3 else None
+            waiting = value(t, "secagg_agent_outbox_messages") or 0
+            ok = value(t, "secagg_messages_stored_total") == 3 and waiting >= 4321
+            return t if ok else None
 
-        text = wait_for(stored, what="three messages stored")
+        text = wait_for(stored, what="three messages and the status stored")
+        # the backlog the agents report, summed (other tests' retained statuses add theirs)
+        assert (value(text, "secagg_agent_outbox_oldest_seconds") or 0) >= 765.0
         assert value(text, 'secagg_messages_rejected_total{reason="invalid_json"}') == 1
         # every message received is stored, a duplicate, a status or refused; the retained
         # statuses of other tests' agents on this session's broker come too
