@@ -842,6 +842,14 @@ def _answers(conn: store.Connection) -> dict[str, Any]:
         "threats_of_yard": store.messages.list_threats(conn, limit=100, camera="yard"),
         "of_event": store.messages.threats_of_event(conn, first),
         "messages_of_event": store.messages.of_event(conn, first),
+        "cards": (  # a page of event cards: their top messages and those messages' threats
+            store.messages.get_many(conn, [e.top_message_id for e in listed] + ["gone"]),
+            store.messages.threats_of_messages(conn, [e.top_message_id for e in listed]),
+            {
+                e.top_message_id: store.messages.threats_of_message(conn, e.top_message_id)
+                for e in listed
+            },
+        ),
         "hourly": store.messages.hourly_threat_counts(conn),
         # ties of arrival: by rowid on SQLite, message id on PostgreSQL (m005's backfill only)
         "by_arrival": sorted(store.messages.all_by_arrival(conn)),
@@ -912,6 +920,9 @@ def test_the_ingest_path_answers_the_same_on_both_backends(
     assert on_sqlite["no_cameras"] == [] and on_sqlite["closure"]
     assert len(on_sqlite["downstream"][0]) > 1 and on_sqlite["by_code"] and on_sqlite["by_run"]
     assert len(on_sqlite["stored"]) == 1 and on_sqlite["key_range"]
+    cards, card_threats, one_by_one = on_sqlite["cards"]
+    assert sorted(cards) == sorted({e.top_message_id for e in on_sqlite["events"]})
+    assert card_threats == one_by_one and all(card_threats.values())
 
     # retention and the snapshots' bookkeeping, the same on both
     after = []

@@ -121,6 +121,16 @@ def get(conn: Connection, message_id: str) -> MessageRow | None:
     return None if row is None else _message(row)
 
 
+def get_many(conn: Connection, message_ids: Sequence[str]) -> dict[str, MessageRow]:
+    """The stored ones of these messages, by id: one statement for up to 400 of them (a page
+    of event cards), not one a message, which costs a round trip each on PostgreSQL."""
+    found: dict[str, MessageRow] = {}
+    for chunk, marks in _chunks(sorted(set(message_ids))):
+        for r in conn.execute(f"SELECT {_M} FROM messages WHERE message_id IN ({marks})", chunk):
+            found[str(r[0])] = _message(r)
+    return found
+
+
 def all_by_arrival(conn: Connection) -> Iterator[MessageRow]:
     """Every stored message, oldest first, with the columns of the first release (the lineage
     backfill of migration m005)."""
@@ -206,6 +216,20 @@ def threats_of_message(conn: Connection, message_id: str) -> list[ThreatRow]:
         f"SELECT {_THREAT_COLUMNS} FROM threats WHERE message_id = ? ORDER BY id", (message_id,)
     )
     return [_threat(r) for r in rows]
+
+
+def threats_of_messages(conn: Connection, message_ids: Sequence[str]) -> dict[str, list[ThreatRow]]:
+    """:func:`threats_of_message` of each of these messages (those with threats), in one
+    statement for up to 400 of them."""
+    found: dict[str, list[ThreatRow]] = {}
+    for chunk, marks in _chunks(sorted(set(message_ids))):
+        rows = conn.execute(
+            f"SELECT {_THREAT_COLUMNS} FROM threats WHERE message_id IN ({marks}) ORDER BY id",
+            chunk,
+        )
+        for r in rows:
+            found.setdefault(str(r[1]), []).append(_threat(r))
+    return found
 
 
 def event_ids_of(conn: Connection, message_id: str) -> list[int]:

@@ -74,10 +74,21 @@ def duration(event: EventRow) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def event_card(conn: store.Connection, event: EventRow, review: Review | None) -> dict[str, Any]:
-    """One event of the list: its fields, its best snapshot with boxes, its review."""
-    message = store.messages.get(conn, event.top_message_id)
-    threats = store.messages.threats_of_message(conn, event.top_message_id)
+def event_card(
+    conn: store.Connection,
+    event: EventRow,
+    review: Review | None,
+    *,
+    top: tuple[MessageRow | None, list[ThreatRow]] | None = None,
+) -> dict[str, Any]:
+    """One event of the list: its fields, its best snapshot with boxes, its review (``top``:
+    its top message and that message's threats, when read already for a page of cards)."""
+    if top is None:
+        top = (
+            store.messages.get(conn, event.top_message_id),
+            store.messages.threats_of_message(conn, event.top_message_id),
+        )
+    message, threats = top
     snap = snapshot_of(message, [t for t in threats if t.event_id == event.id])
     if message is None:  # pruned by database retention: its best snapshot may be kept
         snap = Snapshot(retention.event_best_snapshot(conn, event), 16, 9)
@@ -91,8 +102,21 @@ def event_card(conn: store.Connection, event: EventRow, review: Review | None) -
 
 
 def event_cards(conn: store.Connection, events: list[EventRow]) -> list[dict[str, Any]]:
+    """The cards of a page of events: their top messages and those messages' threats read in
+    two statements for the page, not two a card (a round trip each on PostgreSQL)."""
     reviews = store.events.reviews_of(conn, [e.id for e in events])
-    return [event_card(conn, e, reviews.get(e.id)) for e in events]
+    tops = [e.top_message_id for e in events]
+    messages = store.messages.get_many(conn, tops)
+    threats = store.messages.threats_of_messages(conn, tops)
+    return [
+        event_card(
+            conn,
+            e,
+            reviews.get(e.id),
+            top=(messages.get(e.top_message_id), threats.get(e.top_message_id, [])),
+        )
+        for e in events
+    ]
 
 
 def frames_of_event(conn: store.Connection, event_id: int) -> list[dict[str, Any]]:
