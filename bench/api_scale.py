@@ -31,8 +31,12 @@ so with several clients at once on few cores the latency grows with it.
     python bench/api_scale.py [--db var/bench/api_scale.sqlite] [--events 100000]
         [--threats-per-event 10] [--requests 200] [--clients 1] [--backend sqlite]
 
-``--backend postgresql`` is the hook for the second store backend (docs/scale.md), which this
-benchmark does not drive yet.
+``--backend postgresql``: the same store, built through the same store functions, in the
+database ``api_scale`` of a private PostgreSQL cluster (``demo/postgres.py``, fsync on) kept in
+``--pg-dir`` (``var/bench/api_scale-pg``; its ``.json`` beside it says what it holds) and
+reused by later runs; ``VACUUM ANALYZE`` after the build, as autovacuum would do soon after.
+The cluster's CPU per request (its processes, from /proc) is printed beside secagg's
+(``db CPU us``): there the store's work is not in secagg's process as SQLite's is.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ nothing is wrapped, so its behaviour and its cost per statement stay exactly wha
 benchmarks measured. PostgreSQL is a psycopg 3 connection wrapped in :class:`PgConnection`,
 which offers the part of ``sqlite3.Connection`` the store modules use (``execute``,
 ``executemany``, ``in_transaction``, rows read by index or by column name) and translates the
-one thing every statement differs in, the ``?`` placeholders, once per statement text.
+one thing every statement differs in, the ``?`` placeholders, to PostgreSQL's numbered ``$1``,
+``$2``, ... once per statement text, for psycopg's raw cursor (which sends them as they are).
+A batch's many-row inserts go in one ``COPY`` (:meth:`PgConnection.copy_rows`).
 
 What the two dialects spell differently (``MAX(a, b)`` against ``GREATEST(a, b)``,
 ``group_concat`` against ``string_agg``, SQLite's sequence table against a PostgreSQL sequence)
