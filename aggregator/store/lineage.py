@@ -98,15 +98,13 @@ def reserve_runs(conn: Connection, count: int) -> int:
     """Take ``count`` run ids from the sequence of ``runs`` for runs kept in message rows
     (:mod:`aggregator.store.compact_lineage`); returns the first. Runs inserted later get
     later ids, as if these had been inserted. (PostgreSQL: the identity sequence of ``runs``,
-    moved with ``setval``; under the write lock of :func:`.schema.transaction`.)"""
+    moved with ``setval`` by ``secagg_reserve_runs`` (:func:`.pg_schema.p004_finer_write_locks`)
+    under a lock of its own: the ingest's batches reserve side by side, never the same ids.
+    Runs inserted with the sequence's own ids (:func:`add_runs`) are inserted under the
+    exclusive write lock, when no batch reserves.)"""
     if is_postgres(conn):
-        (top,) = conn.execute(
-            "SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(COALESCE("
-            "pg_sequence_last_value(pg_get_serial_sequence('runs', 'id')::regclass), 0), "
-            "(SELECT COALESCE(MAX(id), 0) FROM runs)) + ?)",
-            (count,),
-        ).fetchone()
-        return int(top) - count + 1
+        (first,) = conn.execute("SELECT secagg_reserve_runs(?)", (count,)).fetchone()
+        return int(first)
     row = conn.execute(
         "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(id), 0) FROM runs)) + ? "
         "WHERE name = 'runs' RETURNING seq",

@@ -536,20 +536,24 @@ def checkpoint(conn: Connection) -> None:
 
 
 WRITE_LOCK = 0x5EC466
-"""The PostgreSQL advisory lock every write transaction takes: writers run one at a time, as
-they do on SQLite (BEGIN IMMEDIATE), so each store function sees what it read until it commits.
-The ingest workers of several machines then share one writer at a time; finer locks (row
-locks, ``FOR UPDATE SKIP LOCKED``) are the next step of the PostgreSQL backend."""
+"""The PostgreSQL advisory lock every write transaction takes. Exclusively by default: that
+writer runs alone, as on SQLite (BEGIN IMMEDIATE), so each store function sees what it read
+until it commits. Shared by the ingest's batches of threat messages (``transaction(conn,
+shared=True)``), which then lock what they depend on (:mod:`.locks`) and run side by side; an
+exclusive writer (the sweep, retention, the API, a batch with a status) waits for them to
+commit, and they for it (docs/scale.md, "Locking")."""
 
 
 @contextmanager
-def transaction(conn: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE ... COMMIT (PostgreSQL: BEGIN and the write lock), rolled back on any
-    error."""
+def transaction(conn: Connection, *, shared: bool = False) -> Iterator[Connection]:
+    """BEGIN IMMEDIATE ... COMMIT (PostgreSQL: BEGIN and the write lock, shared when
+    ``shared``: the caller takes its finer locks, :mod:`.locks`), rolled back on any error.
+    ``shared`` changes nothing on SQLite."""
     if is_postgres(conn):
         conn.execute("BEGIN")
         try:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+            conn.execute(f"SELECT {take}(?)", (WRITE_LOCK,))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -578,8 +582,9 @@ class WriteTurns:
     take its turn waits on ``busy_timeout``).
 
     On PostgreSQL (``path`` a ``postgresql://`` URL) it does nothing: there the write
-    transaction's advisory lock (:data:`WRITE_LOCK`) already makes writers on every machine take
-    turns, and the server wakes the next one as soon as it is released."""
+    transaction's advisory locks (:data:`WRITE_LOCK`, :mod:`.locks`) make writers on every
+    machine take turns where they must, and the server wakes the next one as soon as they are
+    released."""
 
     def __init__(self, path: Target) -> None:
         self._lock: IO[str] | None = None
