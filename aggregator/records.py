@@ -36,7 +36,6 @@ from aggregator.threat_batch import (
 )
 from wire.envelope import message_id_of
 from wire.payloads import PayloadError, StatusMessage, parse_payload
-from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +186,9 @@ def store_batch(
     ``attachment_sha256s``: per message, the sha256 of its envelope's attachment when the
     receiver computed it already (:attr:`aggregator.mqtt_client.Received.attachment_sha256`)."""
     results: list[Outcome | PayloadError | None] = [None] * len(messages)
-    # PostgreSQL: a batch of threats only holds the write lock shared and locks its agents, then
-    # what its threats touch (lock_what_they_touch); any other batch holds it alone.
+    # PostgreSQL: a batch of threats only holds the write lock shared and, once its messages are
+    # read and admitted, locks what they touch (lock_what_they_touch); any other batch holds it
+    # alone.
     shared = store.locks.fine(conn) and all(is_threat(t) for t, _ in messages)
     context = BatchContext(
         config=config,
@@ -202,8 +202,6 @@ def store_batch(
     )
     try:
         with store.transaction(conn, shared=shared):
-            if shared:
-                store.locks.agents(conn, _agents_of(messages))
             start = 0
             while start < len(messages):
                 end = start
@@ -236,18 +234,6 @@ def store_batch(
     context.snapshots.publish()
     retention.after_commit(conn, changes, config.store)
     return BatchResult(results=results, counts=counts, changes=changes, due=due)
-
-
-def _agents_of(messages: Sequence[tuple[str, bytes]]) -> set[str]:
-    """The agents of these messages' topics (a message whose payload names another agent, or
-    whose topic names none, is refused: it writes nothing)."""
-    found = set()
-    for topic, _ in messages:
-        try:
-            found.add(Topics.agent_of(topic))
-        except TopicError:
-            continue
-    return found
 
 
 def _refusal(exc: Exception, topic: str, payload: bytes) -> PayloadError:

@@ -177,17 +177,21 @@ def prepare(
 def lock_what_they_touch(
     conn: store.Connection, prepared: Sequence[Prepared], *, context: BatchContext
 ) -> None:
-    """In a batch with :attr:`BatchContext.fine_locks`, once its agents are locked and before
-    it writes: lock the group keys of these threats and of their agents' open events, their
-    cameras when a notifier cools down per camera, and the snapshots they store
-    (:func:`aggregator.store.locks.threats`). Nothing otherwise."""
+    """In a batch with :attr:`BatchContext.fine_locks`, once its messages are read and
+    admitted (:func:`prepare`: reads only, beside any other batch) and before the first write:
+    lock their agents (:func:`aggregator.store.locks.agents`), then the group keys of these
+    threats and of their agents' open events, their cameras when a notifier cools down per
+    camera, and the snapshots they store (:func:`aggregator.store.locks.threats`). Nothing
+    otherwise."""
     if not context.fine_locks or not prepared:
         return
     grouping = context.grouping
     notify = context.config.notify
+    agent_ids = {p.row.agent_id for p in prepared}
+    store.locks.agents(conn, agent_ids)
     store.locks.threats(
         conn,
-        agent_ids={p.row.agent_id for p in prepared},
+        agent_ids=agent_ids,
         group_keys={
             grouping.key(agent_id=p.row.agent_id, camera=p.row.camera, rule=x.rule)[0]
             for p in prepared

@@ -40,11 +40,18 @@ def _chunks(values: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
 
 # recording ---------------------------------------------------------------------------------------
 def add_artifacts(conn: Connection, artifacts: Sequence[NewArtifact]) -> None:
-    """Record artifacts (idempotent: the first record of an id is kept)."""
+    """Record artifacts (idempotent: the first record of an id is kept).
+
+    PostgreSQL: in the order of their ids. A batch inserting an id that another batch beside
+    it inserted and has not committed yet (a model, rules, config or code version new to the
+    store) waits for that one to commit; in one order, two batches never wait on each other."""
+    rows = [(a.id, a.kind, a.created_ts, _meta(a.meta)) for a in artifacts]
+    if is_postgres(conn):
+        rows.sort(key=lambda r: r[0])
     insert_values(
         conn,
         "INSERT INTO artifacts (id, kind, created_ts, meta_json) VALUES",
-        [(a.id, a.kind, a.created_ts, _meta(a.meta)) for a in artifacts],
+        rows,
         then="ON CONFLICT (id) DO NOTHING",
     )
 
