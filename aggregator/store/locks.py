@@ -6,15 +6,16 @@ exclusive transaction-level advisory locks on what it depends on, so that batche
 agents and group keys run at the same time and batches of the same one take turns:
 
 1. :func:`agents`: each agent of the batch (its messages, their dedupe, its ``agents`` row, the
-   events bearing its id), at the start of the transaction;
+   events bearing its id), once its messages are read and admitted;
 2. :func:`threats`: each group key of its threats and of its agents' open events (a site's
    events span agents), each camera (a notifier's cool-down reads the camera's other events)
    and each snapshot it stores (an ending event's policy may delete the same bytes), before
    the first write.
 
-Each step takes its locks in one statement, ordered by (namespace, hash); every batch takes
-step 1 before step 2, and nothing it does later waits on another batch's lock except what
-:mod:`.locks` documents in docs/scale.md: no two batches can wait on each other (no deadlock).
+Each step takes its locks in one statement, ordered by (namespace, hash), and every batch takes
+step 1 before step 2, before its first write; what it writes afterwards no batch without one
+of its locks writes (docs/scale.md, "Locking", goes through it statement by statement), so no
+two batches wait on each other (no deadlock).
 The two-integer form of the advisory locks (namespace, ``hashtext`` of the name) never meets
 the one-integer :data:`.schema.WRITE_LOCK` and :data:`.pg_schema.MIGRATE_LOCK`; two names of
 one hash share a lock (more waiting, never less safety).
