@@ -384,3 +384,25 @@ def test_many_workers_at_once_store_each_message_once_in_one_event_per_group_key
         assert all(b - a >= RUNS_PER_MESSAGE for a, b in itertools.pairwise(bases))
     finally:
         conn.close()
+
+
+def test_a_worker_whose_machine_died_mid_batch_leaves_its_locks_to_the_others(
+    tmp_path: Path, target: str, observer: store.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that holds a batch's locks and then never speaks again (what the server
+    sees of a machine that lost power: no close) is ended after
+    ``schema.IDLE_IN_TRANSACTION_S``; the batch of the same agent waiting behind it goes on."""
+    monkeypatch.setattr(store.schema, "IDLE_IN_TRANSACTION_S", 1)
+    config = make_config(tmp_path)
+    _versions_known(target, config)
+    dead = store.connect(target)
+    try:
+        dead.execute("BEGIN")
+        dead.execute("SELECT pg_advisory_xact_lock_shared(?)", (store.schema.WRITE_LOCK,))
+        store.locks.agents(dead, ["a1"])  # and silence from here on
+        other = Other(target, lambda conn: _store(conn, config, [threat_payload(agent_id="a1")]))
+        assert other.finish().counts == {"stored": 1}
+        with pytest.raises(store.DatabaseError):
+            dead.execute("SELECT 1")
+    finally:
+        dead.close()

@@ -443,6 +443,13 @@ def connect(path: Target, *, readonly: bool = False) -> Connection:
     return conn
 
 
+IDLE_IN_TRANSACTION_S = 60
+"""PostgreSQL ends a session whose transaction waited this long for its client: a worker whose
+machine died (or lost the network) mid-batch, whose connection the server cannot see close,
+then releases its locks (docs/scale.md, "Locking"). No transaction of secagg waits on anything
+but the database and its own work that long."""
+
+
 def _connect_postgres(url: str, *, readonly: bool) -> PgConnection:
     import psycopg
 
@@ -451,6 +458,8 @@ def _connect_postgres(url: str, *, readonly: bool) -> PgConnection:
         if readonly:
             raw.execute("SET default_transaction_read_only = on")
         raw.execute("SET lock_timeout = '5s'")  # what busy_timeout=5000 is to SQLite
+        # a writer whose machine died mid-transaction leaves its locks to the others after this
+        raw.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'")
     except psycopg.Error as exc:
         raise StoreUnavailable(f"{redact(url)}: {exc}") from exc
     return PgConnection(raw, url=url)
