@@ -36,6 +36,7 @@ from aggregator.threat_batch import (
 )
 from wire.envelope import message_id_of
 from wire.payloads import PayloadError, StatusMessage, parse_payload
+from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,12 @@ def store_batch(
     receiver computed it already (:attr:`aggregator.mqtt_client.Received.attachment_sha256`)."""
     results: list[Outcome | PayloadError | None] = [None] * len(messages)
     # PostgreSQL: a batch of threats only holds the write lock shared and, once its messages are
-    # read and admitted, locks what they touch (lock_what_they_touch); any other batch holds it
-    # alone.
-    shared = store.locks.fine(conn) and all(is_threat(t) for t, _ in messages)
+    # read and admitted, locks what they touch (lock_what_they_touch); a batch of statuses only
+    # holds it shared and locks its agents and their open events' keys at once; any other batch
+    # (threats with statuses, update reports) holds it alone.
+    threats_only = all(is_threat(t) for t, _ in messages)
+    statuses_only = all(t.endswith("/status") for t, _ in messages)
+    shared = store.locks.fine(conn) and (threats_only or statuses_only)
     context = BatchContext(
         config=config,
         grouping=grouping,
@@ -202,6 +206,10 @@ def store_batch(
     )
     try:
         with store.transaction(conn, shared=shared):
+            if shared and not threats_only:  # statuses: their agents' rows and open events
+                agent_ids = _agents_of(messages)
+                store.locks.agents(conn, agent_ids)
+                store.locks.threats(conn, agent_ids=agent_ids, group_keys=())
             start = 0
             while start < len(messages):
                 end = start
@@ -234,6 +242,18 @@ def store_batch(
     context.snapshots.publish()
     retention.after_commit(conn, changes, config.store)
     return BatchResult(results=results, counts=counts, changes=changes, due=due)
+
+
+def _agents_of(messages: Sequence[tuple[str, bytes]]) -> set[str]:
+    """The agents of these messages' topics (a message whose topic names none, or whose
+    payload names another agent, is refused: it writes nothing)."""
+    found = set()
+    for topic, _ in messages:
+        try:
+            found.add(Topics.agent_of(topic))
+        except TopicError:
+            continue
+    return found
 
 
 def _refusal(exc: Exception, topic: str, payload: bytes) -> PayloadError:

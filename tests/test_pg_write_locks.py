@@ -19,6 +19,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,23 @@ from aggregator.config import AggregatorConfig
 from aggregator.threat_batch import RUNS_PER_MESSAGE
 from demo.postgres import Postgres
 from tests.support import wait_for
-from tests.support.ingest import T0, make_config, threat_payload
+from tests.support.ingest import T0, make_config, status_payload, threat_payload
 
 NOW_TS = T0.timestamp() + 3600
 HELD = "batch-a"
 
 
 def _store(conn: store.Connection, config: AggregatorConfig, payloads: list[Any]) -> Any:
+    kinds = {"secagent.status/1": "status"}
     return records.store_batch(
         conn,
-        [(f"secagent/v1/{p['agent_id']}/threats", json.dumps(p).encode()) for p in payloads],
+        [
+            (
+                f"secagent/v1/{p['agent_id']}/{kinds.get(p['schema'], 'threats')}",
+                json.dumps(p).encode(),
+            )
+            for p in payloads
+        ],
         config=config,
         grouping=events.Grouping.from_config(config.events),
         now_ts=NOW_TS,
@@ -246,6 +254,31 @@ def test_a_camera_cooling_down_sees_the_notification_of_a_batch_open_beside_it(
     assert other.finish().due == 0
     states = observer.execute("SELECT state FROM notifications ORDER BY id").fetchall()
     assert [r[0] for r in states] == ["pending", "suppressed"]  # a0's: notified before the config
+
+
+def test_a_batch_of_statuses_waits_only_for_the_batches_of_its_agents(
+    tmp_path: Path, target: str, observer: store.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statuses (the api process's batches) hold the write lock shared too: another agent's
+    status commits beside batch A; a status of A's agent, whose clock ends A's event, waits
+    for A and then ends the event A committed."""
+    config = make_config(tmp_path)
+    _versions_known(target, config)
+    later = T0 + timedelta(seconds=60)  # past the 10 s cutoff of A's event
+    held = Held(monkeypatch)
+    held.start(target, config, [threat_payload(agent_id="a1", at_s=0)])
+    other = Other(
+        target, lambda conn: _store(conn, config, [status_payload(agent_id="a2", sent_at=later)])
+    )
+    assert other.finish().counts == {"status": 1}  # while A is still open
+    mine = Other(
+        target, lambda conn: _store(conn, config, [status_payload(agent_id="a1", sent_at=later)])
+    )
+    assert wait_for(lambda: _waiting_on(observer, mine.pid), what="a1's status waits") == [
+        store.locks.AGENTS
+    ]
+    (new,) = held.release().changes
+    assert mine.finish().changes == [events.EventChange("end", new.event_id)]
 
 
 def test_run_ids_are_reserved_beside_an_open_batch_never_twice(target: str) -> None:
