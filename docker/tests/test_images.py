@@ -41,7 +41,9 @@ def test_images_hold_exactly_the_pinned_packages(image: str) -> None:
     assert installed and {n: v for n, v in installed.items() if wanted.get(n) != v} == {}
 
 
-@pytest.mark.parametrize("image", ["agent", "agent-gpu", "aggregator", "mosquitto", "mailsink"])
+@pytest.mark.parametrize(
+    "image", ["agent", "agent-gpu", "aggregator", "mosquitto", "mailsink", "postgres"]
+)
 def test_images_run_as_a_user_with_a_health_check_and_volumes(image: str) -> None:
     config = json.loads(
         docker("image", "inspect", "-f", "{{json .Config}}", f"secagent/{image}:local")
