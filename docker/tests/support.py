@@ -61,10 +61,13 @@ class Compose:
     def exec(self, service: str, *command: str, check: bool = True) -> str:
         return self(*["exec", "-T", service, *command], check=check)
 
-    def logs(self, service: str) -> str:
+    def logs(self, service: str, index: int = 1) -> str:
         """Everything the service's container wrote (all its runs), stdout and stderr."""
         done = subprocess.run(
-            [DOCKER, "logs", self.container(service)], capture_output=True, text=True, timeout=60
+            [DOCKER, "logs", self.container(service, index)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return done.stdout + done.stderr
 

@@ -4,13 +4,16 @@ from the images built here. Three agents (``secagent send-test-threats`` in agen
 the compose network) send numbered threats whose cameras belong to two sites, so their group
 keys collide across agents and workers; one worker container is killed mid-stream. Every threat
 is stored once, one event per group key, one email per event; the api's health reports the dead
-worker, and all three once it is started again; scaling down stops a worker cleanly.
+worker, and all three once it is started again. The snapshots the workers store are served by
+the api from the volume they share; scaling down stops a worker cleanly.
 
 Run by ``make docker-test`` (not by ``make test``: it needs a Docker engine and minutes).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import secrets
 import socket
@@ -20,12 +23,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
+import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.synthetic import synthetic_threat
 from docker.tests.support import DOCKER, ROOT, SCALE_COMPOSE_FILE, Compose, docker, inspect
+from modelrt.manifest import load_manifest
+from modelrt.rules import load_rules
 from tests.support import wait_for
+from wire.envelope import pack_threat
+from wire.payloads import Versions
+from wire.topics import Topics
 
 AGENTS = ("gate-a", "gate-b", "gate-c")
 PER_AGENT = 300
@@ -239,6 +252,62 @@ def test_threats_of_three_agents_stored_once_with_a_worker_killed(stack: ScaleSt
     )
     wait_for(stack.healthy, timeout_s=90, what="every container healthy again")
     assert len(stack.mails()) == len(events)
+
+
+def test_the_snapshots_workers_store_are_served_by_the_api(stack: ScaleStack) -> None:
+    """The workers write snapshots into the volume they share with the api, which serves
+    them: threats with a snapshot each, published to the broker's published port, spread by
+    the shared subscription over the workers."""
+    rules = load_rules(ROOT / "rules" / "default.yaml")
+    versions = Versions(
+        code="scale-test",
+        model_sha256=load_manifest(ROOT / "models" / "fall-detection-yolov8.yaml").sha256,
+        rules_sha256=rules.sha256,
+        config_sha256="c3" * 32,
+    )
+    rng = np.random.default_rng(13)
+    jpegs = [
+        cv2.imencode(".jpg", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))[1].tobytes()
+        for _ in range(12)
+    ]
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", int(stack.compose.env["SECAGG_MQTT_PORT"]))
+    client.loop_start()
+    try:
+        ids = []
+        for serial, jpeg in enumerate(jpegs):
+            msg = synthetic_threat(
+                agent_id="gate-snap",
+                camera="yard",
+                serial=serial,
+                versions=versions,
+                snapshot=jpeg,
+                rule=(rules.rules[0].name, rules.rules[0].severity),
+            )
+            info = client.publish(Topics("gate-snap").threats, pack_threat(msg, jpeg), qos=1)
+            info.wait_for_publish(10)
+            ids.append(msg.message_id)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+    def served(sha256: str) -> bytes | None:
+        r = httpx.get(f"{stack.api}/api/snapshots/{sha256}.jpg", headers=stack.headers, timeout=5)
+        return r.content if r.status_code == 200 else None
+
+    for jpeg in jpegs:
+        sha256 = hashlib.sha256(jpeg).hexdigest()
+        got = wait_for(
+            functools.partial(served, sha256),
+            timeout_s=60,
+            what="the api serving a snapshot a worker stored",
+        )
+        assert got == jpeg
+    # stored by more than one worker (each logs the messages it stored)
+    storers = [
+        i for i in range(1, WORKERS + 1) if any(m in stack.compose.logs("ingest", i) for m in ids)
+    ]
+    assert len(storers) > 1, storers
 
 
 def test_scaling_down_stops_a_worker_cleanly(stack: ScaleStack) -> None:
