@@ -9,7 +9,8 @@
 #   --fresh: rebuild the base image and every layer (no build cache): a cold build
 #
 # Images are tagged secagent/<image>:<version> and secagent/<image>:local (what
-# docker/compose.yaml and docker/compose.scale.yaml run). docker/jetson.Dockerfile is built on a Jetson (see README).
+# docker/compose.yaml and docker/compose.scale.yaml run). docker/jetson.Dockerfile is built on
+# a Jetson (see README).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DOCKER=${DOCKER:-/usr/bin/docker}  # Debian's docker.io client (BuildKit built in)
