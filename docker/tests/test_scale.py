@@ -5,7 +5,8 @@ the compose network) send numbered threats whose cameras belong to two sites, so
 keys collide across agents and workers; one worker container is killed mid-stream. Every threat
 is stored once, one event per group key, one email per event; the api's health reports the dead
 worker, and all three once it is started again. The snapshots the workers store are served by
-the api from the volume they share; scaling down stops a worker cleanly.
+the api from the volume they share; a worker whose process dies is started again by Docker;
+scaling down stops a worker cleanly.
 
 Run by ``make docker-test`` (not by ``make test``: it needs a Docker engine and minutes).
 """
@@ -308,6 +309,33 @@ def test_the_snapshots_workers_store_are_served_by_the_api(stack: ScaleStack) ->
         i for i in range(1, WORKERS + 1) if any(m in stack.compose.logs("ingest", i) for m in ids)
     ]
     assert len(storers) > 1, storers
+
+
+def test_a_worker_whose_process_dies_is_started_again_by_docker(stack: ScaleStack) -> None:
+    """The restart policy: secagg SIGKILLed inside its container (a crash, not `docker kill`)
+    ends the container, and Docker starts it again, under the same name."""
+    container = stack.compose.container("ingest", 1)
+    name = inspect(container, "{{.Config.Hostname}}")
+    pid = next(w["pid"] for w in stack.health()["workers"] if w["name"] == name)
+    before = int(inspect(container, "{{.RestartCount}}"))
+    started = f"SELECT started_ts FROM ingest_workers WHERE name = '{name}'"
+    first = stack.sql(started)
+    kill = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGKILL)"
+    docker("exec", container, "python3", "-c", kill, str(pid))
+    wait_for(
+        lambda: int(inspect(container, "{{.RestartCount}}")) > before,
+        timeout_s=60,
+        what="Docker to start the worker's container again",
+    )
+    # its new process beats under the same name (a new start time in its row)
+    wait_for(lambda: stack.sql(started) not in ([], first), timeout_s=60, what="the new heartbeat")
+    health = wait_for(
+        lambda: (h := stack.health()).get("status") == "ok" and h,
+        timeout_s=60,
+        what="health ok with the worker connected again",
+    )
+    assert name in [w["name"] for w in health["workers"]]
+    wait_for(stack.healthy, timeout_s=90, what="every container healthy again")
 
 
 def test_scaling_down_stops_a_worker_cleanly(stack: ScaleStack) -> None:
