@@ -418,6 +418,7 @@ class Ingest:
             )
             due = notify.schedule_repeats(conn, self.config, now_ts=now_ts)
             retention.on_batch(conn, changes, (), self.config.store, now_ts=now_ts)
+            store.counters.fold(conn)  # PostgreSQL: the processes' own counter rows
         retention.after_commit(self._conn, changes, self.config.store)
         if due and self.sender is not None:
             self.sender.wake()
@@ -441,7 +442,8 @@ class Ingest:
             broker_connected=self.connected.is_set(),
             problems=self.liveness().problems,
         )
-        with self._turns.turn(), store.transaction(self._conn) as conn:
+        # its own row only: beside the batches on PostgreSQL (the write lock shared)
+        with self._turns.turn(), store.transaction(self._conn, shared=True) as conn:
             store.workers.beat(conn, worker)
 
     def _publish_changes(self, changes: list[EventChange]) -> None:

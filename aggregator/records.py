@@ -30,11 +30,13 @@ from aggregator.threat_batch import (
     Outcome,
     Prepared,
     check_agent,
+    lock_what_they_touch,
     prepare,
     store_threats,
 )
 from wire.envelope import message_id_of
 from wire.payloads import PayloadError, StatusMessage, parse_payload
+from wire.topics import TopicError, Topics
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,13 @@ def store_batch(
     ``attachment_sha256s``: per message, the sha256 of its envelope's attachment when the
     receiver computed it already (:attr:`aggregator.mqtt_client.Received.attachment_sha256`)."""
     results: list[Outcome | PayloadError | None] = [None] * len(messages)
+    # PostgreSQL: a batch of threats only holds the write lock shared and, once its messages are
+    # read and admitted, locks what they touch (lock_what_they_touch); a batch of statuses only
+    # holds it shared and locks its agents and their open events' keys at once; any other batch
+    # (threats with statuses, update reports) holds it alone.
+    threats_only = all(is_threat(t) for t, _ in messages)
+    statuses_only = all(t.endswith("/status") for t, _ in messages)
+    shared = store.locks.fine(conn) and (threats_only or statuses_only)
     context = BatchContext(
         config=config,
         grouping=grouping,
@@ -193,9 +202,14 @@ def store_batch(
         now_ts=now_ts,
         received_at=datetime.fromtimestamp(now_ts, UTC).isoformat(),
         attachment_sha256s=attachment_sha256s or [None] * len(messages),
+        fine_locks=shared,
     )
     try:
-        with store.transaction(conn):
+        with store.transaction(conn, shared=shared):
+            if shared and not threats_only:  # statuses: their agents' rows and open events
+                agent_ids = _agents_of(messages)
+                store.locks.agents(conn, agent_ids)
+                store.locks.threats(conn, agent_ids=agent_ids, group_keys=())
             start = 0
             while start < len(messages):
                 end = start
@@ -228,6 +242,18 @@ def store_batch(
     context.snapshots.publish()
     retention.after_commit(conn, changes, config.store)
     return BatchResult(results=results, counts=counts, changes=changes, due=due)
+
+
+def _agents_of(messages: Sequence[tuple[str, bytes]]) -> set[str]:
+    """The agents of these messages' topics (a message whose topic names none, or whose
+    payload names another agent, is refused: it writes nothing)."""
+    found = set()
+    for topic, _ in messages:
+        try:
+            found.add(Topics.agent_of(topic))
+        except TopicError:
+            continue
+    return found
 
 
 def _refusal(exc: Exception, topic: str, payload: bytes) -> PayloadError:
@@ -294,6 +320,8 @@ def _store_threats(
             results[i] = _refusal(exc, topic, payload)
     if not prepared:
         return
+    # before the savepoint: its rollback would release locks taken inside it
+    lock_what_they_touch(conn, [p for _, p in prepared], context=context)
     mark = context.snapshots.mark()
     try:
         with store.savepoint(conn, "threats"):

@@ -106,10 +106,13 @@ def apply_event_policy(
         for f in frames:
             if f.snapshot_sha256 is not None and f.snapshot_sha256 not in kept:
                 candidates.setdefault(f.snapshot_sha256, event_id)
+    # A batch storing the same bytes now, beside this one (PostgreSQL), holds its snapshot's
+    # lock: the file stays (store.locks.try_snapshot); one that comes later waits for this one.
     doomed = [
         sha
         for sha in candidates
         if not store.snapshot_files.protected(conn, sha, ending=list(event_ids))
+        and store.locks.try_snapshot(conn, sha)
     ]
     if doomed:
         log.info(

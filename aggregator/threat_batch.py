@@ -64,6 +64,9 @@ class BatchContext:
     """When the batch was received (ISO 8601, UTC): every message's ``received_at``."""
     attachment_sha256s: Sequence[str | None] = ()
     """Per message of the batch, its attachment's sha256 when the receiver has it."""
+    fine_locks: bool = False
+    """The batch holds the write lock shared (PostgreSQL, threats only): it locks what its
+    threats depend on (:func:`lock_what_they_touch`) before it writes them."""
 
     @property
     def clock_max_ts(self) -> float:
@@ -168,6 +171,36 @@ def prepare(
         content_key=store.messages.key_of(row),
         snapshot=jpeg,
         snapshot_dropped=None if dropped is None else dropped[0],
+    )
+
+
+def lock_what_they_touch(
+    conn: store.Connection, prepared: Sequence[Prepared], *, context: BatchContext
+) -> None:
+    """In a batch with :attr:`BatchContext.fine_locks`, once its messages are read and
+    admitted (:func:`prepare`: reads only, beside any other batch) and before the first write:
+    lock their agents (:func:`aggregator.store.locks.agents`), then the group keys of these
+    threats and of their agents' open events, their cameras when a notifier cools down per
+    camera, and the snapshots they store (:func:`aggregator.store.locks.threats`). Nothing
+    otherwise."""
+    if not context.fine_locks or not prepared:
+        return
+    grouping = context.grouping
+    notify = context.config.notify
+    agent_ids = {p.row.agent_id for p in prepared}
+    store.locks.agents(conn, agent_ids)
+    store.locks.threats(
+        conn,
+        agent_ids=agent_ids,
+        group_keys={
+            grouping.key(agent_id=p.row.agent_id, camera=p.row.camera, rule=x.rule)[0]
+            for p in prepared
+            for x in p.message.threats
+        },
+        cameras={p.row.camera for p in prepared}
+        if notify.notifiers and notify.cooldown_s > 0
+        else (),
+        snapshots={p.row.snapshot_sha256 for p in prepared if p.row.snapshot_sha256},
     )
 
 

@@ -35,7 +35,6 @@ import os
 import resource
 import signal
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from aggregator import store  # noqa: E402
 from bench.ingest import payloads, publish_all  # noqa: E402
 from demo.broker import Mosquitto, free_port  # noqa: E402
 from demo.postgres import Postgres  # noqa: E402
@@ -165,25 +165,19 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-def stored(store: str) -> int:
-    query = "SELECT value FROM row_counts WHERE name = 'messages'"
-    if store.startswith("postgresql://"):
-        import psycopg
-
-        try:
-            with psycopg.connect(store) as pconn:
-                row = pconn.execute(query).fetchone()
-        except psycopg.Error:
-            return 0
-    else:
-        sconn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-        try:
-            row = sconn.execute(query).fetchone()
-        except sqlite3.OperationalError:
-            return 0
-        finally:
-            sconn.close()
-    return int(row[0]) if row else 0
+def stored(target: str) -> int:
+    """Messages stored so far, as the store counts them (on PostgreSQL, summed over the rows of
+    each writing process)."""
+    try:
+        conn = store.connect(target, readonly=True)
+    except store.StoreUnavailable:
+        return 0
+    try:
+        return store.counters.row_counts(conn).messages
+    except store.DatabaseError:
+        return 0  # not migrated yet
+    finally:
+        conn.close()
 
 
 @dataclass

@@ -4,11 +4,13 @@
 # packages come from the package registry, pinned by constraints.txt.
 #
 #   docker/build.sh [--fresh] [IMAGE...]   IMAGE: agent agent-gpu aggregator mosquitto mailsink
+#                                          postgres
 #                                          (default: all of them)
 #   --fresh: rebuild the base image and every layer (no build cache): a cold build
 #
 # Images are tagged secagent/<image>:<version> and secagent/<image>:local (what
-# docker/compose.yaml runs). docker/jetson.Dockerfile is built on a Jetson (see README).
+# docker/compose.yaml and docker/compose.scale.yaml run). docker/jetson.Dockerfile is built on
+# a Jetson (see README).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DOCKER=${DOCKER:-/usr/bin/docker}  # Debian's docker.io client (BuildKit built in)
@@ -20,11 +22,11 @@ IMAGES=()
 for arg in "$@"; do
     case "$arg" in
         --fresh) FRESH=1 ;;
-        agent|agent-gpu|aggregator|mosquitto|mailsink) IMAGES+=("$arg") ;;
+        agent|agent-gpu|aggregator|mosquitto|mailsink|postgres) IMAGES+=("$arg") ;;
         *) echo "build.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(agent agent-gpu aggregator mosquitto mailsink)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(agent agent-gpu aggregator mosquitto mailsink postgres)
 
 if ! "$DOCKER" info >/dev/null 2>&1; then
     if [ "$(id -u)" != 0 ] || ! command -v dockerd >/dev/null; then

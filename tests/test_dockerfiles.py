@@ -2,12 +2,14 @@
 is tested there; this also covers the images that cannot be built here (Jetson) and runs in
 `make test`. Every image: a base from docker/base.sh (or a named JetPack base), Python packages
 pinned by constraints.txt, a non-root user, a health check, a volume for its state, tini or
---init as PID 1. The compose stack: images built here, a named volume for each state folder."""
+--init as PID 1. The compose stacks (docker/compose.yaml, docker/compose.scale.yaml): images
+built here, a named volume for each state folder."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -23,6 +25,7 @@ STATE = {
     "aggregator": "/var/lib/secagg",
     "mosquitto": "/var/lib/mosquitto",
     "mailsink": "/var/mail/sink",
+    "postgres": "/var/lib/postgresql",
 }
 
 
@@ -91,6 +94,44 @@ def test_compose_runs_the_images_built_here_with_volumes() -> None:
         assert mounts[state] in compose["volumes"], f"{name}: {state} on a named volume"
     for name in ("secagg", "secagent"):
         assert services[name]["stop_grace_period"] == "30s"
+
+
+def test_the_scale_compose_runs_one_api_and_workers_on_postgresql() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.scale.yaml").read_text())
+    assert "version" not in compose  # the compose-spec format (docker-compose >= 1.27)
+    services = compose["services"]
+    images = {
+        "mosquitto": "mosquitto",
+        "mailsink": "mailsink",
+        "postgres": "postgres",
+        "api": "aggregator",
+        "ingest": "aggregator",
+    }
+    assert set(services) == set(images)
+    for name, service in services.items():
+        assert service["image"] == f"secagent/{images[name]}:${{SECAGENT_TAG:-local}}"
+        assert "build" not in service and service["restart"] == "unless-stopped"
+        mounts = {
+            v.split(":")[-2] if v.endswith(":ro") else v.split(":")[-1]: v
+            for v in service["volumes"]
+        }
+        state = STATE[images[name]]
+        assert mounts[state].split(":")[0] in compose["volumes"], f"{name}: {state} on a volume"
+    for name in ("postgres", "api", "ingest"):
+        assert services[name]["stop_grace_period"] == "30s"
+    # the snapshots folder is one volume for the api and every worker
+    assert services["api"]["volumes"][1] == services["ingest"]["volumes"][1]
+    assert services["api"]["volumes"][1].startswith("secagg-data:")
+    # roles; a replica's worker name is its hostname (unique per container); no fixed name
+    assert services["api"]["command"][services["api"]["command"].index("--role") + 1] == "api"
+    worker = services["ingest"]["entrypoint"][-1]
+    assert '--role ingest --worker "$$HOSTNAME"' in worker and worker.startswith("exec ")
+    assert "container_name" not in services["ingest"] and "ports" not in services["ingest"]
+    assert services["ingest"]["healthcheck"]["test"][0] == "CMD"
+    config = yaml.safe_load((DOCKER / "config" / "secagg-scale.yaml").read_text())
+    url = urlsplit(config["store"]["url"])
+    assert url.scheme == "postgresql" and url.hostname == "postgres"
+    assert url.password is None  # libpq takes it from PGPASSWORD (SECAGG_DB_PASSWORD)
 
 
 def test_the_build_context_holds_only_what_the_images_need() -> None:

@@ -11,7 +11,8 @@
   :mod:`.workers` (the ingest workers' heartbeats),
   :mod:`.snapshot_files` (snapshots kept and deleted), :mod:`.prune` (database retention),
   :mod:`.releases` (signed releases) and :mod:`.ota` (desired states, update reports, shadow
-  comparisons), :mod:`.rollouts`.
+  comparisons), :mod:`.rollouts`;
+- :mod:`.locks`: the finer write locks of the ingest's batches on PostgreSQL.
 
 Every function takes the connection first and keyword-only arguments beyond two, and runs in
 the caller's transaction, on either backend: SQLite's own connection or the PostgreSQL
@@ -28,6 +29,7 @@ from aggregator.store import (
     counters,
     events,
     lineage,
+    locks,
     logs,
     messages,
     models,
@@ -80,6 +82,7 @@ __all__ = [
     "counters",
     "events",
     "lineage",
+    "locks",
     "logs",
     "messages",
     "migrate",

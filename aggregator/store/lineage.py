@@ -40,11 +40,18 @@ def _chunks(values: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
 
 # recording ---------------------------------------------------------------------------------------
 def add_artifacts(conn: Connection, artifacts: Sequence[NewArtifact]) -> None:
-    """Record artifacts (idempotent: the first record of an id is kept)."""
+    """Record artifacts (idempotent: the first record of an id is kept).
+
+    PostgreSQL: in the order of their ids. A batch inserting an id that another batch beside
+    it inserted and has not committed yet (a model, rules, config or code version new to the
+    store) waits for that one to commit; in one order, two batches never wait on each other."""
+    rows = [(a.id, a.kind, a.created_ts, _meta(a.meta)) for a in artifacts]
+    if is_postgres(conn):
+        rows.sort(key=lambda r: r[0])
     insert_values(
         conn,
         "INSERT INTO artifacts (id, kind, created_ts, meta_json) VALUES",
-        [(a.id, a.kind, a.created_ts, _meta(a.meta)) for a in artifacts],
+        rows,
         then="ON CONFLICT (id) DO NOTHING",
     )
 
@@ -98,15 +105,13 @@ def reserve_runs(conn: Connection, count: int) -> int:
     """Take ``count`` run ids from the sequence of ``runs`` for runs kept in message rows
     (:mod:`aggregator.store.compact_lineage`); returns the first. Runs inserted later get
     later ids, as if these had been inserted. (PostgreSQL: the identity sequence of ``runs``,
-    moved with ``setval``; under the write lock of :func:`.schema.transaction`.)"""
+    moved with ``setval`` by ``secagg_reserve_runs`` (:func:`.pg_schema.p004_finer_write_locks`)
+    under a lock of its own: the ingest's batches reserve side by side, never the same ids.
+    Runs inserted with the sequence's own ids (:func:`add_runs`) are inserted under the
+    exclusive write lock, when no batch reserves.)"""
     if is_postgres(conn):
-        (top,) = conn.execute(
-            "SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(COALESCE("
-            "pg_sequence_last_value(pg_get_serial_sequence('runs', 'id')::regclass), 0), "
-            "(SELECT COALESCE(MAX(id), 0) FROM runs)) + ?)",
-            (count,),
-        ).fetchone()
-        return int(top) - count + 1
+        (first,) = conn.execute("SELECT secagg_reserve_runs(?)", (count,)).fetchone()
+        return int(first)
     row = conn.execute(
         "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(id), 0) FROM runs)) + ? "
         "WHERE name = 'runs' RETURNING seq",

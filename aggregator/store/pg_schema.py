@@ -411,10 +411,51 @@ def p003_ingest_workers(conn: PgConnection) -> None:
     )
 
 
+def p004_finer_write_locks(conn: PgConnection) -> None:
+    """No SQLite counterpart (its writers run one at a time): what lets the ingest's batches
+    write side by side (docs/scale.md, "Locking"). The agents trigger counts into the row of
+    its server process (``agents@PID``, as :mod:`.counters` does), and run ids are reserved by
+    ``secagg_reserve_runs(n)``: the ``setval`` of :func:`.lineage.reserve_runs` under a
+    session lock (:data:`.locks.RUNS`) released at once, so two batches never get the same ids
+    and neither waits for the other to commit."""
+    conn.raw.execute(
+        f"""
+        CREATE OR REPLACE FUNCTION agents_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO row_counts (name, value)
+                VALUES ('agents@' || pg_backend_pid(),
+                        CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END)
+                ON CONFLICT (name) DO UPDATE SET value = row_counts.value + excluded.value;
+            RETURN NULL;
+        END $$;
+        CREATE FUNCTION secagg_reserve_runs(n BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS $$
+        DECLARE
+            top BIGINT;
+        BEGIN
+            PERFORM pg_advisory_lock({RUNS_LOCK_NAMESPACE}, 0);
+            BEGIN
+                top := setval(pg_get_serial_sequence('runs', 'id'), GREATEST(COALESCE(
+                    pg_sequence_last_value(pg_get_serial_sequence('runs', 'id')::regclass), 0),
+                    (SELECT COALESCE(MAX(id), 0) FROM runs)) + n);
+            EXCEPTION WHEN OTHERS THEN
+                PERFORM pg_advisory_unlock({RUNS_LOCK_NAMESPACE}, 0);
+                RAISE;
+            END;
+            PERFORM pg_advisory_unlock({RUNS_LOCK_NAMESPACE}, 0);
+            RETURN top - n + 1;
+        END $$;
+        """.encode()
+    )
+
+
+RUNS_LOCK_NAMESPACE = 0x5EC474
+""":data:`.locks.RUNS` (here as a number: a migration's text never changes)."""
+
 MIGRATIONS: list[Callable[[PgConnection], None]] = [
     p001_baseline,
     p002_notification_claims,
     p003_ingest_workers,
+    p004_finer_write_locks,
 ]
 """In order; append, never edit one that was released."""
 

@@ -443,6 +443,13 @@ def connect(path: Target, *, readonly: bool = False) -> Connection:
     return conn
 
 
+IDLE_IN_TRANSACTION_S = 60
+"""PostgreSQL ends a session whose transaction waited this long for its client: a worker whose
+machine died (or lost the network) mid-batch, whose connection the server cannot see close,
+then releases its locks (docs/scale.md, "Locking"). No transaction of secagg waits on anything
+but the database and its own work that long."""
+
+
 def _connect_postgres(url: str, *, readonly: bool) -> PgConnection:
     import psycopg
 
@@ -451,6 +458,8 @@ def _connect_postgres(url: str, *, readonly: bool) -> PgConnection:
         if readonly:
             raw.execute("SET default_transaction_read_only = on")
         raw.execute("SET lock_timeout = '5s'")  # what busy_timeout=5000 is to SQLite
+        # a writer whose machine died mid-transaction leaves its locks to the others after this
+        raw.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'")
     except psycopg.Error as exc:
         raise StoreUnavailable(f"{redact(url)}: {exc}") from exc
     return PgConnection(raw, url=url)
@@ -536,20 +545,24 @@ def checkpoint(conn: Connection) -> None:
 
 
 WRITE_LOCK = 0x5EC466
-"""The PostgreSQL advisory lock every write transaction takes: writers run one at a time, as
-they do on SQLite (BEGIN IMMEDIATE), so each store function sees what it read until it commits.
-The ingest workers of several machines then share one writer at a time; finer locks (row
-locks, ``FOR UPDATE SKIP LOCKED``) are the next step of the PostgreSQL backend."""
+"""The PostgreSQL advisory lock every write transaction takes. Exclusively by default: that
+writer runs alone, as on SQLite (BEGIN IMMEDIATE), so each store function sees what it read
+until it commits. Shared by the ingest's batches of threat messages (``transaction(conn,
+shared=True)``), which then lock what they depend on (:mod:`.locks`) and run side by side; an
+exclusive writer (the sweep, retention, the API, a batch with a status) waits for them to
+commit, and they for it (docs/scale.md, "Locking")."""
 
 
 @contextmanager
-def transaction(conn: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE ... COMMIT (PostgreSQL: BEGIN and the write lock), rolled back on any
-    error."""
+def transaction(conn: Connection, *, shared: bool = False) -> Iterator[Connection]:
+    """BEGIN IMMEDIATE ... COMMIT (PostgreSQL: BEGIN and the write lock, shared when
+    ``shared``: the caller takes its finer locks, :mod:`.locks`), rolled back on any error.
+    ``shared`` changes nothing on SQLite."""
     if is_postgres(conn):
         conn.execute("BEGIN")
         try:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+            conn.execute(f"SELECT {take}(?)", (WRITE_LOCK,))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -578,8 +591,9 @@ class WriteTurns:
     take its turn waits on ``busy_timeout``).
 
     On PostgreSQL (``path`` a ``postgresql://`` URL) it does nothing: there the write
-    transaction's advisory lock (:data:`WRITE_LOCK`) already makes writers on every machine take
-    turns, and the server wakes the next one as soon as it is released."""
+    transaction's advisory locks (:data:`WRITE_LOCK`, :mod:`.locks`) make writers on every
+    machine take turns where they must, and the server wakes the next one as soon as they are
+    released."""
 
     def __init__(self, path: Target) -> None:
         self._lock: IO[str] | None = None

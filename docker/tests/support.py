@@ -11,6 +11,7 @@ from pathlib import Path
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
+SCALE_COMPOSE_FILE = ROOT / "docker" / "compose.scale.yaml"
 
 
 def docker(*args: str, check: bool = True, timeout_s: float = 300) -> str:
@@ -25,15 +26,16 @@ def inspect(name: str, template: str) -> str:
 
 
 class Compose:
-    """One compose project (its own containers, network and volumes)."""
+    """One compose project (its own containers, network and volumes) of one compose file."""
 
-    def __init__(self, project: str, env: dict[str, str]) -> None:
+    def __init__(self, project: str, env: dict[str, str], *, file: Path = COMPOSE_FILE) -> None:
         self.project = project
         self.env = {**os.environ, **env}
+        self.file = file
 
     def __call__(self, *args: str, check: bool = True, timeout_s: float = 300) -> str:
         done = subprocess.run(
-            ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), *args],
+            ["docker-compose", "-p", self.project, "-f", str(self.file), *args],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -45,8 +47,13 @@ class Compose:
             )
         return done.stdout
 
-    def container(self, service: str) -> str:
-        return f"{self.project}_{service}_1"
+    def container(self, service: str, index: int = 1) -> str:
+        return f"{self.project}_{service}_{index}"
+
+    @property
+    def network(self) -> str:
+        """The project's default network (docker-compose 1.29's name for it)."""
+        return f"{self.project}_default"
 
     def health(self, service: str) -> str:
         return inspect(self.container(service), "{{.State.Health.Status}}")
@@ -54,10 +61,13 @@ class Compose:
     def exec(self, service: str, *command: str, check: bool = True) -> str:
         return self(*["exec", "-T", service, *command], check=check)
 
-    def logs(self, service: str) -> str:
+    def logs(self, service: str, index: int = 1) -> str:
         """Everything the service's container wrote (all its runs), stdout and stderr."""
         done = subprocess.run(
-            [DOCKER, "logs", self.container(service)], capture_output=True, text=True, timeout=60
+            [DOCKER, "logs", self.container(service, index)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return done.stdout + done.stderr
 

@@ -160,9 +160,14 @@ def test_restarting_each_container_mid_stream_loses_nothing(stack: Stack) -> Non
     made = sum(run["threat_messages"] for run in runs)
     # The restarted agent played the clip from its start: the frames the first run had sent came
     # again (same pixels at the same position in the video) and are stored once, counted as
-    # duplicates; the second run, which played the whole clip, made every stored message.
-    assert stack.stored() == runs[-1]["threat_messages"], runs
-    assert stack.duplicates() >= made - stack.stored(), runs  # + redeliveries of a restart
+    # duplicates. Each run keeps up with the clip's real time by dropping the frames it has no
+    # time for, and which ones depends on the machine's load: the first run may have sent a
+    # frame the second dropped. So the store holds at least what the second run made and at
+    # most what both made; every message made is stored or counted as a duplicate (the outbox
+    # drained above: each was receipted, which the aggregator does only once it is stored).
+    stored = stack.stored()
+    assert runs[-1]["threat_messages"] <= stored <= made, runs
+    assert stack.duplicates() >= made - stored, runs  # + redeliveries of a restart
     # each event got its email, once
     events = stack.get("/api/events")
     wait_for(lambda: len(stack.mails()) >= len(events), timeout_s=60, what="an email per event")  # type: ignore[arg-type]
