@@ -30,7 +30,7 @@ from aggregator.auth import secrets
 from aggregator.auth.throttle import LoginThrottle
 from aggregator.config import AggregatorConfig
 from aggregator.liveness import NO_INGEST, Liveness
-from aggregator.metrics import AggregatorMetrics
+from aggregator.metrics import AggregatorMetrics, TimedRequests
 from appcommon.version import code_version
 
 DOCS_STATIC_URL = "/static/docs"
@@ -73,7 +73,7 @@ def create_app(
     app.state.reproduce_lock = reproduce.ReproduceLock()
     routers = (health, threats, events, agents, notifications, provenance, plots, ota, tokens)
     app.state.metrics = metrics_of or AggregatorMetrics(config or AggregatorConfig())
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(TimedRequests, metrics=app.state.metrics)
     for module in (*routers, reproduce, links, logs, metrics):
         app.include_router(module.router)
     app.include_router(ota.api_router)

@@ -226,7 +226,7 @@ def _find_events(
 
 
 @router.get("/", response_class=HTMLResponse)
-def events_page(
+async def events_page(
     request: Request,
     who: User,
     conn: Db,
@@ -259,7 +259,7 @@ def events_page(
 
 
 @router.get("/events/rows", response_class=HTMLResponse)
-def event_rows(
+async def event_rows(
     request: Request,
     who: User,
     conn: Db,
@@ -275,7 +275,7 @@ def event_rows(
 
 
 @router.get("/events/{event_id}", response_class=HTMLResponse)
-def event_page(
+async def event_page(
     request: Request,
     who: User,
     conn: Db,
