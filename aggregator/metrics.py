@@ -140,11 +140,17 @@ class TimedRequests:
     route's template (not its path: ids would make a series each). A plain ASGI wrapper:
     Starlette's ``BaseHTTPMiddleware`` (``app.middleware("http")``) runs each request in a task
     of its own and streams the answer through a queue, which cost about as much as the
-    cheaper routes themselves."""
+    cheaper routes themselves. With several processes on the port (``--http-workers``), it also
+    says which one answered (``X-Secagg-Worker``)."""
 
-    def __init__(self, app: ASGIApp, *, metrics: AggregatorMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: AggregatorMetrics, worker_number: int | None = None
+    ) -> None:
         self.app = app
         self.histogram = metrics.api
+        self.worker: list[tuple[bytes, bytes]] = (
+            [] if worker_number is None else [(b"x-secagg-worker", str(worker_number).encode())]
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,6 +163,8 @@ class TimedRequests:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.worker:
+                    message = {**message, "headers": [*message.get("headers", ()), *self.worker]}
             await send(message)
 
         try:
