@@ -1,8 +1,9 @@
-"""The API's cheap request path. The lists and the event page write their answers straight from the stored rows to JSON bytes
-(:func:`aggregator.api.deps.json_response`), without building their response models. The bytes
-must be exactly what the models would write: each answer is read back into its response model
-and written again, and must not change by one byte (a field missing, added, out of order, an
-integer where the model has a float, a time written another way would all show)."""
+"""The API's cheap request path. The lists and the event page write their answers straight
+from the stored rows to JSON bytes (:func:`aggregator.api.deps.json_response`), without building
+their response models. The bytes must be exactly what the models would write: each answer is
+read back into its response model and written again, and must not change by one byte (a field
+missing, added, out of order, an integer where the model has a float, a time written another
+way would all show). And the read pool, used on the event loop, never waits there."""
 
 from __future__ import annotations
 
