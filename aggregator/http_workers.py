@@ -68,6 +68,16 @@ class _Child:
     stdin: IO[bytes]
 
 
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """The API's listening socket, bound as uvicorn binds it (``OSError`` when the port is
+    taken), for the service and its HTTP workers to share. uvicorn makes it with protocol 0,
+    and asyncio sets ``TCP_NODELAY`` only on connections accepted from a socket whose protocol
+    says TCP: without it, an answer written in two parts (head, then body) waited for the
+    client's delayed ACK, 40 ms. The same socket, told to find out what it is, says TCP."""
+    bound = config.bind_socket()
+    return socket.socket(fileno=bound.detach())
+
+
 class HttpWorkers:
     """The service's side: start the workers on the listening socket ``sock``, feed them the
     liveness, notice one that died, stop them."""
@@ -237,4 +247,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["WORKER_HEADER", "HttpWorkerError", "HttpWorkers", "main"]
+__all__ = ["WORKER_HEADER", "HttpWorkerError", "HttpWorkers", "listening_socket", "main"]

@@ -35,7 +35,7 @@ from aggregator import roles, store
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
 from aggregator.homeassistant import HomeAssistantBridge
-from aggregator.http_workers import HttpWorkerError, HttpWorkers
+from aggregator.http_workers import HttpWorkerError, HttpWorkers, listening_socket
 from aggregator.ingest import Ingest
 from aggregator.metrics import AggregatorMetrics
 from aggregator.ota.controller import OtaController
@@ -122,7 +122,7 @@ class Service:
         if http_workers and self.serves_api:
             if config_path is None:
                 raise ServiceError("--http-workers needs the config file's path")
-            sockets = [self.server.config.bind_socket()]  # theirs too: OSError if taken
+            sockets = [listening_socket(self.server.config)]  # OSError if taken
             self.http_workers = HttpWorkers(
                 count=http_workers,
                 config_path=config_path,

@@ -6,9 +6,11 @@ workers stop with the service, however it stops, and the service does not outliv
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from aggregator import store
 from aggregator.auth import accounts
 from aggregator.auth.roles import Role
-from aggregator.http_workers import WORKER_HEADER
-from demo.broker import Mosquitto
+from aggregator.http_workers import WORKER_HEADER, listening_socket
+from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
 from tests.support.auth import HEADERS
 from tests.support.ingest import make_config, payload, store_payloads
@@ -209,3 +212,33 @@ def test_the_service_stops_when_a_worker_dies(tmp_path: Path) -> None:
         assert proc.wait(30) != 0  # and systemd restarts the whole service
         wait_for(lambda: not alive(second), timeout_s=30, what="the other worker to stop")
         assert "HTTP worker 1" in (tmp_path / "secagg.log").read_text()
+
+
+def test_connections_accepted_from_the_shared_socket_send_without_delay() -> None:
+    """asyncio turns Nagle off (``TCP_NODELAY``) only on connections accepted from a socket
+    that says it is TCP; uvicorn's own socket says protocol 0. Without it an answer written in
+    two parts waited 40 ms for the client's delayed ACK (measured: p50 44 ms for one event)."""
+    config = uvicorn.Config(app="unused:app", host="127.0.0.1", port=free_port())
+    sock = listening_socket(config)
+    nodelay: list[int] = []
+
+    async def main() -> None:
+        seen = asyncio.Event()
+
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = writer.get_extra_info("socket")
+            nodelay.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            seen.set()
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", config.port)
+            await seen.wait()
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=10))
+    assert nodelay and nodelay[0] != 0
+    plain = uvicorn.Config(app="unused:app", port=free_port()).bind_socket()
+    assert plain.proto == 0  # why it matters
+    plain.close()
