@@ -3,12 +3,16 @@ from the stored rows to JSON bytes (:func:`aggregator.api.deps.json_response`), 
 their response models. The bytes must be exactly what the models would write: each answer is
 read back into its response model and written again, and must not change by one byte (a field
 missing, added, out of order, an integer where the model has a float, a time written another
-way would all show). And the read pool, used on the event loop, never waits there."""
+way would all show). And the reads on the event loop never wait there for a connection, nor
+hold it for long."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from aggregator import store
+from aggregator.api.deps import quick_read
 from aggregator.api.schemas import EventDetail, EventPublic, ThreatPublic
 from tests.support.auth import api_client
 from tests.support.ingest import make_config, payload, store_payloads, threat_payload
@@ -85,3 +90,37 @@ def test_the_read_pool_never_makes_the_event_loop_wait(tmp_path: Path) -> None:
     with pool.connection(wait=False) as again:
         assert again is pooled  # the pooled one was kept
     pool.close()
+
+
+def test_a_read_that_takes_long_leaves_the_event_loop_for_the_thread_pool(tmp_path: Path) -> None:
+    """The lists run on the event loop; a read that no index serves must not hold it: past
+    ``LOOP_BUDGET_S`` SQLite interrupts it and it runs again on the thread pool."""
+    path = tmp_path / "secagg.sqlite"
+    store.migrate(path)
+    conn = store.connect(path, readonly=True)
+    slow = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
+        "SELECT COUNT(*) FROM c"
+    )
+    ran_on: list[str] = []
+
+    def read(sql: str) -> Callable[[store.Connection], int]:
+        def run(c: store.Connection) -> int:
+            ran_on.append(threading.current_thread().name)
+            return int(c.execute(sql).fetchone()[0])
+
+        return run
+
+    async def main() -> tuple[str, int, int]:
+        quick = await quick_read(conn, read("SELECT COUNT(*) FROM events"))
+        long = await quick_read(conn, read(slow))
+        return threading.current_thread().name, quick, long
+
+    try:
+        loop, quick, long = asyncio.run(main())
+        assert (quick, long) == (0, 1_000_000)
+        assert ran_on[:2] == [loop, loop]  # the quick one, then the slow one's first try
+        assert len(ran_on) == 3 and ran_on[2] != loop  # which ran again on the pool
+        assert conn.execute("SELECT 1").fetchone()[0] == 1  # the handler is gone
+    finally:
+        conn.close()

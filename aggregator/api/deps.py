@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pydantic_core
 from fastapi import Depends, HTTPException, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from aggregator import store
 from aggregator.config import AggregatorConfig, get_settings
@@ -53,6 +56,38 @@ async def get_db(
             yield conn
     except store.StoreUnavailable as exc:
         raise HTTPException(503, f"store not available: {exc}") from exc
+
+
+T = TypeVar("T")
+
+LOOP_BUDGET_S = 0.005
+"""How long a read may run on the event loop before it is taken to the thread pool."""
+
+
+async def quick_read(conn: store.Connection, read: Callable[[store.Connection], T]) -> T:
+    """``read(conn)``, on the event loop when it is quick, else on the thread pool.
+
+    The routes that run on the loop (no hop to the thread pool: each hop is a hand-over of the
+    interpreter lock, which under concurrent requests cost more than the query) must not hold
+    it: a filter that no index serves (``/api/threats?agent_id=`` on 1M threats: 1.1 s) would
+    stop every other request meanwhile. So SQLite interrupts the read once it has run for
+    :data:`LOOP_BUDGET_S` (a progress handler), and the read starts again on the thread pool,
+    where SQLite lets the other requests go on while it scans. Reads only: running one twice
+    changes nothing. On PostgreSQL every read is a round trip to the server: the pool."""
+    if not isinstance(conn, sqlite3.Connection):
+        return await run_in_threadpool(read, conn)
+    deadline = time.perf_counter() + LOOP_BUDGET_S
+    conn.set_progress_handler(lambda: time.perf_counter() > deadline, 2000)
+    try:
+        return read(conn)
+    except sqlite3.OperationalError as exc:
+        if str(exc) != "interrupted":
+            raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    if conn.in_transaction:
+        conn.rollback()
+    return await run_in_threadpool(read, conn)
 
 
 async def page_limit(

@@ -22,6 +22,7 @@ from aggregator.api.deps import (
     dt,
     epoch,
     json_response,
+    quick_read,
     write_connection,
 )
 from aggregator.api.routes.threats import threat_fields
@@ -96,27 +97,31 @@ async def list_events(
     cameras = None
     if site is not None:
         cameras = sorted(c for c, s in settings.events.sites.items() if s == site)
-    found = store.events.list_events(
-        conn,
-        limit=limit,
-        camera=camera,
-        agent_id=agent_id,
-        rule=rule,
-        since_ts=epoch(since),
-        until_ts=epoch(until),
-        state=state,
-        before_id=before_id,
-        after_id=after_id,
-        severity=severity,
-        label=label,
-        cameras=cameras,
-        reviewed=reviewed,
-    )
-    reviews = store.events.reviews_of(conn, [e.id for e in found])
-    response = json_response([event_fields(e, reviews.get(e.id)) for e in found])
-    if len(found) == limit and after_id is None:
-        paging.link_next(request, response, paging.id_cursor(found[-1].id))
-    return response
+
+    def page(conn: store.Connection) -> Response:
+        found = store.events.list_events(
+            conn,
+            limit=limit,
+            camera=camera,
+            agent_id=agent_id,
+            rule=rule,
+            since_ts=epoch(since),
+            until_ts=epoch(until),
+            state=state,
+            before_id=before_id,
+            after_id=after_id,
+            severity=severity,
+            label=label,
+            cameras=cameras,
+            reviewed=reviewed,
+        )
+        reviews = store.events.reviews_of(conn, [e.id for e in found])
+        response = json_response([event_fields(e, reviews.get(e.id)) for e in found])
+        if len(found) == limit and after_id is None:
+            paging.link_next(request, response, paging.id_cursor(found[-1].id))
+        return response
+
+    return await quick_read(conn, page)
 
 
 @router.get(
@@ -126,12 +131,15 @@ async def list_events(
     responses={404: {"description": "no such event"}},
 )
 async def get_event(conn: Db, event_id: EventId) -> Response:
-    event = store.events.get(conn, event_id)
-    if event is None:
-        raise HTTPException(404, f"event {event_id} not found")
-    threats = [threat_fields(t) for t in store.messages.threats_of_event(conn, event_id)]
-    review = store.events.reviews_of(conn, [event_id]).get(event_id)
-    return json_response({**event_fields(event, review), "threats": threats})
+    def detail(conn: store.Connection) -> Response:
+        event = store.events.get(conn, event_id)
+        if event is None:
+            raise HTTPException(404, f"event {event_id} not found")
+        threats = [threat_fields(t) for t in store.messages.threats_of_event(conn, event_id)]
+        review = store.events.reviews_of(conn, [event_id]).get(event_id)
+        return json_response({**event_fields(event, review), "threats": threats})
+
+    return await quick_read(conn, detail)
 
 
 @router.get(

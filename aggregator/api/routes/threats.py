@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from aggregator import store
 from aggregator.api import paging
 from aggregator.api.access import AUTH_RESPONSES, VIEWER
-from aggregator.api.deps import BeforeId, Db, Limit, dt, epoch, json_response
+from aggregator.api.deps import BeforeId, Db, Limit, dt, epoch, json_response, quick_read
 from aggregator.api.schemas import ThreatPublic
 from aggregator.store.models import ThreatWithMessage
 
@@ -68,17 +68,21 @@ async def list_threats(
     cursor: paging.IdCursor = None,
 ) -> Response:
     before_id = paging.below_id(cursor, before_id)
-    found = store.messages.list_threats(
-        conn,
-        limit=limit,
-        camera=camera,
-        agent_id=agent_id,
-        rule=rule,
-        since_ts=epoch(since),
-        until_ts=epoch(until),
-        before_id=before_id,
-    )
-    response = json_response([threat_fields(t) for t in found])
-    if len(found) == limit:
-        paging.link_next(request, response, paging.id_cursor(found[-1].threat.id))
-    return response
+
+    def page(conn: store.Connection) -> Response:
+        found = store.messages.list_threats(
+            conn,
+            limit=limit,
+            camera=camera,
+            agent_id=agent_id,
+            rule=rule,
+            since_ts=epoch(since),
+            until_ts=epoch(until),
+            before_id=before_id,
+        )
+        response = json_response([threat_fields(t) for t in found])
+        if len(found) == limit:
+            paging.link_next(request, response, paging.id_cursor(found[-1].threat.id))
+        return response
+
+    return await quick_read(conn, page)
