@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -122,6 +123,7 @@ class HttpWorkers:
             except OSError as exc:
                 raise HttpWorkerError(f"HTTP worker {number} did not start: {exc}") from exc
             assert process.stdin is not None
+            os.set_blocking(process.stdin.fileno(), False)  # a stuck worker never stops us
             child = _Child(number, process, process.stdin)
             self._children.append(child)
             self._send(child, {"service_token": service_token})
@@ -132,15 +134,20 @@ class HttpWorkers:
         return [c.process.pid for c in self._children]
 
     def _send(self, child: _Child, message: dict[str, Any]) -> None:
-        try:
-            child.stdin.write(json.dumps(message).encode() + b"\n")
-            child.stdin.flush()
-        except OSError:  # it died: dead() says so
-            pass
+        """One line, written whole or not at all (a pipe writes up to ``PIPE_BUF`` bytes at
+        once): a worker that does not read (stopped, stuck) misses states, never gets half
+        of one, and never blocks the service's main loop."""
+        line = json.dumps(message).encode() + b"\n"
+        if len(line) > select.PIPE_BUF:
+            log.warning("not sent to HTTP worker %d: %d bytes", child.number, len(line))
+            return
+        with contextlib.suppress(OSError):  # full: the next turn sends a newer state; dead:
+            os.write(child.stdin.fileno(), line)  # dead() says so
 
     def publish(self, liveness: Liveness) -> None:
         """Tell every worker the service's liveness (what its /api/health reports)."""
-        state = {"liveness": dataclasses.asdict(liveness)}
+        fields = dataclasses.asdict(liveness)  # reasons cut short: a line fits a pipe write
+        state = {"liveness": {k: v[:500] if isinstance(v, str) else v for k, v in fields.items()}}
         for child in self._children:
             self._send(child, state)
 

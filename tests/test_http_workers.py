@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,8 @@ import uvicorn
 from aggregator import store
 from aggregator.auth import accounts
 from aggregator.auth.roles import Role
-from aggregator.http_workers import WORKER_HEADER, listening_socket
+from aggregator.http_workers import WORKER_HEADER, HttpWorkers, _Child, listening_socket
+from aggregator.liveness import Liveness
 from demo.broker import Mosquitto, free_port
 from tests.support import wait_for
 from tests.support.auth import HEADERS
@@ -242,3 +244,28 @@ def test_connections_accepted_from_the_shared_socket_send_without_delay() -> Non
     plain = uvicorn.Config(app="unused:app", port=free_port()).bind_socket()
     assert plain.proto == 0  # why it matters
     plain.close()
+
+
+def test_a_worker_that_does_not_read_never_blocks_the_service() -> None:
+    """The liveness goes down a non-blocking pipe, a line at a time: a worker that stopped
+    reading (here a process that never reads) misses states; the service's loop goes on."""
+    reader = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE)
+    sock = socket.socket()
+    try:
+        assert reader.stdin is not None
+        os.set_blocking(reader.stdin.fileno(), False)
+        workers = HttpWorkers(
+            count=1, config_path=Path("unused"), sock=sock, log_level="info",
+            log_format="text",
+        )  # fmt: skip
+        workers._children.append(_Child(1, reader, reader.stdin))
+        long = Liveness(broker_connected=True, writer_alive=True, writer_died="x" * 100_000)
+        began = time.monotonic()
+        for _ in range(2000):  # 2000 lines of about 700 bytes: far more than a pipe holds
+            workers.publish(long)
+        assert time.monotonic() - began < 10
+        assert workers.dead() is None
+    finally:
+        reader.kill()
+        reader.wait()
+        sock.close()
