@@ -92,8 +92,21 @@ def freeze_startup_objects() -> None:
     default=None,
     help="the ingest worker's name (--role ingest): it connects as <client_id>-<worker>",
 )
+@click.option(
+    "--http-workers",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="more processes answering the API's port beside this one (--role all or api): one "
+    "Python process answers one request at a time (docs/scale.md)",
+)
 def serve(
-    config_path: Path, log_level: str, log_format: str, role: str, worker: str | None
+    config_path: Path,
+    log_level: str,
+    log_format: str,
+    role: str,
+    worker: str | None,
+    http_workers: int,
 ) -> None:
     """Ingest threats from MQTT and serve the REST API until SIGINT/SIGTERM.
 
@@ -101,7 +114,8 @@ def serve(
     (an ingest worker: once subscribed), pings the watchdog while the store writer turns and the
     API answers, and on SIGTERM stores what it holds, checkpoints the database and exits 0.
     Many processes on one store: one ``--role api`` and any number of ``--role ingest --worker
-    NAME`` (docs/scale.md).
+    NAME`` (docs/scale.md). ``--http-workers N`` starts N more processes that answer the same
+    port (the API and the pages only; they stop with this one).
     """
     from aggregator import roles, store
     from aggregator.service import Service, ServiceError
@@ -113,9 +127,19 @@ def serve(
         roles.check(role_of, worker)
     except roles.RoleError as exc:
         raise click.UsageError(str(exc)) from exc
+    if http_workers and role_of == "ingest":
+        raise click.UsageError(
+            "--http-workers is for --role all or api: an ingest worker serves no API"
+        )
     try:
         service = Service(
-            config, log_level=log_level, log_format=log_format, role=role_of, worker=worker
+            config,
+            log_level=log_level,
+            log_format=log_format,
+            role=role_of,
+            worker=worker,
+            http_workers=http_workers,
+            config_path=config_path,
         )
         freeze_startup_objects()
         service.run()

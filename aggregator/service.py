@@ -22,8 +22,10 @@ import logging
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import httpx
@@ -33,6 +35,7 @@ from aggregator import roles, store
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
 from aggregator.homeassistant import HomeAssistantBridge
+from aggregator.http_workers import HttpWorkerError, HttpWorkers, listening_socket
 from aggregator.ingest import Ingest
 from aggregator.metrics import AggregatorMetrics
 from aggregator.ota.controller import OtaController
@@ -71,6 +74,8 @@ class Service:
         notifier: Notifier | None = None,
         role: roles.Role = "all",
         worker: str | None = None,
+        http_workers: int = 0,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
         self.role = role
@@ -95,6 +100,7 @@ class Service:
             liveness=self.ingest.liveness,
             service_token=self._probe_token,
             metrics_of=AggregatorMetrics(config, ingest=self.ingest, run_logs=self.run_logs),
+            worker_number=0 if http_workers else None,
         )
         self._read_pools: dict[str, store.ReadPool] = app.state.read_pools
         self.server = uvicorn.Server(
@@ -111,8 +117,24 @@ class Service:
         self.ota: OtaController | None = None
         if config.ota.enabled and self.serves_api:
             self.ota = OtaController(config, self.ingest.client, connected=self.ingest.connected)
+        self.http_workers: HttpWorkers | None = None
+        sockets: list[socket.socket] | None = None
+        if http_workers and self.serves_api:
+            if config_path is None:
+                raise ServiceError("--http-workers needs the config file's path")
+            sockets = [listening_socket(self.server.config)]  # OSError if taken
+            self.http_workers = HttpWorkers(
+                count=http_workers,
+                config_path=config_path,
+                sock=sockets[0],
+                log_level=log_level,
+                log_format=log_format,
+            )
+        self._sockets = sockets
         self._stop = threading.Event()
-        self._api = threading.Thread(target=self.server.run, name="api", daemon=True)
+        self._api = threading.Thread(
+            target=self.server.run, args=(sockets,), name="api", daemon=True
+        )
         host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::", "") else config.api.host
         self._probe_url = f"http://{host}:{config.api.port}/api/health"
         self._probe_ok_at = time.monotonic()
@@ -189,15 +211,22 @@ class Service:
         last_problems: list[str] = []
         next_status = 0.0
         try:
+            if self.http_workers is not None:
+                self.http_workers.start(self._probe_token)
             while not self._stop.wait(TURN_S):
                 now = time.monotonic()
                 if self.serves_api and not self._api.is_alive():
                     failed = "the API server stopped" + ("" if ready else " before it listened")
                     break
-                fatal = self.ingest.liveness().fatal
-                if fatal is not None:  # never half-alive: exit non-zero, systemd restarts us
+                live = self.ingest.liveness()
+                fatal = live.fatal
+                if fatal is None and self.http_workers is not None:
+                    fatal = self.http_workers.dead()
+                if fatal:  # never half-alive: exit non-zero, systemd restarts us
                     failed = fatal
                     break
+                if self.http_workers is not None:
+                    self.http_workers.publish(live)
                 if not ready and (
                     self.server.started if self.serves_api else self.ingest.connected.is_set()
                 ):
@@ -220,6 +249,8 @@ class Service:
                 if now >= next_status:
                     next_status = now + STATUS_EVERY_S
                     self.notifier.status(self.status_line(found))
+        except HttpWorkerError as exc:
+            failed = str(exc)
         finally:
             self.shutdown()
         if failed is not None:
@@ -230,8 +261,12 @@ class Service:
         """Stop the API (in-flight requests finish), then the ingest: the batch in hand is
         stored and acknowledged, the WAL checkpointed, the broker connection closed."""
         self.server.should_exit = True
+        if self.http_workers is not None:  # they finish their requests too
+            self.http_workers.stop()
         if self._api.is_alive():
             self._api.join(timeout=10)
+        for sock in self._sockets or ():
+            sock.close()
         for pool in self._read_pools.values():  # the writer, closing last, removes the WAL
             pool.close()
         if self.ota is not None:

@@ -373,9 +373,12 @@ async def measure(
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used (its threads included)."""
+    """User + system CPU seconds the process has used (its threads and its live children
+    included: the HTTP workers of ``--http-workers``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_s(int(child)) for child in children)
 
 
 def wait_up(
@@ -413,6 +416,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--verbose", action="store_true", help="show secagg's log")
     parser.add_argument("--only", default="", help="comma-separated route names to run")
+    parser.add_argument("--http-workers", type=int, default=0, help="secagg serve --http-workers N")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         if args.backend == "postgresql":
@@ -460,7 +464,8 @@ def run(where: BenchStore, shown: str, args: argparse.Namespace) -> None:
             )
             began = time.monotonic()
             server = subprocess.Popen(
-                [str(BIN / "secagg"), "serve", "--config", str(work / "secagg.yaml")],
+                [str(BIN / "secagg"), "serve", "--config", str(work / "secagg.yaml")]
+                + ["--http-workers", str(args.http_workers)] * bool(args.http_workers),
                 stdout=subprocess.DEVNULL,
                 stderr=sys.stderr if args.verbose else subprocess.DEVNULL,
             )
@@ -517,6 +522,7 @@ def run(where: BenchStore, shown: str, args: argparse.Namespace) -> None:
         f"{layout.events:,} events, {layout.events * layout.threats_per_event:,} threats; "
         f"database {size / 2**30:.2f} GiB; {args.clients} client(s), {args.requests} requests "
         f"a route (plot draw: 20) in {args.rounds} rounds"
+        + (f"; secagg serve --http-workers {args.http_workers}" if args.http_workers else "")
     )
     on_pg = where.pg is not None
     print(

@@ -30,7 +30,7 @@ from aggregator.auth import secrets
 from aggregator.auth.throttle import LoginThrottle
 from aggregator.config import AggregatorConfig
 from aggregator.liveness import NO_INGEST, Liveness
-from aggregator.metrics import AggregatorMetrics
+from aggregator.metrics import AggregatorMetrics, TimedRequests
 from appcommon.version import code_version
 
 DOCS_STATIC_URL = "/static/docs"
@@ -43,12 +43,14 @@ def create_app(
     liveness: Callable[[], Liveness] | None = None,
     service_token: str | None = None,
     metrics_of: AggregatorMetrics | None = None,
+    worker_number: int | None = None,
 ) -> FastAPI:
     """The API app. ``config`` replaces :func:`get_settings` (what ``secagg serve`` does);
     ``liveness`` reports the ingest running beside it (none: the health endpoint says degraded);
     ``service_token`` is a bearer token that secagg's own health probe sends (viewer; it is
     never written anywhere); ``metrics_of`` the metrics of the service around it (none: of the
-    API alone)."""
+    API alone); ``worker_number``: which of the processes answering the port this is (0 the
+    service, 1..N its HTTP workers; sent as ``X-Secagg-Worker``), none with one process."""
     if config is not None:  # BackendIncomplete: no API over half a PostgreSQL store
         store.require_complete(config.store.target)
     app = FastAPIOffline(
@@ -73,7 +75,7 @@ def create_app(
     app.state.reproduce_lock = reproduce.ReproduceLock()
     routers = (health, threats, events, agents, notifications, provenance, plots, ota, tokens)
     app.state.metrics = metrics_of or AggregatorMetrics(config or AggregatorConfig())
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(TimedRequests, metrics=app.state.metrics, worker_number=worker_number)
     for module in (*routers, reproduce, links, logs, metrics):
         app.include_router(module.router)
     app.include_router(ota.api_router)

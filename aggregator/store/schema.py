@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, overload
@@ -477,9 +477,11 @@ class ReadPool:
         self._lock = threading.Lock()
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
+    def connection(self, *, wait: bool = True) -> Iterator[Connection]:
         """Lend a connection (a new one while fewer than ``size`` exist, else wait for one);
-        StoreUnavailable when the database cannot be opened."""
+        StoreUnavailable when the database cannot be opened. ``wait=False`` (the event loop,
+        which must never block on a connection that only the loop itself can give back):
+        with all ``size`` lent, open one more for this request and close it afterwards."""
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
@@ -487,15 +489,20 @@ class ReadPool:
                 make = self._made < self.size
                 if make:
                     self._made += 1
-            if make:
+            if make or not wait:
                 try:
                     conn = connect(self.path, readonly=True)
                 except StoreUnavailable:
-                    with self._lock:
-                        self._made -= 1
+                    if make:
+                        with self._lock:
+                            self._made -= 1
                     raise
             else:
                 conn = self._idle.get()
+            if not make and not wait:  # an extra one: not kept
+                with closing(conn):
+                    yield conn
+                return
         try:
             yield conn
         except BaseException:

@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from aggregator import store
 from aggregator.api import paging
 from aggregator.api.access import SESSION_COOKIE, client_address, identify
-from aggregator.api.deps import MAX_ID, Db, Settings, write_connection
+from aggregator.api.deps import MAX_ID, Db, Settings, quick_read, write_connection
 from aggregator.auth import accounts, secrets
 from aggregator.auth.roles import Principal, Role
 from aggregator.auth.throttle import LoginThrottle
@@ -226,7 +226,7 @@ def _find_events(
 
 
 @router.get("/", response_class=HTMLResponse)
-def events_page(
+async def events_page(
     request: Request,
     who: User,
     conn: Db,
@@ -238,28 +238,35 @@ def events_page(
     (``before_id``, the older form, still works)."""
     filters = _filters(request)
     before_id = paging.below_id(cursor, before_id)
-    found = _find_events(conn, settings, filters, before_id=before_id)
-    options = store.events.distinct_values(conn)
-    options["site"] = sorted(set(settings.events.sites.values()))
-    older = None
-    if len(found) == PAGE_SIZE:
-        older = "?" + urlencode({**filters, "cursor": paging.id_cursor(found[-1].id)})
+
+    def read(conn: store.Connection) -> dict[str, Any]:
+        found = _find_events(conn, settings, filters, before_id=before_id)
+        options = store.events.distinct_values(conn)
+        options["site"] = sorted(set(settings.events.sites.values()))
+        older = None
+        if len(found) == PAGE_SIZE:
+            older = "?" + urlencode({**filters, "cursor": paging.id_cursor(found[-1].id)})
+        return {
+            "cards": views.event_cards(conn, found),
+            "options": options,
+            "older": older,
+            "latest_id": store.events.latest_id(conn) if before_id is None else None,
+        }
+
+    shown = await quick_read(conn, read)
     return render(
         request,
         "events.html",
         who,
-        cards=views.event_cards(conn, found),
         filters=filters,
-        options=options,
-        older=older,
-        latest_id=store.events.latest_id(conn) if before_id is None else None,
         live_poll_s=LIVE_POLL_S,
         query=urlencode(filters),
+        **shown,
     )
 
 
 @router.get("/events/rows", response_class=HTMLResponse)
-def event_rows(
+async def event_rows(
     request: Request,
     who: User,
     conn: Db,
@@ -268,37 +275,43 @@ def event_rows(
 ) -> HTMLResponse:
     """The rows of events newer than ``after_id`` (the page's live updates), newest first;
     ``X-Latest-Id`` says where to ask from next time."""
-    found = _find_events(conn, settings, _filters(request), after_id=after_id)
-    response = render(request, "_event_rows.html", who, cards=views.event_cards(conn, found))
+    filters = _filters(request)
+
+    def read(conn: store.Connection) -> tuple[list[Any], list[dict[str, Any]]]:
+        found = _find_events(conn, settings, filters, after_id=after_id)
+        return found, views.event_cards(conn, found)
+
+    found, cards = await quick_read(conn, read)
+    response = render(request, "_event_rows.html", who, cards=cards)
     response.headers["X-Latest-Id"] = str(max([after_id, *(e.id for e in found)]))
     return response
 
 
 @router.get("/events/{event_id}", response_class=HTMLResponse)
-def event_page(
+async def event_page(
     request: Request,
     who: User,
     conn: Db,
     settings: Settings,
     event_id: Annotated[int, Path(ge=1, le=MAX_ID)],
 ) -> HTMLResponse:
-    event = store.events.get(conn, event_id)
-    if event is None:
-        raise HTTPException(404, f"event {event_id} not found")
-    review = store.events.reviews_of(conn, [event_id]).get(event_id)
-    frames = views.frames_of_event(conn, event_id)
-    notifications = views.notifications_of(conn, event_id)
-    return render(
-        request,
-        "event.html",
-        who,
-        card=views.event_card(conn, event, review),
-        frames=frames,
-        notifications=notifications,
-        timeline=views.timeline(event, frames, notifications, review),
-        provenance=views.provenance(conn, event_id, limit=settings.api.graph_nodes_max),
-        logs=views.logs_of_event(conn, event_id),
-    )
+    def read(conn: store.Connection) -> dict[str, Any]:
+        event = store.events.get(conn, event_id)
+        if event is None:
+            raise HTTPException(404, f"event {event_id} not found")
+        review = store.events.reviews_of(conn, [event_id]).get(event_id)
+        frames = views.frames_of_event(conn, event_id)
+        notifications = views.notifications_of(conn, event_id)
+        return {
+            "card": views.event_card(conn, event, review),
+            "frames": frames,
+            "notifications": notifications,
+            "timeline": views.timeline(event, frames, notifications, review),
+            "provenance": views.provenance(conn, event_id, limit=settings.api.graph_nodes_max),
+            "logs": views.logs_of_event(conn, event_id),
+        }
+
+    return render(request, "event.html", who, **await quick_read(conn, read))
 
 
 # agents and plots ----------------------------------------------------------------------------

@@ -17,14 +17,15 @@ from aggregator.api.deps import (
     BeforeId,
     Db,
     EventId,
-    JsonList,
     Limit,
     Settings,
     dt,
     epoch,
+    json_response,
+    quick_read,
     write_connection,
 )
-from aggregator.api.routes.threats import threat_public
+from aggregator.api.routes.threats import threat_fields
 from aggregator.api.schemas import EventDetail, EventPublic
 from aggregator.snapshots import snapshot_path
 from aggregator.store.events import Review
@@ -32,15 +33,15 @@ from aggregator.store.models import EventRow
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["events"], dependencies=[VIEWER], responses=AUTH_RESPONSES)
-EVENTS = JsonList(EventPublic)
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 """Images are served as what they are: a browser never guesses another type from the bytes."""
 
 
 def event_fields(event: EventRow, review: Review | None) -> dict[str, Any]:
+    """An event as :class:`EventPublic`'s fields, in its order, ready for
+    :func:`~aggregator.api.deps.json_response` (``tests/test_api_request_path.py`` compares the
+    bytes with the model's)."""
     return {
-        "reviewed_by": None if review is None else review.reviewed_by,
-        "reviewed_at": None if review is None else dt(review.reviewed_ts),
         "id": event.id,
         "agent_id": event.agent_id,
         "camera": event.camera,
@@ -54,6 +55,8 @@ def event_fields(event: EventRow, review: Review | None) -> dict[str, Any]:
         "threat_count": event.threat_count,
         "top_score": event.top_score,
         "cameras": event.cameras,
+        "reviewed_by": None if review is None else review.reviewed_by,
+        "reviewed_at": None if review is None else dt(review.reviewed_ts),
     }
 
 
@@ -63,7 +66,7 @@ def event_fields(event: EventRow, review: Review | None) -> dict[str, Any]:
     summary="Threat events, newest first, a page at a time (keyset: the next page's cursor "
     'comes in the Link rel="next" and X-Next-Cursor headers)',
 )
-def list_events(
+async def list_events(
     request: Request,
     conn: Db,
     settings: Settings,
@@ -94,27 +97,31 @@ def list_events(
     cameras = None
     if site is not None:
         cameras = sorted(c for c, s in settings.events.sites.items() if s == site)
-    found = store.events.list_events(
-        conn,
-        limit=limit,
-        camera=camera,
-        agent_id=agent_id,
-        rule=rule,
-        since_ts=epoch(since),
-        until_ts=epoch(until),
-        state=state,
-        before_id=before_id,
-        after_id=after_id,
-        severity=severity,
-        label=label,
-        cameras=cameras,
-        reviewed=reviewed,
-    )
-    reviews = store.events.reviews_of(conn, [e.id for e in found])
-    response = EVENTS.response([EventPublic(**event_fields(e, reviews.get(e.id))) for e in found])
-    if len(found) == limit and after_id is None:
-        paging.link_next(request, response, paging.id_cursor(found[-1].id))
-    return response
+
+    def page(conn: store.Connection) -> Response:
+        found = store.events.list_events(
+            conn,
+            limit=limit,
+            camera=camera,
+            agent_id=agent_id,
+            rule=rule,
+            since_ts=epoch(since),
+            until_ts=epoch(until),
+            state=state,
+            before_id=before_id,
+            after_id=after_id,
+            severity=severity,
+            label=label,
+            cameras=cameras,
+            reviewed=reviewed,
+        )
+        reviews = store.events.reviews_of(conn, [e.id for e in found])
+        response = json_response([event_fields(e, reviews.get(e.id)) for e in found])
+        if len(found) == limit and after_id is None:
+            paging.link_next(request, response, paging.id_cursor(found[-1].id))
+        return response
+
+    return await quick_read(conn, page)
 
 
 @router.get(
@@ -123,13 +130,16 @@ def list_events(
     summary="One threat event with all its threats and their provenance",
     responses={404: {"description": "no such event"}},
 )
-def get_event(conn: Db, event_id: EventId) -> EventDetail:
-    event = store.events.get(conn, event_id)
-    if event is None:
-        raise HTTPException(404, f"event {event_id} not found")
-    threats = [threat_public(t) for t in store.messages.threats_of_event(conn, event_id)]
-    review = store.events.reviews_of(conn, [event_id]).get(event_id)
-    return EventDetail(**event_fields(event, review), threats=threats)
+async def get_event(conn: Db, event_id: EventId) -> Response:
+    def detail(conn: store.Connection) -> Response:
+        event = store.events.get(conn, event_id)
+        if event is None:
+            raise HTTPException(404, f"event {event_id} not found")
+        threats = [threat_fields(t) for t in store.messages.threats_of_event(conn, event_id)]
+        review = store.events.reviews_of(conn, [event_id]).get(event_id)
+        return json_response({**event_fields(event, review), "threats": threats})
+
+    return await quick_read(conn, detail)
 
 
 @router.get(

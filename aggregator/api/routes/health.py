@@ -33,7 +33,7 @@ router = APIRouter(tags=["health"], dependencies=[HealthAccess], responses=AUTH_
     "/api/ping",
     summary="The server answers (no store, no ingest): a load balancer's cheapest check",
 )
-def ping() -> dict[str, bool]:
+async def ping() -> dict[str, bool]:
     return {"ok": True}
 
 
@@ -49,7 +49,7 @@ def ping() -> dict[str, bool]:
         }
     },
 )
-def health(conn: Db, request: Request) -> Health | JSONResponse:
+async def health(conn: Db, request: Request) -> Health | JSONResponse:
     liveness: Liveness = request.app.state.liveness()
     counts = store.counters.row_counts(conn)
     counters = store.counters.ingest_counters(conn)
