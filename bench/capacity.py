@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,19 +153,6 @@ def cpu_s(pid: int) -> float:
     return total / 1e9
 
 
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds of ``root`` and its children (a PostgreSQL postmaster's backends)."""
-    total = cpu_s(root)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == root:
-                total += cpu_s(int(stat.parent.name))
-        except OSError:
-            continue  # a backend that ended meanwhile
-    return total
-
-
 def stored(target: str) -> int:
     """Messages stored so far, as the store counts them (on PostgreSQL, summed over the rows of
     each writing process)."""
@@ -191,8 +179,14 @@ class Costs:
 
 
 def measure(
-    broker: Mosquitto, store: str, messages: list[bytes], work: Path, *, postmaster: int | None
+    broker: Mosquitto,
+    store: str,
+    messages: list[bytes],
+    work: Path,
+    *,
+    server_cpu: Callable[[], float] | None,
 ) -> Costs:
+    """``server_cpu``: the database server's CPU seconds so far (PostgreSQL's processes)."""
     assert broker.proc is not None
     store_line = f"url: {store}" if store.startswith("postgresql://") else f"path: {store}"
     config = work / "secagg.yaml"
@@ -219,7 +213,7 @@ def measure(
         b0 = cpu_s(broker.proc.pid)
         publish_all(broker, messages)  # the broker queues them for the paused member
         b1 = cpu_s(broker.proc.pid)
-        d0 = tree_cpu_s(postmaster) if postmaster else 0.0
+        d0 = server_cpu() if server_cpu else 0.0
         w0 = cpu_s(worker.pid)
         t0 = time.perf_counter()
         worker.send_signal(signal.SIGCONT)
@@ -229,7 +223,7 @@ def measure(
             time.sleep(0.02)  # polling a deadline wait
         elapsed = time.perf_counter() - t0
         b2, w1 = cpu_s(broker.proc.pid), cpu_s(worker.pid)
-        d1 = tree_cpu_s(postmaster) if postmaster else 0.0
+        d1 = server_cpu() if server_cpu else 0.0
     finally:
         worker.send_signal(signal.SIGCONT)
         worker.terminate()
@@ -243,7 +237,7 @@ def measure(
         broker_in_us=(b1 - b0) / n * 1e6,
         broker_out_us=(b2 - b1) / n * 1e6,
         worker_us=(w1 - w0) / n * 1e6,
-        database_us=(d1 - d0) / n * 1e6 if postmaster else None,
+        database_us=(d1 - d0) / n * 1e6 if server_cpu else None,
         rate=n / elapsed,
     )
 
@@ -320,9 +314,9 @@ def run(
             with Postgres(durable=True) as pg:
                 assert pg.proc is not None
                 store = pg.create_database("capacity")
-                costs = measure(broker, store, messages, tmp, postmaster=pg.proc.pid)
+                costs = measure(broker, store, messages, tmp, server_cpu=pg.cpu_s)
         else:
-            costs = measure(broker, str(tmp / "secagg.sqlite"), messages, tmp, postmaster=None)
+            costs = measure(broker, str(tmp / "secagg.sqlite"), messages, tmp, server_cpu=None)
     finally:
         for sock in socks:
             sock.close()

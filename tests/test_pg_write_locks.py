@@ -13,7 +13,6 @@ up, run ids never shared, no deadlock."""
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import threading
 import uuid
@@ -25,32 +24,19 @@ from typing import Any
 
 import pytest
 
-from aggregator import events, records, retention, store
+from aggregator import events, retention, store
 from aggregator.config import AggregatorConfig
 from aggregator.threat_batch import RUNS_PER_MESSAGE
 from demo.postgres import Postgres
 from tests.support import wait_for
-from tests.support.ingest import T0, make_config, status_payload, threat_payload
+from tests.support.ingest import T0, make_config, status_payload, store_on, threat_payload
 
 NOW_TS = T0.timestamp() + 3600
 HELD = "batch-a"
 
 
 def _store(conn: store.Connection, config: AggregatorConfig, payloads: list[Any]) -> Any:
-    kinds = {"secagent.status/1": "status"}
-    return records.store_batch(
-        conn,
-        [
-            (
-                f"secagent/v1/{p['agent_id']}/{kinds.get(p['schema'], 'threats')}",
-                json.dumps(p).encode(),
-            )
-            for p in payloads
-        ],
-        config=config,
-        grouping=events.Grouping.from_config(config.events),
-        now_ts=NOW_TS,
-    )
+    return store_on(conn, config, payloads, now_ts=NOW_TS)
 
 
 _databases = itertools.count(1)

@@ -6,7 +6,6 @@ test once per backend); and while a module is missing, secagg refuses a PostgreS
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from aggregator import events, records, store
+from aggregator import records, store
 from aggregator.api import create_app
 from aggregator.cli import main
 from aggregator.config import AggregatorConfig
@@ -29,6 +28,7 @@ from tests.support.ingest import (
     make_config,
     payload,
     status_payload,
+    store_on,
     threat_payload,
 )
 
@@ -796,21 +796,8 @@ def _store_batch(target: store.schema.Target, config: AggregatorConfig, payloads
     """What the ingest writer does with a batch (tests/support/ingest.py's store_payloads), on
     the store at ``target``, at a fixed time so both backends store the same rows."""
     conn = store.connect(target)
-    kinds = {"secagent.status/1": "status"}
     try:
-        return records.store_batch(
-            conn,
-            [
-                (
-                    f"secagent/v1/{p['agent_id']}/{kinds.get(p['schema'], 'threats')}",
-                    json.dumps(p).encode(),
-                )
-                for p in payloads
-            ],
-            config=config,
-            grouping=events.Grouping.from_config(config.events),
-            now_ts=T0.timestamp() + 3600,
-        )
+        return store_on(conn, config, payloads, now_ts=T0.timestamp() + 3600)
     finally:
         conn.close()
 

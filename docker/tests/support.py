@@ -71,6 +71,17 @@ class Compose:
         )
         return done.stdout + done.stderr
 
+    def mails(self) -> list[str]:
+        """The subjects of the emails in the mail sink's Maildir."""
+        out = self.exec(
+            "mailsink",
+            "/opt/mailsink/bin/python",
+            "-c",
+            "import mailbox, json; print(json.dumps([m['Subject'] for m in "
+            "mailbox.Maildir('/var/mail/sink', create=False)]))",
+        )
+        return list(json.loads(out))
+
     def agent_health(self) -> dict[str, object]:
         out = self.exec(
             "secagent",

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.synthetic import synthetic_threat
+from demo.broker import free_port
 from docker.tests.support import DOCKER, ROOT, SCALE_COMPOSE_FILE, Compose, docker, inspect
 from modelrt.manifest import load_manifest
 from modelrt.rules import load_rules
@@ -48,12 +48,6 @@ WORKERS = 3
 SITES = {"test-0": "north", "test-1": "north", "test-2": "south"}
 PROJECT = "secagent-scaletest"
 CONFIG = "/etc/secagent/secagg.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ScaleStack:
@@ -90,14 +84,7 @@ class ScaleStack:
         return out.splitlines()
 
     def mails(self) -> list[str]:
-        out = self.compose.exec(
-            "mailsink",
-            "/opt/mailsink/bin/python",
-            "-c",
-            "import mailbox, json; print(json.dumps([m['Subject'] for m in "
-            "mailbox.Maildir('/var/mail/sink', create=False)]))",
-        )
-        return list(json.loads(out))
+        return self.compose.mails()
 
     def workers(self) -> list[str]:
         """The worker names: the hostnames of the ingest containers."""

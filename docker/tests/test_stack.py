@@ -12,24 +12,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from demo.broker import free_port
 from demo.footage import sample_clip
 from docker.tests.support import ROOT, Compose, docker, inspect
 from tests.support import wait_for
 
 SERVICES = ("mosquitto", "mailsink", "secagg", "secagent")
 AGENT = "compose-host"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Stack:
@@ -77,14 +71,7 @@ class Stack:
         return int(health["counters"].get("duplicate", 0))
 
     def mails(self) -> list[str]:
-        out = self.compose.exec(
-            "mailsink",
-            "/opt/mailsink/bin/python",
-            "-c",
-            "import mailbox, json; print(json.dumps([m['Subject'] for m in "
-            "mailbox.Maildir('/var/mail/sink', create=False)]))",
-        )
-        return list(json.loads(out))
+        return self.compose.mails()
 
     def healthy(self, *services: str) -> bool:
         return all(self.compose.health(s) == "healthy" for s in services)

@@ -182,23 +182,34 @@ def store_payloads(
     where = config.store.path if target is None else target
     store.migrate(where)
     conn = store.connect(where)
-    kinds = {"secagent.status/1": "status"}
     try:
-        return records.store_batch(
-            conn,
-            [
-                (
-                    f"secagent/v1/{p['agent_id']}/{kinds.get(p['schema'], 'threats')}",
-                    json.dumps(p).encode(),
-                )
-                for p in payloads
-            ],
-            config=config,
-            grouping=events.Grouping.from_config(config.events),
-            now_ts=time.time(),
-        )
+        return store_on(conn, config, payloads, now_ts=time.time())
     finally:
         conn.close()
+
+
+def store_on(
+    conn: store.Connection,
+    config: AggregatorConfig,
+    payloads: list[dict[str, Any]],
+    *,
+    now_ts: float,
+) -> records.BatchResult:
+    """:func:`store_payloads` on an open connection, at ``now_ts`` (the aggregator's clock)."""
+    kinds = {"secagent.status/1": "status"}
+    return records.store_batch(
+        conn,
+        [
+            (
+                f"secagent/v1/{p['agent_id']}/{kinds.get(p['schema'], 'threats')}",
+                json.dumps(p).encode(),
+            )
+            for p in payloads
+        ],
+        config=config,
+        grouping=events.Grouping.from_config(config.events),
+        now_ts=now_ts,
+    )
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> AggregatorConfig:
