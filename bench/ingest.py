@@ -21,6 +21,7 @@ files are counted apart. Rounds alternate which consumer goes first.
     python bench/ingest.py [--messages 3000] [--rounds 3] [--no-snapshot] [--wire 1]
     python bench/ingest.py --profile secagg.prof   # cProfile of the secagg process's drain
     python bench/ingest.py --backend postgresql    # the store on a private PostgreSQL cluster
+    python bench/ingest.py --snapshot-sync filesystem  # one syncfs a batch, not an fsync a file
 
 With ``--backend postgresql`` the store is a new database of a private cluster
 (``demo/postgres.py``, fsync off as in the tests) for each round: the server's own CPU is not in
@@ -247,7 +248,11 @@ def child_secagg(args: argparse.Namespace) -> dict[str, Any]:
                 "client_id": args.client_id,
                 "session_expiry_s": 3600,
             },
-            "store": {**where, "snapshots_dir": str(work / f"{args.client_id}-snapshots")},
+            "store": {
+                **where,
+                "snapshots_dir": str(work / f"{args.client_id}-snapshots"),
+                "snapshot_sync": args.snapshot_sync,
+            },
             "events": {"cutoff_s": 30, "sweep_interval_s": 5},
             "api": {"port": free_port()},  # built, never started
         }
@@ -338,6 +343,7 @@ def run_child(
     profile: str | None = None,
     log_level: str = "info",
     store_url: str | None = None,
+    snapshot_sync: str = "file",
 ) -> Round:
     cmd = [
         sys.executable,
@@ -359,6 +365,8 @@ def run_child(
         cmd += ["--profile", profile]
     if store_url:
         cmd += ["--store-url", store_url]
+    if kind == "secagg":
+        cmd += ["--snapshot-sync", snapshot_sync]
     log = (work / f"{client_id}.log").open("wb")
     with (
         log,
@@ -419,6 +427,13 @@ def main() -> int:
         help="where the stores and snapshots go (default: the system's temporary directory; "
         "/dev/shm takes the disk out of the figures)",
     )
+    parser.add_argument(
+        "--snapshot-sync",
+        choices=("file", "filesystem"),
+        default="file",
+        help="secagg's store.snapshot_sync: an fsync a snapshot file (default) or one syncfs "
+        "of the snapshots' filesystem a batch",
+    )
     parser.add_argument("--profile", help="write a cProfile of secagg's writer thread here")
     parser.add_argument(
         "--log-level",
@@ -466,6 +481,7 @@ def main() -> int:
                         profile=profile,
                         log_level=args.log_level,
                         store_url=pg.create_database(f"secagg_{r}") if pg else None,
+                        snapshot_sync=args.snapshot_sync,
                     )
 
                 def plain(r: int = r) -> Round:
@@ -493,7 +509,11 @@ def main() -> int:
     ratio = _median([a.rate / b.rate for a, b in zip(agg, bare, strict=True)])
     db_per_threat = _median([a.result["db_growth_bytes"] / a.result["stored"] for a in agg])
     snap_per_threat = _median([a.result["snapshot_bytes"] / a.result["stored"] for a in agg])
-    kind = "no snapshot" if args.no_snapshot else f"threat/{args.wire} with a snapshot"
+    kind = (
+        "no snapshot"
+        if args.no_snapshot
+        else f"threat/{args.wire} with a snapshot, snapshot_sync {args.snapshot_sync}"
+    )
     if args.backend != "sqlite":
         kind += f", store on {args.backend}"
     print(
