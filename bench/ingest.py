@@ -509,11 +509,9 @@ def main() -> int:
     ratio = _median([a.rate / b.rate for a, b in zip(agg, bare, strict=True)])
     db_per_threat = _median([a.result["db_growth_bytes"] / a.result["stored"] for a in agg])
     snap_per_threat = _median([a.result["snapshot_bytes"] / a.result["stored"] for a in agg])
-    kind = (
-        "no snapshot"
-        if args.no_snapshot
-        else f"threat/{args.wire} with a snapshot, snapshot_sync {args.snapshot_sync}"
-    )
+    kind = "no snapshot" if args.no_snapshot else f"threat/{args.wire} with a snapshot"
+    if not args.no_snapshot and args.snapshot_sync != "file":
+        kind += f", snapshot_sync {args.snapshot_sync}"
     if args.backend != "sqlite":
         kind += f", store on {args.backend}"
     print(
