@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 WRITE_THREADS = 8
-"""Threads that write (and fsync) snapshot files beside the store writer."""
+"""Threads that write (and, with ``file`` sync, fsync) snapshot files beside the store writer."""
 
 
 class SnapshotRefused(ValueError):
