@@ -198,7 +198,7 @@ def store_batch(
         config=config,
         grouping=grouping,
         admission=admission or Admission(config),
-        snapshots=PendingSnapshots(config.store.snapshots_dir),
+        snapshots=PendingSnapshots(config.store.snapshots_dir, sync=config.store.snapshot_sync),
         now_ts=now_ts,
         received_at=datetime.fromtimestamp(now_ts, UTC).isoformat(),
         attachment_sha256s=attachment_sha256s or [None] * len(messages),

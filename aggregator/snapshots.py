@@ -7,24 +7,27 @@ decodable, with ``ingest.snapshot_check: decode``). One that is not is dropped w
 reason; the threat is kept.
 
 A file exists only for a stored row (:class:`PendingSnapshots`): the ingest writes the
-snapshots of the messages a batch inserted as ``<sha>.jpg.tmp`` before COMMIT, renames them
-after it, and deletes them when the batch rolls back. A duplicate, a refused message or a
+snapshots of the messages a batch inserted as ``<sha>.jpg.tmp``, makes them durable (fsync or
+syncfs, ``store.snapshot_sync``) before COMMIT, and so before the batch is acknowledged, renames
+them after it, and deletes them when the batch rolls back. A duplicate, a refused message or a
 rolled-back batch leaves no file; after a crash between COMMIT and the renames,
 :func:`recover` finishes what a stored row refers to and deletes the rest.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from aggregator import store
+from aggregator.config import SnapshotSync
 from modelrt.images import (
     ImageHeaderError,
     header_size_wh,
@@ -35,10 +38,8 @@ from modelrt.images import (
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
-STAGE_GROUP = 64
-"""Snapshot files written and then fsynced together (open at once, at most)."""
-FSYNC_THREADS = 8
-"""Threads that fsync the snapshot files of a group concurrently."""
+WRITE_THREADS = 8
+"""Threads that write (and, with ``file`` sync, fsync) snapshot files beside the store writer."""
 
 
 class SnapshotRefused(ValueError):
@@ -87,40 +88,84 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-_fsync_pool: ThreadPoolExecutor | None = None
-_fsync_pool_lock = threading.Lock()
-
-
-def _fsync_all(fds: list[int]) -> None:
-    """fsync every file of ``fds`` concurrently and return when all are done; the first
-    OSError is raised then (never while another fsync may still use its file)."""
-    global _fsync_pool
-    if len(fds) < 2:
-        for fd in fds:
+def _write_tmp(tmp: str, data: bytes, *, fsync: bool) -> None:
+    """Create ``tmp`` with ``data``, fsynced with ``fsync`` (on a thread of the pool)."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:  # the first snapshot of its sha256[:2] folder
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        if fsync:
             os.fsync(fd)
-        return
-    with _fsync_pool_lock:
-        if _fsync_pool is None:
-            _fsync_pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="snapshot-fsync")
-        pool = _fsync_pool
-    futures = [pool.submit(os.fsync, fd) for fd in fds]
-    wait(futures)
-    for future in futures:
-        future.result()
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out everything of the filesystem that holds ``fd`` and wait for it;
+    OSError for an error of the writeback since ``fd`` was opened or last synced (Linux 5.8
+    and later report them)."""
+    if _libc.syncfs(fd) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"syncfs: {os.strerror(errno)}")
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _writer_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="snapshot-write")
+        return _pool
 
 
 class PendingSnapshots:
     """The snapshots of the messages one batch inserted, written once the rows are (see the
-    module's docstring)."""
+    module's docstring).
 
-    def __init__(self, snapshots_dir: Path) -> None:
+    A file is written as soon as its row is added (:meth:`add`), on a thread of a small pool,
+    while the store writer goes on with the batch's statements; :meth:`stage` waits for them
+    all before COMMIT. How they are made durable is ``sync`` (``store.snapshot_sync``):
+
+    - ``file``: each file is fsynced by the thread that wrote it, so the fsyncs of a batch run
+      concurrently and the disk's flushes serve several at once;
+    - ``filesystem``: the files are only written, then one syncfs(2) of their filesystem in
+      :meth:`stage` writes them all out together (and whatever else of that filesystem is
+      waiting to be written: its cost depends on what else writes there)."""
+
+    def __init__(self, snapshots_dir: Path, *, sync: SnapshotSync = "file") -> None:
         self.snapshots_dir = snapshots_dir
+        self.sync = sync
         self._files: dict[str, bytes] = {}
-        self._staged: list[Path] = []
+        self._writes: dict[str, Future[None]] = {}
+        """Every file this batch started to write, also those a savepoint rolled back."""
+        self._dir_fd: int | None = None
+        """``filesystem``: opened before the batch's first write, so its syncfs reports every
+        writeback error since."""
+
+    def _tmp(self, sha256: str) -> str:
+        return os.fspath(snapshot_path(self.snapshots_dir, sha256)) + TMP_SUFFIX
 
     def add(self, sha256: str, jpeg: bytes) -> None:
-        if sha256 not in self._files and not snapshot_path(self.snapshots_dir, sha256).exists():
-            self._files[sha256] = jpeg
+        if sha256 in self._files or snapshot_path(self.snapshots_dir, sha256).exists():
+            return
+        self._files[sha256] = jpeg
+        if sha256 in self._writes:  # written already, before a savepoint dropped it
+            return
+        if self.sync == "filesystem" and self._dir_fd is None:
+            self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+            self._dir_fd = os.open(self.snapshots_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self._writes[sha256] = _writer_pool().submit(
+            _write_tmp, self._tmp(sha256), jpeg, fsync=self.sync == "file"
+        )
 
     def written(self) -> list[str]:
         """The sha256s of the files this batch writes."""
@@ -134,51 +179,53 @@ class PendingSnapshots:
         for sha in list(self._files)[mark:]:
             del self._files[sha]
 
-    def stage(self) -> None:
-        """Write every file as ``.tmp`` and fsync it (before COMMIT); OSError (a full disk)
-        propagates and the batch rolls back.
+    def _wait(self) -> BaseException | None:
+        """Wait for every write this batch started; the first error of a file it keeps."""
+        wait(self._writes.values())
+        for sha, future in self._writes.items():
+            error = future.exception()
+            if error is not None and sha in self._files:
+                return error
+        return None
 
-        The files are written STAGE_GROUP at a time and then fsynced together, each on a
-        thread of a small pool (:func:`_fsync_all`): the filesystem commits the concurrent
-        fsyncs together, where one after the other each waits for the disk on its own."""
-        made: set[Path] = set()
-        files = list(self._files.items())
-        for start in range(0, len(files), STAGE_GROUP):
-            fds: list[int] = []
-            try:
-                for sha, jpeg in files[start : start + STAGE_GROUP]:
-                    final = snapshot_path(self.snapshots_dir, sha)
-                    if final.parent not in made:
-                        final.parent.mkdir(parents=True, exist_ok=True)
-                        made.add(final.parent)
-                    tmp = final.with_name(final.name + TMP_SUFFIX)
-                    self._staged.append(tmp)
-                    fds.append(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-                    _write_all(fds[-1], jpeg)
-                _fsync_all(fds)
-            finally:
-                for fd in fds:
-                    os.close(fd)
+    def stage(self) -> None:
+        """Before COMMIT: every file is written as ``.tmp`` and durable, or OSError (a full
+        disk) propagates and the batch rolls back. Those a savepoint rolled back are deleted."""
+        error = self._wait()
+        for sha in self._writes:
+            if sha not in self._files:
+                Path(self._tmp(sha)).unlink(missing_ok=True)
+        if error is not None:
+            raise error
+        if self._dir_fd is not None and self._files:
+            syncfs(self._dir_fd)
 
     def publish(self) -> None:
         """After COMMIT: put the staged files in place (one another process on the store put
         in place first, for the same sha256, is in place already)."""
-        for tmp in self._staged:
-            final = tmp.with_name(tmp.name.removesuffix(TMP_SUFFIX))
+        for sha in self._files:
+            tmp = self._tmp(sha)
+            final = tmp.removesuffix(TMP_SUFFIX)
             try:
-                tmp.replace(final)
+                os.replace(tmp, final)
             except FileNotFoundError:
-                if not final.exists():
+                if not os.path.exists(final):
                     raise
-        self._staged = []
-        self._files = {}
+        self._done()
 
     def abort(self) -> None:
-        """The batch rolled back: no file stays."""
-        for tmp in self._staged:
-            tmp.unlink(missing_ok=True)
-        self._staged = []
+        """The batch rolled back: no file stays (none is written after this returns)."""
+        self._wait()
+        for sha in self._writes:
+            Path(self._tmp(sha)).unlink(missing_ok=True)
+        self._done()
+
+    def _done(self) -> None:
+        self._writes = {}
         self._files = {}
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
 def recover(conn: store.Connection, snapshots_dir: Path) -> tuple[int, int]:

@@ -21,6 +21,7 @@ files are counted apart. Rounds alternate which consumer goes first.
     python bench/ingest.py [--messages 3000] [--rounds 3] [--no-snapshot] [--wire 1]
     python bench/ingest.py --profile secagg.prof   # cProfile of the secagg process's drain
     python bench/ingest.py --backend postgresql    # the store on a private PostgreSQL cluster
+    python bench/ingest.py --snapshot-sync filesystem  # one syncfs a batch, not an fsync a file
 
 With ``--backend postgresql`` the store is a new database of a private cluster
 (``demo/postgres.py``, fsync off as in the tests) for each round; the server's own CPU (its
@@ -248,7 +249,11 @@ def child_secagg(args: argparse.Namespace) -> dict[str, Any]:
                 "client_id": args.client_id,
                 "session_expiry_s": 3600,
             },
-            "store": {**where, "snapshots_dir": str(work / f"{args.client_id}-snapshots")},
+            "store": {
+                **where,
+                "snapshots_dir": str(work / f"{args.client_id}-snapshots"),
+                "snapshot_sync": args.snapshot_sync,
+            },
             "events": {"cutoff_s": 30, "sweep_interval_s": 5},
             "api": {"port": free_port()},  # built, never started
         }
@@ -341,6 +346,7 @@ def run_child(
     log_level: str = "info",
     store_url: str | None = None,
     server: Postgres | None = None,
+    snapshot_sync: str = "file",
 ) -> Round:
     cmd = [
         sys.executable,
@@ -362,6 +368,8 @@ def run_child(
         cmd += ["--profile", profile]
     if store_url:
         cmd += ["--store-url", store_url]
+    if kind == "secagg":
+        cmd += ["--snapshot-sync", snapshot_sync]
     log = (work / f"{client_id}.log").open("wb")
     with (
         log,
@@ -429,6 +437,13 @@ def main() -> int:
         help="where the stores and snapshots go (default: the system's temporary directory; "
         "/dev/shm takes the disk out of the figures)",
     )
+    parser.add_argument(
+        "--snapshot-sync",
+        choices=("file", "filesystem"),
+        default="file",
+        help="secagg's store.snapshot_sync: an fsync a snapshot file (default) or one syncfs "
+        "of the snapshots' filesystem a batch",
+    )
     parser.add_argument("--profile", help="write a cProfile of secagg's writer thread here")
     parser.add_argument(
         "--log-level",
@@ -477,6 +492,7 @@ def main() -> int:
                         log_level=args.log_level,
                         store_url=pg.create_database(f"secagg_{r}") if pg else None,
                         server=pg,
+                        snapshot_sync=args.snapshot_sync,
                     )
 
                 def plain(r: int = r) -> Round:
@@ -507,6 +523,8 @@ def main() -> int:
     snap_per_threat = _median([a.result["snapshot_bytes"] / a.result["stored"] for a in agg])
     kind = "no snapshot" if args.no_snapshot else f"threat/{args.wire} with a snapshot"
     server = ""
+    if not args.no_snapshot and args.snapshot_sync != "file":
+        kind += f", snapshot_sync {args.snapshot_sync}"
     if args.backend != "sqlite":
         kind += f", store on {args.backend}"
         server = f" + server {_median([a.server_cpu_us or 0.0 for a in agg]):.0f}"

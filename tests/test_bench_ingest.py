@@ -29,6 +29,11 @@ SUMMARY = re.compile(
         ([], "threat/2 with a snapshot", True),
         (["--wire", "1"], "threat/1 with a snapshot", True),
         (
+            ["--snapshot-sync", "filesystem"],
+            "threat/2 with a snapshot, snapshot_sync filesystem",
+            True,
+        ),
+        (
             ["--no-snapshot", "--backend", "postgresql"],
             "no snapshot, store on postgresql",
             False,
