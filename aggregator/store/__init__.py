@@ -1,6 +1,7 @@
 """The aggregator's store: the one place that speaks SQL.
 
-- :mod:`.schema`: migrations, connections, transactions and savepoints;
+- :mod:`.schema`: connections, transactions and savepoints; :mod:`.sqlite_schema` and
+  :mod:`.pg_schema`: the migrations of each backend;
 - :mod:`.models`: the typed rows every function returns (never a database row);
 - one access module per group of tables: :mod:`.access` (users, tokens, sessions),
   :mod:`.messages` (messages and threats),
@@ -56,11 +57,11 @@ from aggregator.store.schema import (
     checkpoint,
     connect,
     migrate,
-    migrations,
     require_complete,
     savepoint,
     transaction,
 )
+from aggregator.store.sqlite_schema import migrations
 
 __all__ = [
     "POSTGRES_MODULES",
