@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from aggregator import store
-from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from demo.footage import sample_clip
 from demo.postgres import Postgres
-from tests.support import MODEL_MANIFEST, ROOT, wait_for
-from tests.support.ingest import Harness, ingest_config
+from tests.support import MODEL_MANIFEST, ROOT
+from tests.support.ingest import Harness, ingest_config, running_ingest
 
 
 @pytest.fixture(scope="session")
@@ -77,14 +76,5 @@ def sample_detector():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def harness(broker: Mosquitto, tmp_path: Path) -> Iterator[Harness]:
-    config = ingest_config(broker, tmp_path)
-    ingest = Ingest(config)
-    ingest.start()
-    wait_for(ingest.connected.is_set, what="ingest connected")
-    h = Harness(ingest, broker, config.store.path)
-    try:
+    with running_ingest(ingest_config(broker, tmp_path), broker) as h:
         yield h
-    finally:
-        h.pub.loop_stop()
-        h.pub.disconnect()
-        ingest.stop()

@@ -16,12 +16,11 @@ from fastapi.testclient import TestClient
 from aggregator import store
 from aggregator.api import create_app
 from aggregator.config import AggregatorConfig
-from aggregator.ingest import Ingest
 from demo.broker import Mosquitto
 from demo.postgres import Postgres
 from tests.support import wait_for
 from tests.support.auth import HEADERS, seed_tokens
-from tests.support.ingest import Harness, subscribe_json, threat_payload
+from tests.support.ingest import Harness, running_ingest, subscribe_json, threat_payload
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -49,16 +48,8 @@ def pg_config(postgres: Postgres, broker: Mosquitto, tmp_path: Path) -> Aggregat
 
 @pytest.fixture
 def pg_harness(pg_config: AggregatorConfig, broker: Mosquitto) -> Iterator[Harness]:
-    ingest = Ingest(pg_config)
-    ingest.start()
-    wait_for(ingest.connected.is_set, what="ingest connected")
-    h = Harness(ingest, broker, Path("unused"))
-    try:
+    with running_ingest(pg_config, broker) as h:
         yield h
-    finally:
-        h.pub.loop_stop()
-        h.pub.disconnect()
-        ingest.stop()
 
 
 def test_the_ingest_stores_into_postgresql_once_each_and_receipts(
@@ -160,14 +151,13 @@ def test_secagg_serve_runs_on_postgresql(
     and grouped, the API answers over HTTP, the webhook notifier delivers one notification per
     event, run logs are on, and SIGTERM stops it cleanly."""
     import signal
-    import subprocess
 
     import httpx
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     from demo.broker import free_port
-    from tests.support.processes import BIN
+    from tests.support.processes import running_aggregator
     from tests.support.servers import WebhookServer
 
     url = postgres.create_database(f"serve_{uuid.uuid4().hex[:8]}")
@@ -185,13 +175,7 @@ def test_secagg_serve_runs_on_postgresql(
             f"notify: {{notifiers: [{{name: soc, type: webhook, url: '{hook.url}'}}]}}\n"
         )
         log = tmp_path / "secagg.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [str(BIN / "secagg"), "serve", "--config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
+        with running_aggregator(config, api, log) as proc:
 
             def health() -> dict[str, Any] | None:
                 assert proc.poll() is None, f"secagg exited: {log.read_text()[-3000:]}"
@@ -203,7 +187,6 @@ def test_secagg_serve_runs_on_postgresql(
                     return None
                 return found if found.get("broker_connected") else None
 
-            wait_for(health, timeout_s=60, what="secagg to serve")
             pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
             pub.connect(broker.host, broker.port)
             pub.loop_start()
@@ -222,10 +205,6 @@ def test_secagg_serve_runs_on_postgresql(
             assert notified == [1, 2]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def test_the_review_pages_on_a_postgresql_store(pg_config: AggregatorConfig) -> None:

@@ -9,6 +9,8 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,7 @@ def threat_payload(
 
 
 class Harness:
-    def __init__(self, ingest: Ingest, broker: Mosquitto, db_path: Path) -> None:
+    def __init__(self, ingest: Ingest, broker: Mosquitto, db_path: store.schema.Target) -> None:
         self.ingest = ingest
         self.db_path = db_path
         self.pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
@@ -90,6 +92,22 @@ class Harness:
             return conn.execute(sql).fetchall()
         finally:
             conn.close()
+
+
+@contextmanager
+def running_ingest(config: AggregatorConfig, broker: Mosquitto) -> Iterator[Harness]:
+    """The aggregator's ingest of ``config``, started and connected, with a publisher on
+    ``broker``; stopped at the end."""
+    ingest = Ingest(config)
+    ingest.start()
+    wait_for(ingest.connected.is_set, what="ingest connected")
+    h = Harness(ingest, broker, config.store.target)
+    try:
+        yield h
+    finally:
+        h.pub.loop_stop()
+        h.pub.disconnect()
+        ingest.stop()
 
 
 def ingest_config(broker: Mosquitto, work: Path, **sections: dict[str, Any]) -> AggregatorConfig:
